@@ -1,0 +1,820 @@
+"""The parameters of a multistage Go image build, in one place.
+
+The `multistage-build` flow takes a single `BuildParams` argument, so this
+model is also the form Prefect renders in its UI: every field carries a title,
+a description and a default, and unknown fields are rejected so that a typo in
+a deployment's parameters fails loudly instead of being ignored.
+
+Validation is deliberately local and cheap: it may look at the local
+filesystem (a local source must be a Go module), but it never touches the
+network or the Dagger engine, because Prefect validates parameters before a
+run starts and in the UI while a user types. Anything that needs the outside
+world (such as `git describe`) lives in the `resolved_*` methods instead.
+
+Image references are checked against the grammar of
+github.com/distribution/reference (regexp.go, the `reference` and `tag`
+productions; the same grammar Docker and containerd parse), re-implemented
+here with `re.fullmatch`. The PyPI candidates were weighed first and not
+used: `oras.container.Container` matches with a permissive regex and fills in
+a default tag, so it cannot tell a missing tag from `:latest`, and
+`docker-image-py` anchors with `$`, so it accepts a reference followed by a
+newline, which would slip into `-ldflags` and container labels.
+"""
+
+from __future__ import annotations
+
+import difflib
+import platform as _platform
+import re
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic.json_schema import JsonDict
+
+__all__ = [
+    "DEFAULT_BUILDER_IMAGE",
+    "DEFAULT_RUNTIME_IMAGE",
+    "SUPPORTED_PLATFORMS",
+    "BuildParams",
+    "ImageRef",
+    "ParamsError",
+    "default_platform",
+    "goenv",
+    "is_git_url",
+    "parse_image_ref",
+    "parse_params",
+]
+
+DEFAULT_BUILDER_IMAGE = "golang:1.27.3-bookworm"
+DEFAULT_RUNTIME_IMAGE = "alpine:3.22.2"
+
+# Platform -> Go environment. Kept as data so the list of what we support and
+# how Go spells it cannot drift apart.
+_PLATFORM_GOENV: dict[str, dict[str, str]] = {
+    "linux/amd64": {"GOOS": "linux", "GOARCH": "amd64"},
+    "linux/arm64": {"GOOS": "linux", "GOARCH": "arm64"},
+    "linux/arm/v7": {"GOOS": "linux", "GOARCH": "arm", "GOARM": "7"},
+    "linux/arm/v6": {"GOOS": "linux", "GOARCH": "arm", "GOARM": "6"},
+    "linux/386": {"GOOS": "linux", "GOARCH": "386"},
+    "linux/ppc64le": {"GOOS": "linux", "GOARCH": "ppc64le"},
+    "linux/s390x": {"GOOS": "linux", "GOARCH": "s390x"},
+    "linux/riscv64": {"GOOS": "linux", "GOARCH": "riscv64"},
+}
+SUPPORTED_PLATFORMS: tuple[str, ...] = tuple(_PLATFORM_GOENV)
+
+# `platform.machine()` spellings -> OCI platform of a Linux engine on that host.
+_MACHINE_PLATFORM = {
+    "x86_64": "linux/amd64",
+    "amd64": "linux/amd64",
+    "aarch64": "linux/arm64",
+    "arm64": "linux/arm64",
+    "armv7l": "linux/arm/v7",
+    "armv7": "linux/arm/v7",
+    "armv6l": "linux/arm/v6",
+    "i386": "linux/386",
+    "i686": "linux/386",
+    "x86": "linux/386",
+    "ppc64le": "linux/ppc64le",
+    "s390x": "linux/s390x",
+    "riscv64": "linux/riscv64",
+}
+
+# --- distribution/reference grammar (regexp.go) ------------------------------
+_ALNUM = r"[a-z0-9]+"
+_SEPARATOR = r"(?:[._]|__|[-]+)"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_IPV6 = r"\[(?:[a-fA-F0-9:]+)\]"
+_HOST = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|{_IPV6})"
+_DOMAIN_AND_PORT = rf"{_HOST}(?::[0-9]+)?"
+_PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
+_REMOTE_NAME = rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+_NAME = rf"(?:{_DOMAIN_AND_PORT}/)?{_REMOTE_NAME}"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9A-Fa-f]{32,}"
+# re.ASCII because Go's \w is ASCII-only; fullmatch because `$` would let a
+# trailing newline through.
+_REFERENCE_RE = re.compile(
+    rf"(?P<name>{_NAME})(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?", re.ASCII
+)
+_REMOTE_NAME_RE = re.compile(_REMOTE_NAME, re.ASCII)
+_NAME_TOTAL_LENGTH_MAX = 255
+# go-digest's registered algorithms and their hex lengths.
+_DIGEST_HEX_LEN = {"sha256": 64, "sha384": 96, "sha512": 128}
+
+# --- other field grammars ----------------------------------------------------
+_APP_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._+-]{0,127}")
+_VERSION_VARIABLE_RE = re.compile(
+    r"(?P<path>[A-Za-z0-9_~+-][A-Za-z0-9_.~+-]*(?:/[A-Za-z0-9_.~+-]+)*)"
+    r"\.(?P<ident>[A-Za-z_][A-Za-z0-9_]*)"
+)
+_BUILD_TAG_RE = re.compile(r"[A-Za-z0-9_.]+")
+_LABEL_KEY_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
+_BLOCK_NAME_RE = re.compile(r"[a-z0-9-]+")
+_GO_PATH_SEGMENT_RE = re.compile(r"[A-Za-z0-9_.~+-]+")
+_SCP_LIKE_RE = re.compile(
+    r"(?P<user>[A-Za-z0-9._-]+)@(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):(?P<path>\S+)"
+)
+_GIT_SCHEMES = ("https", "ssh", "file")
+_GIT_REF_FORBIDDEN = set(" ~^:?*[\\")
+_MAX_LABELS = 64
+
+
+class ParamsError(ValueError):
+    """Build parameters were rejected.
+
+    The message is a single line of `field: reason` items joined by "; " so it
+    reads well in a Prefect flow-run state message and in a log line; the
+    individual items stay available in `problems` for callers that want them.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A parsed image reference, so callers never re-split strings on ':'.
+
+    `domain` is empty for Docker Hub shorthand (`alpine`, `org/app`), following
+    Docker's rule that the first path component is a registry only if it
+    contains '.' or ':', is `localhost`, or has uppercase letters.
+    """
+
+    domain: str
+    path: str
+    tag: str
+    digest: str
+
+    @property
+    def repository(self) -> str:
+        return f"{self.domain}/{self.path}" if self.domain else self.path
+
+    def __str__(self) -> str:
+        text = self.repository
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
+
+def _show(value: object) -> str:
+    """Quote a value for an error message without letting it grow unbounded."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def parse_image_ref(ref: str) -> ImageRef:
+    """Parse an image reference, raising ValueError with a reason a user can act on."""
+    match = _REFERENCE_RE.fullmatch(ref)
+    if match is None:
+        if _REFERENCE_RE.fullmatch(ref.lower()):
+            raise ValueError(f"{_show(ref)} is not a valid image reference: names must be lowercase")
+        raise ValueError(
+            f"{_show(ref)} is not a valid image reference (expected [registry/]name[:tag][@digest])"
+        )
+    name = match["name"]
+    first, sep, rest = name.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
+        domain, path = first, rest
+    else:
+        domain, path = "", name
+    if not _REMOTE_NAME_RE.fullmatch(path):
+        raise ValueError(f"{_show(ref)} is not a valid image reference: names must be lowercase")
+    if len(path) > _NAME_TOTAL_LENGTH_MAX:
+        raise ValueError(
+            f"{_show(ref)} is not a valid image reference: "
+            f"name longer than {_NAME_TOTAL_LENGTH_MAX} characters"
+        )
+    if not domain and re.fullmatch(r"[a-f0-9]{64}", path):
+        raise ValueError(f"{_show(ref)} looks like an image ID, not a repository name")
+    digest = match["digest"] or ""
+    if digest:
+        algorithm, _, encoded = digest.partition(":")
+        expected = _DIGEST_HEX_LEN.get(algorithm)
+        if expected is None:
+            raise ValueError(
+                f"{_show(ref)} has unsupported digest algorithm {algorithm!r} "
+                f"(supported: {', '.join(_DIGEST_HEX_LEN)})"
+            )
+        if not re.fullmatch(rf"[a-f0-9]{{{expected}}}", encoded):
+            raise ValueError(
+                f"{_show(ref)} has a malformed {algorithm} digest "
+                f"(expected {expected} lowercase hex characters)"
+            )
+    return ImageRef(domain=domain, path=path, tag=match["tag"] or "", digest=digest)
+
+
+def _check_pinned_image(ref: str, *, allow_scratch: bool) -> str:
+    """Reject floating base images, since they make the same inputs build different bits."""
+    if ref == "scratch":
+        if allow_scratch:
+            return ref
+        raise ValueError("'scratch' has no Go toolchain and cannot be the builder image")
+    parsed = parse_image_ref(ref)
+    if parsed.digest:
+        return ref
+    if not parsed.tag:
+        raise ValueError(
+            f"{_show(ref)} is not pinned: add a version tag (e.g. {parsed.repository}:1.2.3) "
+            "or a digest (@sha256:...)"
+        )
+    if parsed.tag == "latest":
+        raise ValueError(
+            f"{_show(ref)} is not pinned: the tag 'latest' moves; use a version tag "
+            "or pin by digest (@sha256:...)"
+        )
+    return ref
+
+
+def is_git_url(source: str) -> bool:
+    """Tell a git URL from a local path, using the same forms `git clone` accepts."""
+    if "://" in source:
+        return True
+    return _SCP_LIKE_RE.fullmatch(source) is not None
+
+
+def _check_git_url(source: str) -> None:
+    if any(ch.isspace() or not ch.isprintable() for ch in source):
+        raise ValueError(f"git URL {_show(source)} must not contain whitespace or control chars")
+    if "://" not in source:
+        return  # scp-like form; the regex that recognised it already checked its shape
+    scheme = source.split("://", 1)[0].lower()
+    if scheme == "http":
+        raise ValueError(f"{_show(source)} uses plain http://; use https:// or ssh://")
+    if scheme not in _GIT_SCHEMES:
+        raise ValueError(
+            f"{_show(source)} has unsupported URL scheme {scheme!r} "
+            f"(supported: {', '.join(s + '://' for s in _GIT_SCHEMES)}, git@host:path)"
+        )
+    try:
+        parts = urlsplit(source)
+        _ = parts.port  # raises on a non-numeric port
+    except ValueError as exc:
+        raise ValueError(f"{_show(source)} is not a valid URL: {exc}") from None
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost") or parts.path in ("", "/"):
+            raise ValueError(f"{_show(source)} must be file:///absolute/path/to/repo")
+        return
+    if not parts.hostname or parts.path.strip("/") == "":
+        raise ValueError(f"{_show(source)} needs both a host and a repository path")
+    # A token in the URL would be stored in the deployment and shown in the UI.
+    if parts.password is not None or (scheme == "https" and parts.username is not None):
+        raise ValueError(
+            f"git URL for host {parts.hostname!r} embeds credentials; remove them from the URL "
+            "and configure git credentials outside the parameters"
+        )
+
+
+def _check_local_source(source: str) -> None:
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ValueError(
+            f"{_show(source)} does not exist (expected a local Go module directory or a git URL)"
+        )
+    if not path.is_dir():
+        raise ValueError(f"{_show(source)} is not a directory")
+    if not (path / "go.mod").is_file():
+        raise ValueError(f"{_show(source)} has no go.mod (expected the root of a Go module)")
+
+
+def _sanitize_name(raw: str) -> str:
+    name = re.sub(r"[^a-z0-9._-]+", "-", raw.lower())
+    name = re.sub(r"^[^a-z0-9]+", "", name)[:63]
+    return name.rstrip("._-") or "app"
+
+
+def _derive_app_name(source: str) -> str:
+    """Name the app after its repository or directory, as a person would."""
+    if is_git_url(source):
+        if "://" in source:
+            path = urlsplit(source).path
+        else:
+            scp = _SCP_LIKE_RE.fullmatch(source)
+            path = scp["path"] if scp else source
+        last = path.rstrip("/").rsplit("/", 1)[-1]
+        last = last.removesuffix(".git")
+    else:
+        last = Path(source).expanduser().resolve().name
+    return _sanitize_name(last)
+
+
+def default_platform() -> str:
+    """The Linux platform matching this host, so a default build runs natively.
+
+    The Dagger engine normally runs on the same machine as the flow (Docker
+    Desktop on macOS runs a Linux VM of the host's architecture), and asking
+    the engine itself would mean engine work during validation.
+    """
+    return _MACHINE_PLATFORM.get(_platform.machine().lower(), "linux/amd64")
+
+
+def goenv(platform: str) -> dict[str, str]:
+    """Go cross-compilation environment for an OCI platform string."""
+    try:
+        return dict(_PLATFORM_GOENV[platform])
+    except KeyError:
+        raise ValueError(
+            f"{_show(platform)} is not a supported platform "
+            f"(supported: {', '.join(SUPPORTED_PLATFORMS)})"
+        ) from None
+
+
+def _platforms_schema_default(schema: JsonDict) -> None:
+    # pydantic leaves default_factory fields without a JSON-schema default, and
+    # the Prefect form should show the value a run would actually use.
+    schema["default"] = [default_platform()]
+
+
+def _sanitize_version(described: str) -> str:
+    version = re.sub(r"[^0-9A-Za-z._+-]+", "-", described)
+    version = re.sub(r"^[^0-9A-Za-z]+", "", version)[:128]
+    return version if _VERSION_RE.fullmatch(version) else ""
+
+
+class BuildParams(BaseModel):
+    """Everything a `multistage-build` run needs to know, validated up front.
+
+    Field validators run only on values that were provided; pydantic does not
+    validate defaults, which keeps `BuildParams()` usable as a flow signature
+    default even where the working directory is not a Go module. Use
+    `parse_params` to validate defaults too.
+    """
+
+    model_config = ConfigDict(extra="forbid", title="Build parameters")
+
+    source: str = Field(
+        default=".",
+        title="Source",
+        description=(
+            "Local directory of the Go module (must contain go.mod), or a git URL: "
+            "https://, ssh://, git@host:org/repo.git or file:///path."
+        ),
+    )
+    git_ref: str = Field(
+        default="",
+        title="Git ref",
+        description="Branch, tag or commit to build from a git source; empty means the remote HEAD.",
+    )
+    app_name: str = Field(
+        default="",
+        title="App name",
+        description=(
+            "Binary and image name: lowercase letters, digits, '.', '_' and '-', at most 63 "
+            "characters. Empty derives it from the source directory or repository name."
+        ),
+    )
+    main_package: str = Field(
+        default=".",
+        title="Main package",
+        description="Go package to build, relative to the module root, e.g. '.' or './cmd/server'.",
+    )
+    version: str = Field(
+        default="",
+        title="Version",
+        description=(
+            "Version stamped into the binary. Empty uses `git describe --tags --always --dirty` "
+            "for a local git checkout, else 'dev'."
+        ),
+    )
+    version_variable: str = Field(
+        default="main.version",
+        title="Version variable",
+        description="Go string variable set with -ldflags -X, as import/path.name (e.g. main.version).",
+    )
+    ldflags: str = Field(
+        default="",
+        title="Extra ldflags",
+        description="Additional Go linker flags, appended after '-s -w' and the version flag.",
+    )
+    build_tags: list[str] = Field(
+        default=[],
+        title="Build tags",
+        description="Go build tags passed with -tags.",
+    )
+    platforms: list[str] = Field(
+        default_factory=lambda: [default_platform()],
+        json_schema_extra=_platforms_schema_default,
+        title="Platforms",
+        description=(
+            "Target platforms, defaulting to this host's. Supported: "
+            + ", ".join(SUPPORTED_PLATFORMS)
+            + "."
+        ),
+    )
+    builder_image: str = Field(
+        default=DEFAULT_BUILDER_IMAGE,
+        title="Builder image",
+        description="Go toolchain image for the build stage; must be pinned by version tag or digest.",
+    )
+    runtime_image: str = Field(
+        default=DEFAULT_RUNTIME_IMAGE,
+        title="Runtime image",
+        description=(
+            "Base image of the final stage, pinned by version tag or digest; 'scratch' and "
+            "distroless images (gcr.io/distroless/static-debian12:nonroot) work too."
+        ),
+    )
+    run_checks: bool = Field(
+        default=True,
+        title="Run checks",
+        description="Run go vet and go test before building, and stop if they fail.",
+    )
+    image_refs: list[str] = Field(
+        default=[],
+        title="Image references",
+        description=(
+            "Tagged references to publish, e.g. ghcr.io/org/app:v1 or 127.0.0.1:5000/team/app:1.2.3. "
+            "Empty means export an OCI tarball only."
+        ),
+    )
+    tag_commit: bool = Field(
+        default=False,
+        title="Tag with commit",
+        description="Also push each image as sha-<short commit>.",
+    )
+    tag_nightly: bool = Field(
+        default=False,
+        title="Tag as nightly",
+        description="Also push each image as nightly-YYYYMMDD (UTC).",
+    )
+    tag_latest: bool = Field(
+        default=False,
+        title="Tag as latest",
+        description="Also push each image as latest.",
+    )
+    registry_secret_block: str = Field(
+        default="",
+        title="Registry secret block",
+        description=(
+            "Name of a Prefect Secret block holding registry credentials; empty pushes "
+            "without authentication."
+        ),
+    )
+    output: str = Field(
+        default="",
+        title="Output tarball",
+        description="Path of the exported OCI tarball (.tar); empty means build/<app_name>.oci.tar.",
+    )
+    labels: dict[str, str] = Field(
+        default={},
+        title="Labels",
+        description=f"Extra OCI image labels, e.g. org.example.team; at most {_MAX_LABELS}.",
+    )
+    force_rebuild: bool = Field(
+        default=False,
+        title="Force rebuild",
+        description="Ignore cached results and rebuild every step.",
+    )
+
+    # --- validators (field order matters: later ones read earlier values) ---
+
+    @field_validator("source")
+    @classmethod
+    def _valid_source(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty (use '.' for the current directory)")
+        if is_git_url(value):
+            _check_git_url(value)
+        else:
+            _check_local_source(value)
+        return value
+
+    @field_validator("git_ref")
+    @classmethod
+    def _valid_git_ref(cls, value: str, info: ValidationInfo) -> str:
+        if not value:
+            return value
+        # Rules from git-check-ref-format, plus no leading '-' so the ref can
+        # never be read as a command-line option.
+        bad = (
+            value.startswith(("-", "/"))
+            or value.endswith(("/", ".", ".lock"))
+            or value == "@"
+            or ".." in value
+            or "@{" in value
+            or "//" in value
+            or any(ch in _GIT_REF_FORBIDDEN or not ch.isprintable() for ch in value)
+        )
+        if bad:
+            raise ValueError(f"{_show(value)} is not a valid branch, tag or commit name")
+        source = info.data.get("source")
+        if source is not None and not is_git_url(source):
+            raise ValueError(
+                f"{_show(value)} given, but source {_show(source)} is a local directory; "
+                "a ref only applies to git sources"
+            )
+        return value
+
+    @field_validator("app_name")
+    @classmethod
+    def _valid_app_name(cls, value: str) -> str:
+        if value and not _APP_NAME_RE.fullmatch(value):
+            raise ValueError(
+                f"{_show(value)} must be 1-63 lowercase letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("main_package")
+    @classmethod
+    def _valid_main_package(cls, value: str) -> str:
+        """Normalise to './path' because Go reads a bare 'cmd/x' as a standard-library path."""
+        if not value:
+            raise ValueError("must not be empty (use '.' for the module root)")
+        if value.startswith("/") or "\\" in value or re.match(r"[A-Za-z]:", value):
+            raise ValueError(f"{_show(value)} must be a path relative to the module root")
+        if any(ch.isspace() for ch in value):
+            raise ValueError(f"{_show(value)} must not contain whitespace")
+        segments = value.split("/")
+        if ".." in segments:
+            raise ValueError(f"{_show(value)} must not contain '..' (stay inside the module)")
+        if "..." in value:
+            raise ValueError(f"{_show(value)} is a wildcard; name the one main package to build")
+        if segments[0] == ".":
+            segments = segments[1:]
+        if segments and segments[-1] == "":
+            segments = segments[:-1]
+        for segment in segments:
+            if segment == "." or not _GO_PATH_SEGMENT_RE.fullmatch(segment):
+                raise ValueError(f"{_show(value)} is not a valid Go package path")
+        return "./" + "/".join(segments) if segments else "."
+
+    @field_validator("version")
+    @classmethod
+    def _valid_version(cls, value: str) -> str:
+        if value and not _VERSION_RE.fullmatch(value):
+            raise ValueError(
+                f"{_show(value)} must be 1-128 of letters, digits, '.', '_', '+' or '-', "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("version_variable")
+    @classmethod
+    def _valid_version_variable(cls, value: str) -> str:
+        match = _VERSION_VARIABLE_RE.fullmatch(value)
+        if match is None or ".." in match["path"]:
+            raise ValueError(
+                f"{_show(value)} must be import/path.identifier, e.g. main.version "
+                "or example.com/app/internal/build.Version"
+            )
+        return value
+
+    @field_validator("ldflags")
+    @classmethod
+    def _valid_ldflags(cls, value: str) -> str:
+        # The flags are split on whitespace, not by a shell: quoting would not
+        # work as the user expects, and substitutions must never look like they do.
+        for bad, why in (
+            ("\n", "newlines"),
+            ("\r", "newlines"),
+            ("'", "quotes"),
+            ('"', "quotes"),
+            ("`", "backticks"),
+            ("$(", "'$(' command substitution"),
+        ):
+            if bad in value:
+                raise ValueError(f"{_show(value)} must not contain {why}")
+        return value
+
+    @field_validator("build_tags")
+    @classmethod
+    def _valid_build_tags(cls, value: list[str]) -> list[str]:
+        for tag in value:
+            if not _BUILD_TAG_RE.fullmatch(tag):
+                raise ValueError(
+                    f"{_show(tag)} is not a valid build tag (letters, digits, '_' and '.')"
+                )
+        return value
+
+    @field_validator("platforms")
+    @classmethod
+    def _valid_platforms(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one platform is required")
+        seen: set[str] = set()
+        for item in value:
+            if item not in _PLATFORM_GOENV:
+                raise ValueError(
+                    f"{_show(item)} is not a supported platform "
+                    f"(supported: {', '.join(SUPPORTED_PLATFORMS)})"
+                )
+            if item in seen:
+                raise ValueError(f"{_show(item)} is listed twice")
+            seen.add(item)
+        return value
+
+    @field_validator("builder_image")
+    @classmethod
+    def _valid_builder_image(cls, value: str) -> str:
+        return _check_pinned_image(value, allow_scratch=False)
+
+    @field_validator("runtime_image")
+    @classmethod
+    def _valid_runtime_image(cls, value: str) -> str:
+        return _check_pinned_image(value, allow_scratch=True)
+
+    @field_validator("image_refs")
+    @classmethod
+    def _valid_image_refs(cls, value: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for ref in value:
+            parsed = parse_image_ref(ref)
+            if parsed.digest:
+                raise ValueError(
+                    f"{_show(ref)} has a digest; a digest names content, publish to a tag instead"
+                )
+            if not parsed.tag:
+                raise ValueError(
+                    f"{_show(ref)} has no tag; name the tag to publish, "
+                    f"e.g. {parsed.repository}:1.0.0"
+                )
+            if ref in seen:
+                raise ValueError(f"{_show(ref)} is listed twice")
+            seen.add(ref)
+        return value
+
+    @field_validator("tag_commit", "tag_nightly", "tag_latest")
+    @classmethod
+    def _extra_tags_need_refs(cls, value: bool, info: ValidationInfo) -> bool:
+        # These only add tags next to image_refs; without any, they would
+        # silently do nothing.
+        if value and info.data.get("image_refs") == []:
+            raise ValueError("needs at least one entry in image_refs to add the tag to")
+        return value
+
+    @field_validator("registry_secret_block")
+    @classmethod
+    def _valid_block_name(cls, value: str) -> str:
+        if value and not _BLOCK_NAME_RE.fullmatch(value):
+            raise ValueError(
+                f"{_show(value)} is not a Prefect block name (lowercase letters, digits and '-')"
+            )
+        return value
+
+    @field_validator("output")
+    @classmethod
+    def _valid_output(cls, value: str) -> str:
+        if not value:
+            return value
+        if "\n" in value or "\r" in value or "\x00" in value:
+            raise ValueError(f"{_show(value)} must not contain newlines or NUL")
+        path = Path(value).expanduser()
+        if path.suffix != ".tar" or path.name == ".tar":
+            raise ValueError(f"{_show(value)} must name a file ending in .tar")
+        if path.is_dir():
+            raise ValueError(f"{_show(value)} is an existing directory")
+        for ancestor in path.parents:
+            if ancestor.exists():
+                if not ancestor.is_dir():
+                    raise ValueError(
+                        f"{_show(value)} cannot be created: {str(ancestor)!r} is a file"
+                    )
+                break
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _valid_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > _MAX_LABELS:
+            raise ValueError(f"{len(value)} labels given; at most {_MAX_LABELS} are allowed")
+        for key, text in value.items():
+            if not _LABEL_KEY_RE.fullmatch(key):
+                raise ValueError(
+                    f"key {_show(key)} must be lowercase letters, digits, '.', '_' or '-', "
+                    "e.g. org.example.team"
+                )
+            if "\n" in text or "\r" in text or "\x00" in text:
+                raise ValueError(f"value of {key!r} must not contain newlines: {_show(text)}")
+        return value
+
+    # --- derived values -------------------------------------------------------
+
+    @property
+    def is_git_source(self) -> bool:
+        return is_git_url(self.source)
+
+    def local_source(self) -> Path | None:
+        """Absolute path of a local source, or None for a git source."""
+        if self.is_git_source:
+            return None
+        return Path(self.source).expanduser().resolve()
+
+    def resolved_app_name(self) -> str:
+        return self.app_name or _derive_app_name(self.source)
+
+    def resolved_version(self) -> str:
+        """The version to stamp; never raises, because a missing tag must not fail a build.
+
+        Remote sources give 'dev' since describing them would need a clone;
+        the flow can pass an explicit `version` instead.
+        """
+        if self.version:
+            return self.version
+        directory = self.local_source()
+        if directory is None:
+            return "dev"
+        try:
+            result = subprocess.run(
+                ["git", "-C", str(directory), "describe", "--tags", "--always", "--dirty"],
+                capture_output=True,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                timeout=20,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError, ValueError):
+            return "dev"
+        if result.returncode != 0:
+            return "dev"
+        return _sanitize_version(result.stdout.strip()) or "dev"
+
+    def resolved_output(self) -> Path:
+        """Absolute tarball path, resolved against the working directory of the run."""
+        raw = self.output or f"build/{self.resolved_app_name()}.oci.tar"
+        return Path(raw).expanduser().resolve()
+
+    def publish_refs(self, commit: str = "", now: datetime | None = None) -> list[str]:
+        """All references to push: `image_refs` plus the tag_* extras for each repository.
+
+        `commit` is a full or abbreviated hash (its first 7 characters are used,
+        git's default abbreviation); `now` should be timezone-aware and
+        defaults to the current UTC time.
+        """
+        extra: list[str] = []
+        if self.tag_commit:
+            if not re.fullmatch(r"[0-9a-f]{7,64}", commit):
+                raise ValueError(f"tag_commit needs a commit hash, got {_show(commit)}")
+            extra.append(f"sha-{commit[:7]}")
+        if self.tag_nightly:
+            moment = (now or datetime.now(UTC)).astimezone(UTC)
+            extra.append(f"nightly-{moment:%Y%m%d}")
+        if self.tag_latest:
+            extra.append("latest")
+        refs = list(self.image_refs)
+        repositories = dict.fromkeys(parse_image_ref(ref).repository for ref in self.image_refs)
+        refs.extend(f"{repo}:{tag}" for repo in repositories for tag in extra)
+        return list(dict.fromkeys(refs))
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    if not loc:
+        return "params"
+    head, *rest = loc
+    return str(head) + "".join(f"[{part!r}]" for part in rest)
+
+
+def _describe_error(error: Mapping[str, Any]) -> str:
+    where = _format_loc(tuple(error["loc"]))
+    kind = error["type"]
+    if kind == "value_error" and "error" in error.get("ctx", {}):
+        reason = str(error["ctx"]["error"])
+    elif kind == "extra_forbidden":
+        reason = "unknown parameter"
+        close = difflib.get_close_matches(where, BuildParams.model_fields, n=1)
+        if close:
+            reason += f" (did you mean {close[0]!r}?)"
+    else:
+        reason = f"{error['msg']} (got {_show(error['input'])})"
+    line = f"{where}: {reason}"
+    return line.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def parse_params(data: Mapping[str, Any] | BuildParams) -> BuildParams:
+    """Validate raw parameters, defaults included, into `BuildParams`.
+
+    Unlike `BuildParams(**data)`, missing fields are validated too (so the
+    default source '.' must really be a Go module), and failures come back as
+    one `ParamsError` whose message is a single line, fit for a flow-run state.
+    """
+    if isinstance(data, BuildParams):
+        data = data.model_dump()
+    payload: Any = data
+    if isinstance(data, Mapping):
+        payload = dict(data)
+        for name, field in BuildParams.model_fields.items():
+            if name not in payload:
+                payload[name] = field.get_default(call_default_factory=True)
+    try:
+        return BuildParams.model_validate(payload)
+    except ValidationError as exc:
+        problems = [_describe_error(error) for error in exc.errors()]
+        raise ParamsError(problems) from None

@@ -1,0 +1,43 @@
+"""Shared pytest configuration.
+
+With ``FORBID_SKIPS=1`` (set by ``.ci/run``) a run that skipped any test fails, so a
+missing tool on CI cannot quietly turn tests into skips.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _forbid_skips() -> bool:
+    return os.environ.get("FORBID_SKIPS") == "1"
+
+
+def _skipped(config) -> list:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return []
+    return reporter.stats.get("skipped", [])
+
+
+def _skip_reason(report) -> str:
+    if isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
+        return str(report.longrepr[2]).removeprefix("Skipped: ")
+    return str(report.longrepr)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    skipped = _skipped(config)
+    if not (_forbid_skips() and skipped):
+        return
+    terminalreporter.section("FORBID_SKIPS=1: skipped tests fail this run", red=True)
+    for report in skipped:
+        terminalreporter.line(f"SKIPPED {report.nodeid}: {_skip_reason(report)}", red=True)
+    terminalreporter.line(
+        f"{len(skipped)} test(s) skipped; with FORBID_SKIPS=1 every test must run.", red=True
+    )
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _forbid_skips() and _skipped(session.config) and session.exitstatus == 0:
+        session.exitstatus = 1

@@ -1,0 +1,968 @@
+"""The API objects of the Dagger test engine and their resolvers.
+
+Objects are lazy, like the real engine's: a resolver such as ``withExec`` only
+records a thunk; the work happens when a leaf (``stdout``, ``export``, ``sync``,
+``publish``...) forces it. Each object gets an opaque ID derived from the call
+that made it (parent ID, field, arguments), so the same chain asked for twice is
+the same object and is evaluated once per engine lifetime, as BuildKit would
+cache it. Host reads (``host.directory``) are never shared between calls, because
+the files behind them may change.
+
+Field resolvers are methods named ``f_<fieldName>`` taking the GraphQL arguments
+as keyword arguments (camelCase, as sent). A field without a method fails with
+a clear "not implemented by the test engine" error instead of a wrong answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import json
+import os
+import platform as host_platform
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pathspec
+
+from . import fs
+from .fs import BlobStore, Entry, Tree
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class EngineError(Exception):
+    """A plain API error (the real engine's non-exec errors)."""
+
+
+class ExecError(Exception):
+    """A failed exec; ``extensions`` is what makes the SDK raise ``dagger.ExecError``."""
+
+    def __init__(self, cmd: list[str], exit_code: int, stdout: str, stderr: str) -> None:
+        super().__init__(
+            f'process "{" ".join(cmd)}" did not complete successfully: exit code: {exit_code}'
+        )
+        self.extensions = {
+            "_type": "EXEC_ERROR",
+            "cmd": cmd,
+            "exitCode": exit_code,
+            "stdout": stdout,
+            "stderr": stderr,
+        }
+
+
+def host_linux_platform() -> str:
+    machine = host_platform.machine().lower()
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(
+        machine, machine
+    )
+    return f"linux/{arch}"
+
+
+def split_platform(p: str) -> tuple[str, str, str]:
+    parts = p.split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise EngineError(f"invalid platform {p!r}")
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else ""
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass(frozen=True)
+class Mount:
+    path: str  # normalized container path, no leading "/"
+    kind: str  # "cache" | "dir"
+    cache_key: str = ""
+    directory: Directory | None = None
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    platform: str
+    rootfs: Tree = field(default_factory=lambda: fs.EMPTY)
+    base_ref: str = ""
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str = "/"
+    user: str = ""
+    entrypoint: tuple[str, ...] = ()
+    default_args: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    exposed_ports: tuple[str, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    registry_auth: tuple[tuple[str, str, str], ...] = ()  # (address, username, secret id)
+    last_exec: tuple[str, str, int] | None = None
+
+    def env_dict(self) -> dict[str, str]:
+        return dict(self.env)
+
+    def with_env(self, name: str, value: str) -> ContainerState:
+        env = [(k, v) for k, v in self.env if k != name]
+        env.append((name, value))
+        return replace(self, env=tuple(env))
+
+    def image_config(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = {"Env": [f"{k}={v}" for k, v in self.env]}
+        if self.entrypoint:
+            cfg["Entrypoint"] = list(self.entrypoint)
+        if self.default_args:
+            cfg["Cmd"] = list(self.default_args)
+        if self.user:
+            cfg["User"] = self.user
+        if self.workdir and self.workdir != "/":
+            cfg["WorkingDir"] = self.workdir
+        if self.labels:
+            cfg["Labels"] = dict(self.labels)
+        if self.exposed_ports:
+            cfg["ExposedPorts"] = {p: {} for p in self.exposed_ports}
+        return cfg
+
+
+# --------------------------------------------------------------------------- objects
+
+
+class Obj:
+    """Base of all API objects: an ID, and a memoized lazy value."""
+
+    TYPENAME = "Node"
+
+    def __init__(self, engine: Engine, oid: str, thunk: Callable[[], Any]) -> None:
+        self.engine = engine
+        self.oid = oid
+        self._thunk = thunk
+        self._lock = threading.Lock()
+        self._done = False
+        self._value: Any = None
+
+    def value(self) -> Any:
+        with self._lock:
+            if not self._done:
+                self._value = self._thunk()
+                self._done = True
+                self._thunk = lambda: None
+            return self._value
+
+    def f_id(self) -> str:
+        return self.oid
+
+    def f_sync(self) -> str:
+        self.value()
+        return self.oid
+
+    def child(self, cls: type[Obj], fieldname: str, args: dict[str, Any], thunk, *, fresh=False):
+        return self.engine.make(cls, self.oid, fieldname, args, thunk, fresh=fresh)
+
+
+class CacheVolume(Obj):
+    TYPENAME = "CacheVolume"
+
+    @property
+    def key(self) -> str:
+        return self.value()
+
+
+class Secret(Obj):
+    TYPENAME = "Secret"
+
+    def f_name(self) -> str:
+        return self.value()[0]
+
+    def f_plaintext(self) -> str:
+        return self.value()[1]
+
+
+class EnvVariable(Obj):
+    TYPENAME = "EnvVariable"
+
+    def f_name(self) -> str:
+        return self.value()[0]
+
+    def f_value(self) -> str:
+        return self.value()[1]
+
+
+class Label(EnvVariable):
+    TYPENAME = "Label"
+
+
+class Port(Obj):
+    TYPENAME = "Port"
+
+    def f_port(self) -> int:
+        return int(self.value().split("/")[0])
+
+    def f_protocol(self) -> str:
+        return self.value().split("/")[1].upper()
+
+
+class File(Obj):
+    """A single file: the value is (name, Entry)."""
+
+    TYPENAME = "File"
+
+    def entry(self) -> tuple[str, Entry]:
+        return self.value()
+
+    def data(self) -> bytes:
+        return self.engine.store.read(self.entry()[1].blob)
+
+    def f_contents(self, offsetLines=None, limitLines=None) -> str:
+        text = self.data().decode("utf-8", errors="replace")
+        if offsetLines or limitLines:
+            lines = text.splitlines(keepends=True)
+            start = offsetLines or 0
+            end = start + limitLines if limitLines else None
+            text = "".join(lines[start:end])
+        return text
+
+    def f_size(self) -> int:
+        return self.entry()[1].size
+
+    def f_name(self) -> str:
+        return self.entry()[0]
+
+    def f_digest(self, excludeMetadata: bool = False) -> str:
+        _, e = self.entry()
+        if excludeMetadata:
+            return "sha256:" + e.blob
+        return "sha256:" + hashlib.sha256(f"{e.blob}:{e.mode:o}".encode()).hexdigest()
+
+    def f_export(self, path: str, allowParentDirPath: bool = False) -> str:
+        dest = self.engine.host_path(path)
+        name, e = self.entry()
+        if dest.is_dir():
+            if not allowParentDirPath:
+                raise EngineError(f"cannot export file to {path}: it is a directory")
+            dest = dest / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+        shutil.copyfile(self.engine.store.path(e.blob), tmp)
+        os.chmod(tmp, e.mode)
+        os.replace(tmp, dest)
+        return str(dest)
+
+    def f_withName(self, name: str) -> File:
+        return self.child(File, "withName", {"name": name}, lambda: (name, self.entry()[1]))
+
+
+class Directory(Obj):
+    TYPENAME = "Directory"
+
+    def tree(self) -> Tree:
+        return self.value()
+
+    def _derive(self, fieldname: str, args: dict[str, Any], fn: Callable[[Tree], Tree]):
+        return self.child(Directory, fieldname, args, lambda: fn(self.tree()))
+
+    def f_entries(self, path: str = "") -> list[str]:
+        sub = fs.subtree(self.tree(), path) if path else self.tree()
+        key = fs.norm(path)
+        if key and key not in self.tree():
+            raise EngineError(f"{path}: no such file or directory")
+        return sorted({k.split("/")[0] for k in sub})
+
+    def f_glob(self, pattern: str) -> list[str]:
+        spec = pathspec.PathSpec.from_lines("gitwildmatch", [pattern])
+        return sorted(k for k in self.tree() if spec.match_file(k))
+
+    def f_digest(self) -> str:
+        return fs.tree_digest(self.tree())
+
+    def f_exists(self, path: str, expectedType=None, doNotFollowSymlinks=False) -> bool:
+        return fs.norm(path) in self.tree()
+
+    def f_file(self, path: str, expand: bool = False) -> File:
+        key = fs.norm(path)
+
+        def thunk():
+            e = self.tree().get(key)
+            if e is None or e.kind != "file":
+                raise EngineError(f"{path}: no such file")
+            return key.rsplit("/", 1)[-1], e
+
+        return self.child(File, "file", {"path": path}, thunk)
+
+    def f_directory(self, path: str, expand: bool = False) -> Directory:
+        key = fs.norm(path)
+
+        def thunk():
+            if key and (self.tree().get(key) is None or self.tree()[key].kind != "dir"):
+                raise EngineError(f"{path}: no such directory")
+            return fs.subtree(self.tree(), path)
+
+        return self.child(Directory, "directory", {"path": path}, thunk)
+
+    def f_withNewFile(self, path: str, contents: str, permissions: int = 0o644, **_) -> Directory:
+        entry = fs.file_entry(self.engine.store, contents.encode(), permissions)
+        return self._derive(
+            "withNewFile",
+            {"path": path, "blob": entry.blob, "perm": permissions},
+            lambda t: fs.put(t, path, entry),
+        )
+
+    def f_withFile(self, path: str, source: str, permissions: int | None = None, **_):
+        src = self.engine.load(source, File)
+
+        def fn(t: Tree) -> Tree:
+            _, e = src.entry()
+            return fs.put(t, path, replace(e, mode=permissions) if permissions else e)
+
+        return self._derive("withFile", {"path": path, "source": source, "p": permissions}, fn)
+
+    def f_withDirectory(self, path: str, source: str, exclude=(), include=(), **kw):
+        _unsupported(kw, gitignore=False, owner="", expand=False, permissions=None)
+        src = self.engine.load(source, Directory)
+        args = {"path": path, "source": source, "exclude": exclude, "include": include}
+        return self._derive(
+            "withDirectory",
+            args,
+            lambda t: fs.graft(t, path, filter_tree(src.tree(), include, exclude)),
+        )
+
+    def f_withNewDirectory(self, path: str, permissions: int = 0o755) -> Directory:
+        return self._derive(
+            "withNewDirectory",
+            {"path": path},
+            lambda t: fs.put(t, path, Entry("dir", permissions)),
+        )
+
+    def f_withoutFile(self, path: str) -> Directory:
+        return self._derive("withoutFile", {"path": path}, lambda t: fs.remove(t, path))
+
+    def f_withoutDirectory(self, path: str) -> Directory:
+        return self._derive("withoutDirectory", {"path": path}, lambda t: fs.remove(t, path))
+
+    def f_filter(self, exclude=(), include=(), gitignore: bool = False) -> Directory:
+        return self._derive(
+            "filter",
+            {"exclude": exclude, "include": include},
+            lambda t: filter_tree(t, include, exclude),
+        )
+
+    def f_export(self, path: str, wipe: bool = False) -> str:
+        dest = self.engine.host_path(path)
+        if wipe and dest.exists():
+            shutil.rmtree(dest)
+        fs.materialize(self.engine.store, self.tree(), dest)
+        return str(dest)
+
+
+class GitRef(Obj):
+    TYPENAME = "GitRef"
+
+    def f_commit(self) -> str:
+        return self.value()[0]
+
+    def f_ref(self) -> str:
+        return self.value()[1]
+
+    def f_tree(self, discardGitDir: bool = False, depth: int = 1, **_) -> Directory:
+        return self.child(Directory, "tree", {}, lambda: self.value()[2])
+
+
+class GitRepository(Obj):
+    TYPENAME = "GitRepository"
+
+    def _ref(self, fieldname: str, name: str) -> GitRef:
+        url = self.value()
+        return self.engine.make(
+            GitRef, self.oid, fieldname, {"name": name}, lambda: self.engine.git_checkout(url, name)
+        )
+
+    def f_branch(self, name: str) -> GitRef:
+        return self._ref("branch", name)
+
+    def f_tag(self, name: str) -> GitRef:
+        return self._ref("tag", name)
+
+    def f_commit(self, id: str) -> GitRef:
+        return self._ref("commit", id)
+
+    def f_ref(self, name: str) -> GitRef:
+        return self._ref("ref", name)
+
+    def f_head(self) -> GitRef:
+        return self._ref("head", "HEAD")
+
+
+class Host(Obj):
+    TYPENAME = "Host"
+
+    def f_directory(self, path: str, exclude=(), include=(), noCache=False, gitignore=False):
+        _unsupported({"gitignore": gitignore}, gitignore=False)
+        root = self.engine.host_path(path)
+
+        def thunk() -> Tree:
+            if not root.is_dir():
+                raise EngineError(f"host directory {path}: no such directory")
+            return fs.import_host_dir(self.engine.store, root, keeper(include, exclude))
+
+        args = {"path": str(root), "exclude": exclude, "include": include}
+        return self.child(Directory, "directory", args, thunk, fresh=True)
+
+    def f_file(self, path: str, noCache: bool = False) -> File:
+        src = self.engine.host_path(path)
+
+        def thunk():
+            if not src.is_file():
+                raise EngineError(f"host file {path}: no such file")
+            digest, size = self.engine.store.put_file(src)
+            return src.name, Entry("file", src.stat().st_mode & 0o7777, digest, size)
+
+        return self.child(File, "file", {"path": str(src)}, thunk, fresh=True)
+
+
+class Container(Obj):
+    TYPENAME = "Container"
+
+    def state(self) -> ContainerState:
+        return self.value()
+
+    def _derive(self, fieldname: str, args: dict[str, Any], fn: Callable[[ContainerState], Any]):
+        return self.child(Container, fieldname, args, lambda: fn(self.state()))
+
+    # -- configuration
+    def f_from(self, address: str, registryService=None) -> Container:
+        validate_reference(address, "address")
+
+        def fn(s: ContainerState) -> ContainerState:
+            return base_image_state(address, s.platform, self.engine.go_version())
+
+        return self._derive("from", {"address": address}, fn)
+
+    def f_withEnvVariable(self, name: str, value: str, expand: bool = False) -> Container:
+        def fn(s: ContainerState) -> ContainerState:
+            v = expand_vars(value, s.env_dict()) if expand else value
+            return s.with_env(name, v)
+
+        return self._derive("withEnvVariable", {"name": name, "value": value, "e": expand}, fn)
+
+    def f_withoutEnvVariable(self, name: str) -> Container:
+        return self._derive(
+            "withoutEnvVariable",
+            {"name": name},
+            lambda s: replace(s, env=tuple((k, v) for k, v in s.env if k != name)),
+        )
+
+    def f_withWorkdir(self, path: str, expand: bool = False) -> Container:
+        return self._derive(
+            "withWorkdir", {"path": path}, lambda s: replace(s, workdir="/" + fs.norm(path))
+        )
+
+    def f_withUser(self, name: str) -> Container:
+        return self._derive("withUser", {"name": name}, lambda s: replace(s, user=name))
+
+    def f_withLabel(self, name: str, value: str) -> Container:
+        def fn(s: ContainerState) -> ContainerState:
+            labels = [(k, v) for k, v in s.labels if k != name] + [(name, value)]
+            return replace(s, labels=tuple(labels))
+
+        return self._derive("withLabel", {"name": name, "value": value}, fn)
+
+    def f_withEntrypoint(self, args: list[str], keepDefaultArgs: bool = False) -> Container:
+        def fn(s: ContainerState) -> ContainerState:
+            return replace(
+                s,
+                entrypoint=tuple(args),
+                default_args=s.default_args if keepDefaultArgs else (),
+            )
+
+        return self._derive("withEntrypoint", {"args": args, "k": keepDefaultArgs}, fn)
+
+    def f_withDefaultArgs(self, args: list[str]) -> Container:
+        return self._derive(
+            "withDefaultArgs", {"args": args}, lambda s: replace(s, default_args=tuple(args))
+        )
+
+    def f_withExposedPort(self, port: int, protocol: str = "TCP", **_) -> Container:
+        spec = f"{port}/{protocol.lower()}"
+        return self._derive(
+            "withExposedPort",
+            {"p": spec},
+            lambda s: replace(s, exposed_ports=tuple(dict.fromkeys((*s.exposed_ports, spec)))),
+        )
+
+    def f_withRegistryAuth(self, address: str, username: str, secret: str) -> Container:
+        self.engine.load(secret, Secret)
+        auth = (address, username, secret)
+        return self._derive(
+            "withRegistryAuth",
+            {"a": auth},
+            lambda s: replace(
+                s, registry_auth=(*[a for a in s.registry_auth if a[0] != address], auth)
+            ),
+        )
+
+    # -- filesystem
+    def f_withDirectory(self, path: str, source: str, exclude=(), include=(), **kw) -> Container:
+        _unsupported(kw, gitignore=False, owner="", expand=False, permissions=None)
+        src = self.engine.load(source, Directory)
+        args = {"path": path, "source": source, "exclude": exclude, "include": include}
+
+        def fn(s: ContainerState) -> ContainerState:
+            target = self._abs(s, path)
+            return replace(
+                s, rootfs=fs.graft(s.rootfs, target, filter_tree(src.tree(), include, exclude))
+            )
+
+        return self._derive("withDirectory", args, fn)
+
+    def f_withFile(self, path: str, source: str, permissions=None, owner="", expand=False):
+        src = self.engine.load(source, File)
+
+        def fn(s: ContainerState) -> ContainerState:
+            _, e = src.entry()
+            e = replace(e, mode=permissions) if permissions is not None else e
+            return replace(s, rootfs=fs.put(s.rootfs, self._abs(s, path), e))
+
+        return self._derive("withFile", {"path": path, "source": source, "p": permissions}, fn)
+
+    def f_withNewFile(self, path: str, contents: str = "", permissions: int = 0o644, **kw):
+        _unsupported(kw, owner="", expand=False)
+        entry = fs.file_entry(self.engine.store, contents.encode(), permissions)
+        return self._derive(
+            "withNewFile",
+            {"path": path, "blob": entry.blob, "perm": permissions},
+            lambda s: replace(s, rootfs=fs.put(s.rootfs, self._abs(s, path), entry)),
+        )
+
+    def f_withMountedCache(self, path: str, cache: str, source=None, sharing="SHARED", **kw):
+        _unsupported(kw, owner="", expand=False)
+        vol = self.engine.load(cache, CacheVolume)
+        mount = Mount(fs.norm(path), "cache", cache_key=vol.key)
+        return self._derive(
+            "withMountedCache",
+            {"path": path, "cache": cache},
+            lambda s: replace(s, mounts=(*[m for m in s.mounts if m.path != mount.path], mount)),
+        )
+
+    def f_withMountedDirectory(self, path: str, source: str, **kw) -> Container:
+        _unsupported(kw, owner="", expand=False)
+        src = self.engine.load(source, Directory)
+        mount = Mount(fs.norm(path), "dir", directory=src)
+        return self._derive(
+            "withMountedDirectory",
+            {"path": path, "source": source},
+            lambda s: replace(s, mounts=(*[m for m in s.mounts if m.path != mount.path], mount)),
+        )
+
+    def f_withoutMount(self, path: str, expand: bool = False) -> Container:
+        key = fs.norm(path)
+        return self._derive(
+            "withoutMount",
+            {"path": path},
+            lambda s: replace(s, mounts=tuple(m for m in s.mounts if m.path != key)),
+        )
+
+    def f_rootfs(self) -> Directory:
+        return self.child(Directory, "rootfs", {}, lambda: self.state().rootfs)
+
+    def f_file(self, path: str, expand: bool = False) -> File:
+        def thunk():
+            s = self.state()
+            key = fs.norm(self._abs(s, path))
+            e = s.rootfs.get(key)
+            if e is None or e.kind != "file":
+                raise EngineError(f"{path}: no such file in container")
+            return key.rsplit("/", 1)[-1], e
+
+        return self.child(File, "file", {"path": path}, thunk)
+
+    def f_directory(self, path: str, expand: bool = False) -> Directory:
+        def thunk():
+            s = self.state()
+            key = fs.norm(self._abs(s, path))
+            if key and (key not in s.rootfs or s.rootfs[key].kind != "dir"):
+                raise EngineError(f"{path}: no such directory in container")
+            return fs.subtree(s.rootfs, key)
+
+        return self.child(Directory, "directory", {"path": path}, thunk)
+
+    @staticmethod
+    def _abs(s: ContainerState, path: str) -> str:
+        return path if path.startswith("/") else f"{s.workdir.rstrip('/')}/{path}"
+
+    # -- exec
+    def f_withExec(self, args: list[str], **kw) -> Container:
+        _unsupported(
+            {k: v for k, v in kw.items() if k != "expect"},
+            useEntrypoint=False,
+            stdin="",
+            redirectStdin="",
+            redirectStdout="",
+            redirectStderr="",
+            experimentalPrivilegedNesting=False,
+            insecureRootCapabilities=False,
+            expand=False,
+            noInit=False,
+        )
+        expect = kw.get("expect", "SUCCESS")
+        return self._derive(
+            "withExec",
+            {"args": args, "expect": expect},
+            lambda s: self.engine.executor.run(s, list(args), expect),
+        )
+
+    def _last_exec(self) -> tuple[str, str, int]:
+        s = self.state()
+        if s.last_exec is None:
+            raise EngineError("no command has been set")
+        return s.last_exec
+
+    def f_stdout(self) -> str:
+        return self._last_exec()[0]
+
+    def f_stderr(self) -> str:
+        return self._last_exec()[1]
+
+    def f_combinedOutput(self) -> str:
+        out, err, _ = self._last_exec()
+        return out + err
+
+    def f_exitCode(self) -> int:
+        return self._last_exec()[2]
+
+    # -- introspection
+    def f_platform(self) -> str:
+        return self.state().platform
+
+    def f_user(self) -> str:
+        return self.state().user
+
+    def f_workdir(self) -> str:
+        return self.state().workdir
+
+    def f_entrypoint(self) -> list[str]:
+        return list(self.state().entrypoint)
+
+    def f_defaultArgs(self) -> list[str]:
+        return list(self.state().default_args)
+
+    def f_imageRef(self) -> str:
+        return self.state().base_ref
+
+    def f_envVariable(self, name: str) -> str | None:
+        return self.state().env_dict().get(name)
+
+    def f_envVariables(self) -> list[EnvVariable]:
+        return [
+            self.child(EnvVariable, "envVariables", {"n": k}, lambda kv=(k, v): kv)
+            for k, v in self.state().env
+        ]
+
+    def f_label(self, name: str) -> str | None:
+        return dict(self.state().labels).get(name)
+
+    def f_labels(self) -> list[Label]:
+        return [
+            self.child(Label, "labels", {"n": k}, lambda kv=(k, v): kv)
+            for k, v in self.state().labels
+        ]
+
+    def f_exposedPorts(self) -> list[Port]:
+        return [
+            self.child(Port, "exposedPorts", {"p": p}, lambda p=p: p)
+            for p in self.state().exposed_ports
+        ]
+
+    def f_mounts(self) -> list[str]:
+        return ["/" + m.path for m in self.state().mounts]
+
+    # -- images
+    def _variants(self, platformVariants) -> list[ContainerState]:
+        states = [self.state()]
+        states += [self.engine.load(v, Container).state() for v in platformVariants or ()]
+        seen = set()
+        for s in states:
+            if s.platform in seen:
+                raise EngineError(f"duplicate platform {s.platform} in platform variants")
+            seen.add(s.platform)
+        return states
+
+    def f_export(self, path: str, platformVariants=(), **kw) -> str:
+        _unsupported(kw, forcedCompression=None, mediaTypes="OCIMediaTypes", expand=False)
+        dest = self.engine.host_path(path)
+        self.engine.images.write_tarball(self._variants(platformVariants), dest)
+        return str(dest)
+
+    def f_asTarball(self, platformVariants=(), **kw) -> File:
+        _unsupported(kw, forcedCompression=None, mediaTypes="OCIMediaTypes")
+
+        def thunk():
+            with tempfile.TemporaryDirectory(dir=self.engine.state_dir) as tmp:
+                out = Path(tmp, "image.tar")
+                self.engine.images.write_tarball(self._variants(platformVariants), out)
+                digest, size = self.engine.store.put_file(out)
+            return "image.tar", Entry("file", 0o644, digest, size)
+
+        return self.child(File, "asTarball", {"v": platformVariants}, thunk)
+
+    def f_import(self, source: str, tag: str = "") -> Container:
+        src = self.engine.load(source, File)
+
+        def fn(s: ContainerState) -> ContainerState:
+            return self.engine.images.import_tarball(src, s.platform)
+
+        return self._derive("import", {"source": source, "tag": tag}, fn)
+
+    def f_publish(self, address: str, platformVariants=(), **kw) -> str:
+        _unsupported(kw, forcedCompression=None, mediaTypes="OCIMediaTypes", registryService=None)
+        validate_reference(address, "address")
+        states = self._variants(platformVariants)
+        return self.engine.images.publish(states, address)
+
+
+class Query(Obj):
+    TYPENAME = "Query"
+
+    def f_version(self) -> str:
+        return self.engine.version
+
+    def f_defaultPlatform(self) -> str:
+        return host_linux_platform()
+
+    def f_container(self, platform: str | None = None) -> Container:
+        plat = platform or host_linux_platform()
+        split_platform(plat)
+        return self.child(
+            Container, "container", {"platform": plat}, lambda: ContainerState(platform=plat)
+        )
+
+    def f_directory(self) -> Directory:
+        return self.child(Directory, "directory", {}, lambda: fs.EMPTY)
+
+    def f_host(self) -> Host:
+        return self.child(Host, "host", {}, lambda: None)
+
+    def f_cacheVolume(self, key: str, **kw) -> CacheVolume:
+        _unsupported(kw, source=None, sharing="SHARED", owner="")
+        return self.child(CacheVolume, "cacheVolume", {"key": key}, lambda: key)
+
+    def f_setSecret(self, name: str, plaintext: str) -> Secret:
+        fingerprint = hashlib.sha256((self.engine.salt + plaintext).encode()).hexdigest()
+        return self.child(
+            Secret, "setSecret", {"name": name, "f": fingerprint}, lambda: (name, plaintext)
+        )
+
+    def f_git(self, url: str, keepGitDir: bool = True, **kw) -> GitRepository:
+        return self.child(GitRepository, "git", {"url": url}, lambda: url)
+
+    def f_node(self, id: str) -> Obj:
+        return self.engine.load(id, Obj)
+
+    def __getattr__(self, name: str):
+        m = re.fullmatch(r"f_load(\w+)FromID", name)
+        if m:
+            typename = m.group(1)
+            return lambda id: self.engine.load(id, Obj, typename=typename)
+        raise AttributeError(name)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _unsupported(given: dict[str, Any], **defaults: Any) -> None:
+    """Arguments the test engine ignores must be at their defaults: anything else
+    would be silently wrong, so it fails instead."""
+    for name, value in given.items():
+        if name not in defaults:
+            raise EngineError(f"argument {name!r} is not implemented by the dagger test engine")
+        default = defaults[name]
+        if value not in (default, None, [], ()) and value != default:
+            raise EngineError(
+                f"argument {name}={value!r} is not implemented by the dagger test engine"
+            )
+
+
+def keeper(include, exclude) -> Callable[[str, bool], bool]:
+    """Dagger's include/exclude patterns, matched with gitwildmatch (pathspec)."""
+    inc = pathspec.PathSpec.from_lines("gitwildmatch", include) if include else None
+    exc = pathspec.PathSpec.from_lines("gitwildmatch", exclude) if exclude else None
+
+    def keep(rel: str, is_dir: bool) -> bool:
+        probe = rel + "/" if is_dir else rel
+        if exc and exc.match_file(probe):
+            return False
+        if inc and not is_dir:
+            return inc.match_file(rel)
+        return True
+
+    return keep
+
+
+def filter_tree(tree: Tree, include, exclude) -> Tree:
+    if not include and not exclude:
+        return tree
+    keep = keeper(include, exclude)
+    entries = {}
+    for k, e in tree.items():
+        parts = k.split("/")
+        if any(not keep("/".join(parts[: i + 1]), True) for i in range(len(parts) - 1)):
+            continue
+        if keep(k, e.kind == "dir") and (e.kind != "dir" or not include):
+            entries[k] = e
+    for k in list(entries):
+        fs.with_parents(entries, k)
+    return fs.freeze(entries)
+
+
+def expand_vars(text: str, env: dict[str, str]) -> str:
+    return re.sub(r"\$(?:\{(\w+)\}|(\w+))", lambda m: env.get(m.group(1) or m.group(2), ""), text)
+
+
+_REF = re.compile(
+    r"^(?:(?P<domain>(?:[a-zA-Z0-9-]+\.)*[a-zA-Z0-9-]+(?::[0-9]+)?)/)?"
+    r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}))?$"
+)
+
+
+def validate_reference(address: str, argname: str) -> re.Match[str]:
+    m = _REF.match(address)
+    if not m:
+        raise EngineError(f"{argname}: invalid reference format: {address!r}")
+    return m
+
+
+def base_image_state(address: str, platform: str, go_version: str) -> ContainerState:
+    """The image config a real base image would bring. The test engine has no base
+    image contents (nothing can be pulled here), so only the config is modelled:
+    the golang images' Go environment and alpine's default shell command."""
+    name = address.split("@")[0].rsplit("/", 1)[-1].split(":")[0]
+    env: list[tuple[str, str]] = [("PATH", DEFAULT_PATH)]
+    workdir = "/"
+    cmd: tuple[str, ...] = ()
+    if name == "golang":
+        env = [
+            ("PATH", "/go/bin:/usr/local/go/bin:" + DEFAULT_PATH),
+            ("GOLANG_VERSION", go_version.removeprefix("go")),
+            ("GOTOOLCHAIN", "local"),
+            ("GOPATH", "/go"),
+        ]
+        workdir = "/go"
+        cmd = ("bash",)
+    elif name in ("alpine", "busybox"):
+        cmd = ("/bin/sh",)
+    return ContainerState(
+        platform=platform, base_ref=address, env=tuple(env), workdir=workdir, default_args=cmd
+    )
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class Engine:
+    """Object registry plus the services the objects need (blobs, exec, images)."""
+
+    version = "v0.21.8-test-engine"
+
+    def __init__(self, state_dir: Path, cwd: Path | None = None) -> None:
+        from .execution import Executor
+        from .images import Images
+
+        self.state_dir = state_dir
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.cwd = cwd or Path.cwd()
+        self.store = BlobStore(state_dir / "blobs")
+        self.cache_dir = state_dir / "cache-volumes"
+        self.salt = base64.b64encode(os.urandom(12)).decode()
+        self._objects: dict[str, Obj] = {}
+        self._lock = threading.Lock()
+        self._fresh = itertools.count()
+        self.root = Query(self, "query", lambda: None)
+        self.executor = Executor(self)
+        self.images = Images(self)
+        self._go_version: str | None = None
+
+    def record_exec(self, args: list[str]) -> None:
+        """Hook for the server's exec log and exec faults."""
+
+    def make(self, cls, parent_id: str, fieldname: str, args: dict, thunk, *, fresh=False):
+        call = json.dumps([parent_id, fieldname, args], sort_keys=True, default=str)
+        if fresh:
+            call += f"#{next(self._fresh)}"
+        digest = hashlib.sha256(call.encode()).hexdigest()[:40]
+        oid = base64.urlsafe_b64encode(f"{cls.TYPENAME}:{digest}".encode()).decode().rstrip("=")
+        with self._lock:
+            obj = self._objects.get(oid)
+            if obj is None:
+                obj = cls(self, oid, thunk)
+                self._objects[oid] = obj
+        return obj
+
+    def load(self, oid: str, cls: type[Obj], typename: str | None = None) -> Any:
+        with self._lock:
+            obj = self._objects.get(str(oid))
+        if obj is None:
+            raise EngineError(f"unknown object id {str(oid)[:24]}...: not made by this engine")
+        if (typename and typename != obj.TYPENAME) or not isinstance(obj, cls):
+            raise EngineError(f"id is a {obj.TYPENAME}, not a {typename or cls.TYPENAME}")
+        return obj
+
+    def host_path(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.cwd / p
+
+    def go_version(self) -> str:
+        if self._go_version is None:
+            out = subprocess.run(
+                [self.executor.go_binary(), "env", "GOVERSION"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            self._go_version = out.stdout.strip() or "unknown"
+        return self._go_version
+
+    def git_checkout(self, url: str, ref: str) -> tuple[str, str, Tree]:
+        """Resolve ``ref`` in the repository at ``url`` with the host's git."""
+        with tempfile.TemporaryDirectory(dir=self.state_dir) as tmp:
+            repo = Path(tmp, "repo")
+            env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ALLOW_PROTOCOL": "file"}
+
+            def git(*args: str, cwd: Path | None = None) -> str:
+                r = subprocess.run(
+                    ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
+                )
+                if r.returncode != 0:
+                    raise EngineError(f"git {args[0]} {url}: {r.stderr.strip()}")
+                return r.stdout.strip()
+
+            git("clone", "--quiet", "--no-checkout", url, str(repo))
+            candidates = [ref] if ref == "HEAD" else [f"origin/{ref}", ref]
+            commit = ""
+            for cand in candidates:
+                try:
+                    commit = git("rev-parse", "--verify", "--quiet", f"{cand}^{{commit}}", cwd=repo)
+                    break
+                except EngineError:
+                    continue
+            if not commit:
+                raise EngineError(f"git ref {ref!r} not found in {url}")
+            git("checkout", "--quiet", "--detach", commit, cwd=repo)
+            shutil.rmtree(repo / ".git")
+            tree = fs.import_host_dir(self.store, repo, lambda rel, is_dir: True)
+        return commit, ref, tree
+
+
+@dataclass
+class FaultRule:
+    """Make the ``nth`` call (1-based, counted from when the rule was added) of
+    ``field`` (``Type.field``) fail, ``times`` times in a row."""
+
+    field: str
+    kind: str  # "exec" | "error" | "http500" | "drop"
+    nth: int = 1
+    times: int = 1
+    message: str = "injected fault"
+    seen: int = 0
+    fired: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,280 @@
+"""GraphQL-over-HTTP front of the Dagger test engine, with a query log and faults.
+
+The real dagger-io SDK finds an engine through ``DAGGER_SESSION_PORT`` and
+``DAGGER_SESSION_TOKEN`` and posts queries to ``/query`` with the token as the
+Basic-auth user. This server answers those exactly as the engine would
+(introspection, lazy objects, EXEC_ERROR extensions), and adds two test-only
+endpoints under ``/_test/`` (same token): the query log, and fault rules.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from graphql import (
+    FieldNode,
+    GraphQLError,
+    OperationDefinitionNode,
+    execute,
+    parse,
+    validate,
+)
+
+from . import schema as schema_mod
+from .engine import Engine, EngineError, ExecError, FaultRule, Obj
+
+
+class HTTPFault(Exception):
+    """Raised by a fault rule to answer with HTTP 500 or drop the connection."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class QueryLog:
+    """Every request's field paths, per-field call counts, and the commands run."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: list[dict[str, Any]] = []
+        self.calls: dict[str, int] = {}
+        self.execs: list[list[str]] = []
+
+    def add_request(self, paths: list[str]) -> None:
+        with self._lock:
+            self.requests.append({"time": time.time(), "paths": paths})
+
+    def add_call(self, name: str) -> int:
+        with self._lock:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return self.calls[name]
+
+    def add_exec(self, args: list[str]) -> None:
+        with self._lock:
+            self.execs.append(list(args))
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": list(self.requests),
+                "calls": dict(self.calls),
+                "execs": [list(e) for e in self.execs],
+            }
+
+    def clear(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.calls.clear()
+            self.execs.clear()
+
+
+def field_paths(doc) -> list[str]:
+    """``container.from.withExec.stdout``-style paths of every leaf selection."""
+    out: list[str] = []
+
+    def walk(sel_set, prefix: str) -> None:
+        for sel in sel_set.selections:
+            if isinstance(sel, FieldNode):
+                name = sel.name.value
+                path = f"{prefix}.{name}" if prefix else name
+                if sel.selection_set:
+                    walk(sel.selection_set, path)
+                else:
+                    out.append(path)
+            elif getattr(sel, "selection_set", None):
+                walk(sel.selection_set, prefix)
+
+    for d in doc.definitions:
+        if isinstance(d, OperationDefinitionNode):
+            walk(d.selection_set, "")
+    return out
+
+
+class TestEngine:
+    """The engine, its HTTP server and the test controls, in one object."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, state_dir: Path, *, token: str | None = None, port: int = 0) -> None:
+        self.engine = Engine(state_dir)
+        self.engine.record_exec = self._record_exec  # type: ignore[method-assign]
+        self.token = token or secrets.token_urlsafe(24)
+        self.log = QueryLog()
+        self.faults: list[FaultRule] = []
+        self._faults_lock = threading.Lock()
+        self.schema = schema_mod.schema()
+        handler = _make_handler(self)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle
+    def start(self) -> TestEngine:
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"DAGGER_SESSION_PORT": str(self.port), "DAGGER_SESSION_TOKEN": self.token}
+
+    # -- controls
+    def add_fault(self, field: str, kind: str, *, nth: int = 1, times: int = 1, **extra) -> None:
+        if kind not in ("exec", "error", "http500", "drop"):
+            raise ValueError(f"unknown fault kind {kind!r}")
+        message = extra.pop("message", f"injected {kind} fault on {field}")
+        with self._faults_lock:
+            self.faults.append(FaultRule(field, kind, nth, times, message, extra=extra))
+
+    def clear_faults(self) -> None:
+        with self._faults_lock:
+            self.faults.clear()
+
+    def _check_faults(self, name: str) -> None:
+        with self._faults_lock:
+            for rule in self.faults:
+                if rule.field != name or rule.fired >= rule.times:
+                    continue
+                rule.seen += 1
+                if rule.seen < rule.nth:
+                    continue
+                rule.fired += 1
+                if rule.kind == "exec":
+                    cmd = rule.extra.get("cmd", ["injected"])
+                    raise ExecError(cmd, int(rule.extra.get("exit_code", 1)), "", rule.message)
+                if rule.kind == "error":
+                    raise EngineError(rule.message)
+                raise HTTPFault(rule.kind, rule.message)
+
+    def _record_exec(self, args: list[str]) -> None:
+        self.log.add_exec(args)
+        self._check_faults("exec")
+
+    # -- GraphQL
+    def resolve(self, parent: Any, info, **args: Any) -> Any:
+        name = f"{info.parent_type.name}.{info.field_name}"
+        if not info.field_name.startswith("__"):
+            self.log.add_call(name)
+            self._check_faults(name)
+        if isinstance(parent, dict):
+            return parent.get(info.field_name)
+        if not isinstance(parent, Obj):
+            return getattr(parent, info.field_name, None)
+        method = getattr(parent, "f_" + info.field_name, None)
+        if method is None:
+            raise EngineError(f"{name} is not implemented by the dagger test engine")
+        return method(**args)
+
+    def run_query(self, query: str, variables: dict | None = None) -> dict[str, Any]:
+        try:
+            doc = parse(query)
+        except GraphQLError as e:
+            return {"data": None, "errors": [e.formatted]}
+        self.log.add_request(field_paths(doc))
+        errors = validate(self.schema, doc)
+        if errors:
+            return {"data": None, "errors": [e.formatted for e in errors]}
+        result = execute(
+            self.schema,
+            doc,
+            root_value=self.engine.root,
+            variable_values=variables,
+            field_resolver=self.resolve,
+            type_resolver=lambda value, _info, _t: value.TYPENAME,
+        )
+        out: dict[str, Any] = {"data": result.data}
+        if result.errors:
+            for err in result.errors:
+                if isinstance(err.original_error, HTTPFault):
+                    raise err.original_error
+            out["errors"] = [e.formatted for e in result.errors]
+        return out
+
+
+def _make_handler(te: TestEngine):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _authorized(self) -> bool:
+            header = self.headers.get("Authorization", "")
+            if not header.startswith("Basic "):
+                return False
+            try:
+                user = base64.b64decode(header[6:]).decode().split(":", 1)[0]
+            except ValueError:
+                return False
+            return secrets.compare_digest(user, te.token)
+
+        def _send(self, code: int, body: dict[str, Any] | str) -> None:
+            data = (json.dumps(body) if isinstance(body, dict) else body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _body(self) -> dict[str, Any]:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b"{}"
+            return json.loads(raw or b"{}")
+
+        def do_GET(self) -> None:
+            if not self._authorized():
+                return self._send(401, {"error": "unauthorized"})
+            if self.path == "/_test/log":
+                return self._send(200, te.log.snapshot())
+            if self.path == "/_test/published":
+                pubs = [p.__dict__ for p in te.engine.images.published]
+                return self._send(200, {"published": pubs})
+            return self._send(404, {"error": "not found"})
+
+        def do_POST(self) -> None:
+            if not self._authorized():
+                return self._send(401, {"error": "unauthorized"})
+            try:
+                body = self._body()
+            except ValueError:
+                return self._send(400, {"error": "invalid JSON"})
+            if self.path == "/_test/faults":
+                try:
+                    te.add_fault(**body)
+                except (TypeError, ValueError) as e:
+                    return self._send(400, {"error": str(e)})
+                return self._send(200, {"ok": True})
+            if self.path == "/_test/reset":
+                te.clear_faults()
+                te.log.clear()
+                return self._send(200, {"ok": True})
+            if self.path != "/query":
+                return self._send(404, {"error": "not found"})
+            try:
+                result = te.run_query(body.get("query", ""), body.get("variables"))
+            except HTTPFault as fault:
+                if fault.kind == "drop":
+                    self.close_connection = True
+                    try:
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    return None
+                return self._send(500, fault.args[0])
+            return self._send(200, result)
+
+    return Handler
