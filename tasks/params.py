@@ -184,7 +184,9 @@ def parse_image_ref(ref: str) -> ImageRef:
     match = _REFERENCE_RE.fullmatch(ref)
     if match is None:
         if _REFERENCE_RE.fullmatch(ref.lower()):
-            raise ValueError(f"{_show(ref)} is not a valid image reference: names must be lowercase")
+            raise ValueError(
+                f"{_show(ref)} is not a valid image reference: names must be lowercase"
+            )
         raise ValueError(
             f"{_show(ref)} is not a valid image reference (expected [registry/]name[:tag][@digest])"
         )
@@ -369,7 +371,7 @@ class BuildParams(BaseModel):
     git_ref: str = Field(
         default="",
         title="Git ref",
-        description="Branch, tag or commit to build from a git source; empty means the remote HEAD.",
+        description="Branch, tag or commit of a git source; empty means the remote HEAD.",
     )
     app_name: str = Field(
         default="",
@@ -395,7 +397,7 @@ class BuildParams(BaseModel):
     version_variable: str = Field(
         default="main.version",
         title="Version variable",
-        description="Go string variable set with -ldflags -X, as import/path.name (e.g. main.version).",
+        description="Go string variable set via -ldflags -X, as import/path.name (main.version).",
     )
     ldflags: str = Field(
         default="",
@@ -420,7 +422,7 @@ class BuildParams(BaseModel):
     builder_image: str = Field(
         default=DEFAULT_BUILDER_IMAGE,
         title="Builder image",
-        description="Go toolchain image for the build stage; must be pinned by version tag or digest.",
+        description="Go toolchain image of the build stage, pinned by version tag or digest.",
     )
     runtime_image: str = Field(
         default=DEFAULT_RUNTIME_IMAGE,
@@ -439,7 +441,8 @@ class BuildParams(BaseModel):
         default=[],
         title="Image references",
         description=(
-            "Tagged references to publish, e.g. ghcr.io/org/app:v1 or 127.0.0.1:5000/team/app:1.2.3. "
+            "Tagged references to publish, e.g. ghcr.io/org/app:v1 or "
+            "127.0.0.1:5000/team/app:1.2.3. "
             "Empty means export an OCI tarball only."
         ),
     )
@@ -469,7 +472,7 @@ class BuildParams(BaseModel):
     output: str = Field(
         default="",
         title="Output tarball",
-        description="Path of the exported OCI tarball (.tar); empty means build/<app_name>.oci.tar.",
+        description="Path of the exported OCI tarball (.tar); empty: build/<app_name>.oci.tar.",
     )
     labels: dict[str, str] = Field(
         default={},

@@ -41,3 +41,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 def pytest_sessionfinish(session, exitstatus):
     if _forbid_skips() and _skipped(session.config) and session.exitstatus == 0:
         session.exitstatus = 1
+
+
+from tests.dagger_test_engine.pytest_plugin import (  # noqa: E402, F401 - fixtures
+    dagger_engine,
+    hello_go,
+    test_engine_session,
+)

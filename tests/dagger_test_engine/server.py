@@ -10,6 +10,7 @@ endpoints under ``/_test/`` (same token): the query log, and fault rules.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import secrets
 import socket
@@ -269,10 +270,8 @@ def _make_handler(te: TestEngine):
             except HTTPFault as fault:
                 if fault.kind == "drop":
                     self.close_connection = True
-                    try:
+                    with contextlib.suppress(OSError):
                         self.connection.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
                     return None
                 return self._send(500, fault.args[0])
             return self._send(200, result)

@@ -1,0 +1,402 @@
+"""Fidelity of the Dagger test engine, driven through the real dagger-io SDK.
+
+The product is only as well tested as this double is faithful, so these tests
+hold it to what the real engine does: lazy evaluation, real Go builds, exec
+errors as ``dagger.ExecError``, OCI tarballs that skopeo accepts, and a loud
+failure for anything it does not implement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+import anyio
+import dagger
+import httpx
+import pytest
+from dagger import dag
+
+from tests.dagger_test_engine.server import TestEngine
+from tests.oci_check import (
+    ELF_AARCH64,
+    ELF_X86_64,
+    elf_machine,
+    extract_file,
+    inspect_config,
+    inspect_raw,
+)
+
+GOLANG = "golang:1.27.3-bookworm"
+ALPINE = "alpine:3.22.2"
+
+pytestmark = pytest.mark.skipif(
+    platform.machine() not in ("x86_64", "AMD64"), reason="binaries are run on an x86_64 host"
+)
+
+
+def run(coro_fn, *args):
+    async def main():
+        async with dagger.connection(dagger.Config(retry=None)):
+            return await coro_fn(*args)
+
+    return anyio.run(main)
+
+
+def seed_build(src: Path, arch: str = "amd64", version: str = "1.2.3") -> dagger.Container:
+    """The seed pipeline's build stage: golang, caches, static cross-compile."""
+    return (
+        dag.container()
+        .from_(GOLANG)
+        .with_mounted_cache("/go/pkg/mod", dag.cache_volume("go-mod"))
+        .with_mounted_cache("/root/.cache/go-build", dag.cache_volume("go-build"))
+        .with_env_variable("CGO_ENABLED", "0")
+        .with_env_variable("GOOS", "linux")
+        .with_env_variable("GOARCH", arch)
+        .with_directory("/src", dag.host().directory(str(src), exclude=[".git"]))
+        .with_workdir("/src")
+        .with_exec(
+            [
+                "go",
+                "build",
+                "-trimpath",
+                "-ldflags",
+                f"-s -w -X main.version={version}",
+                "-o",
+                "/out/app",
+                ".",
+            ]
+        )
+    )
+
+
+def seed_runtime(build: dagger.Container, arch: str = "amd64") -> dagger.Container:
+    return (
+        dag.container(platform=dagger.Platform(f"linux/{arch}"))
+        .from_(ALPINE)
+        .with_file("/usr/local/bin/app", build.file("/out/app"))
+        .with_entrypoint(["/usr/local/bin/app"])
+        .with_user("65532")
+        .with_label("org.opencontainers.image.title", "hello-go")
+        .with_exposed_port(8080)
+    )
+
+
+def test_seed_pipeline_exports_a_runnable_stamped_binary(
+    dagger_engine: TestEngine, hello_go: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "image.tar"
+
+    async def pipeline():
+        return await seed_runtime(seed_build(hello_go)).export(str(out))
+
+    assert run(pipeline) == str(out)
+    archive = f"oci-archive:{out}"
+    cfg = inspect_config(archive)
+    assert cfg["architecture"] == "amd64"
+    assert cfg["config"]["Entrypoint"] == ["/usr/local/bin/app"]
+    assert cfg["config"]["User"] == "65532"
+    assert cfg["config"]["Labels"]["org.opencontainers.image.title"] == "hello-go"
+    assert "8080/tcp" in cfg["config"]["ExposedPorts"]
+    binary = extract_file(archive, "/usr/local/bin/app", tmp_path / "app")
+    assert elf_machine(binary) == ELF_X86_64
+    proc = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "hello-go 1.2.3"
+    # The Go caches are cache volumes: not part of the image.
+    layer_names = subprocess.run(
+        ["tar", "-tf", str(out)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "blobs/sha256/" in layer_names
+    execs = dagger_engine.log.snapshot()["execs"]
+    assert [e[:2] for e in execs] == [["go", "build"]]
+
+
+def test_arm64_cross_compile_and_multi_platform_index(
+    dagger_engine: TestEngine, hello_go: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "multi.tar"
+
+    async def pipeline():
+        amd = seed_runtime(seed_build(hello_go, "amd64"), "amd64")
+        arm = seed_runtime(seed_build(hello_go, "arm64"), "arm64")
+        return await amd.export(str(out), platform_variants=[arm])
+
+    run(pipeline)
+    index = inspect_raw(f"oci-archive:{out}")
+    platforms = sorted(
+        f"{m['platform']['os']}/{m['platform']['architecture']}" for m in index["manifests"]
+    )
+    assert platforms == ["linux/amd64", "linux/arm64"]
+    arm_bin = extract_file(f"oci-archive:{out}", "/usr/local/bin/app", tmp_path / "a", "arm64")
+    assert elf_machine(arm_bin) == ELF_AARCH64
+    assert inspect_config(f"oci-archive:{out}", "arm64")["architecture"] == "arm64"
+
+
+def test_compile_error_raises_exec_error_with_compiler_message(
+    dagger_engine: TestEngine, hello_go: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(hello_go, broken)
+    (broken / "main.go").write_text(
+        (broken / "main.go").read_text() + "\nfunc broken() { undefinedThing() }\n"
+    )
+
+    async def pipeline():
+        return await seed_build(broken).sync()
+
+    with pytest.raises(dagger.ExecError) as info:
+        run(pipeline)
+    err = info.value
+    assert err.exit_code != 0
+    assert err.command[:2] == ["go", "build"]
+    assert "undefined: undefinedThing" in err.stderr
+    # Paths in messages are container paths, not the engine's scratch directories.
+    assert "./main.go" in err.stderr or "/src/main.go" in err.stderr
+    assert str(dagger_engine.engine.state_dir) not in err.stderr
+
+
+def test_unimplemented_field_and_unrunnable_command_fail_loudly(dagger_engine: TestEngine) -> None:
+    async def terminal():
+        return await dag.container().from_(ALPINE).terminal().sync()
+
+    with pytest.raises(dagger.QueryError, match="Container.terminal is not implemented"):
+        run(terminal)
+
+    async def shell():
+        return await dag.container().from_(ALPINE).with_exec(["sh", "-c", "true"]).sync()
+
+    with pytest.raises(dagger.ExecError) as info:
+        run(shell)
+    assert info.value.exit_code == 127
+    assert "cannot run 'sh'" in info.value.stderr
+
+    async def unsupported_arg():
+        return await dag.container().from_(ALPINE).with_exec(["go"], stdin="x").sync()
+
+    with pytest.raises(dagger.QueryError, match="stdin"):
+        run(unsupported_arg)
+
+
+def test_evaluation_is_lazy_and_memoized(dagger_engine: TestEngine, hello_go: Path) -> None:
+    async def pipeline():
+        build = seed_build(hello_go, version="lazy")
+        await build.id()  # building a chain and taking its ID runs nothing
+        before = len(dagger_engine.log.snapshot()["execs"])
+        size = await build.file("/out/app").size()
+        again = await build.file("/out/app").size()
+        await build.sync()
+        return before, size, again
+
+    before, size, again = run(pipeline)
+    assert before == 0
+    assert size == again > 100_000
+    assert len(dagger_engine.log.snapshot()["execs"]) == 1
+
+
+def test_host_directory_include_exclude_and_directory_file_ops(
+    dagger_engine: TestEngine, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    (src / "main.go").write_text("package main\n")
+    (src / "pkg" / "a.go").write_text("package pkg\n")
+    (src / "notes.md").write_text("# notes\n")
+    (src / "tmp.log").write_text("log\n")
+    export_dir = tmp_path / "exported"
+
+    async def pipeline():
+        d = dag.host().directory(str(src), exclude=["*.log"])
+        only_go = dag.host().directory(str(src), include=["**/*.go"])
+        d2 = d.with_new_file("gen/version.txt", "1.0\n").without_file("notes.md")
+        f = d2.file("gen/version.txt")
+        return (
+            await d.entries(),
+            await only_go.entries(),
+            await only_go.directory("pkg").entries(),
+            await d2.entries(),
+            await f.contents(),
+            await f.size(),
+            await d2.digest(),
+            await d.digest(),
+            await d2.export(str(export_dir)),
+        )
+
+    entries, only_go, pkg, entries2, contents, size, dig2, dig1, exported = run(pipeline)
+    assert entries == ["main.go", "notes.md", "pkg"]
+    assert only_go == ["main.go", "pkg"]
+    assert pkg == ["a.go"]
+    assert entries2 == ["gen", "main.go", "pkg"]
+    assert (contents, size) == ("1.0\n", 4)
+    assert dig1 != dig2 and dig1.startswith("sha256:")
+    assert Path(exported, "gen", "version.txt").read_text() == "1.0\n"
+    assert not Path(exported, "notes.md").exists()
+
+
+def _git(repo: Path, *args: str) -> str:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True, env=env
+    ).stdout.strip()
+
+
+def test_git_source_at_branch_tag_and_commit(dagger_engine: TestEngine, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    (repo / "VERSION").write_text("one\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "one")
+    first = _git(repo, "rev-parse", "HEAD")
+    _git(repo, "tag", "v1")
+    (repo / "VERSION").write_text("two\n")
+    _git(repo, "commit", "-q", "-am", "two")
+    second = _git(repo, "rev-parse", "HEAD")
+    url = f"file://{repo}"
+
+    async def pipeline():
+        g = dag.git(url)
+        return (
+            await g.tag("v1").commit(),
+            await g.tag("v1").tree().file("VERSION").contents(),
+            await g.branch("main").commit(),
+            await g.branch("main").tree().file("VERSION").contents(),
+            await g.commit(first).tree().file("VERSION").contents(),
+            await g.branch("main").tree().entries(),
+        )
+
+    tag_commit, tag_v, main_commit, main_v, by_commit, entries = run(pipeline)
+    assert (tag_commit, tag_v) == (first, "one\n")
+    assert (main_commit, main_v) == (second, "two\n")
+    assert by_commit == "one\n"
+    assert ".git" not in entries
+
+    async def missing():
+        return await dag.git(url).branch("nope").commit()
+
+    with pytest.raises(dagger.QueryError, match="nope"):
+        run(missing)
+
+
+def test_container_config_secrets_publish_record_and_import(
+    dagger_engine: TestEngine, tmp_path: Path
+) -> None:
+    password = "s3cr3t-value-for-test"
+
+    async def pipeline():
+        secret = dag.set_secret("registry-password", password)
+        base = (
+            dag.container()
+            .from_(ALPINE)
+            .with_new_file("/etc/app.conf", "x=1\n")
+            .with_env_variable("APP_MODE", "prod")
+            .with_workdir("/srv")
+            .with_default_args(["serve"])
+            .with_label("a", "b")
+        )
+        ref = await base.with_registry_auth("127.0.0.1:5999", "bob", secret).publish(
+            "127.0.0.1:5999/team/app:1.0"
+        )
+        imported = dag.container().import_(base.as_tarball())
+        return (
+            ref,
+            await base.id(),
+            await secret.id(),
+            await imported.env_variable("APP_MODE"),
+            await imported.workdir(),
+            await imported.default_args(),
+            await imported.file("/etc/app.conf").contents(),
+            await imported.label("a"),
+            await base.platform(),
+        )
+
+    ref, cid, sid, mode, workdir, args, conf, label, plat = run(pipeline)
+    assert ref.startswith("127.0.0.1:5999/team/app:1.0@sha256:")
+    published = dagger_engine.engine.images.published[-1]
+    assert published.auth_user == "bob"
+    assert ref.endswith(published.digest)
+    assert password not in cid and password not in sid
+    assert (mode, workdir, args, conf, label) == ("prod", "/srv", ["serve"], "x=1\n", "b")
+    assert plat == f"linux/{'amd64' if platform.machine() == 'x86_64' else 'arm64'}"
+
+
+def test_fault_injection_and_query_log(dagger_engine: TestEngine) -> None:
+    async def publish():
+        return await dag.container().from_(ALPINE).publish("127.0.0.1:5999/app:1")
+
+    dagger_engine.add_fault("Container.publish", "error", nth=1, message="registry: 503 busy")
+    with pytest.raises(dagger.QueryError, match="503 busy"):
+        run(publish)
+    assert run(publish).startswith("127.0.0.1:5999/app:1@sha256:")  # rule fired once
+
+    dagger_engine.add_fault("Container.publish", "http500")
+    with pytest.raises(dagger.TransportError):
+        run(publish)
+
+    dagger_engine.add_fault("Container.publish", "drop")
+    with pytest.raises(dagger.TransportError):
+        run(publish)
+
+    dagger_engine.add_fault("Container.from", "exec", nth=2, cmd=["go", "build"], exit_code=2)
+
+    async def two():
+        await dag.container().from_(ALPINE).sync()
+        await dag.container().from_("alpine:3.21").sync()
+
+    with pytest.raises(dagger.ExecError) as info:
+        run(two)
+    assert info.value.exit_code == 2 and info.value.command == ["go", "build"]
+
+    log = dagger_engine.log.snapshot()
+    assert log["calls"]["Container.publish"] == 4
+    assert any(p.endswith("from.publish") for r in log["requests"] for p in r["paths"])
+
+    # The same controls over HTTP, for an engine running in another process.
+    auth = (dagger_engine.token, "")
+    base = f"http://127.0.0.1:{dagger_engine.port}"
+    r = httpx.post(f"{base}/_test/faults", auth=auth, json={"field": "Query.version", "kind": "x"})
+    assert r.status_code == 400
+    assert httpx.get(f"{base}/_test/log", auth=("wrong", "")).status_code == 401
+    remote = httpx.get(f"{base}/_test/log", auth=auth).json()
+    assert remote["calls"]["Container.publish"] == 4
+
+
+def test_standalone_engine_process_prints_port_and_token(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            os.sys.executable,
+            "-m",
+            "tests.dagger_test_engine",
+            "--state-dir",
+            str(tmp_path),
+            "--until-stdin-closes",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        body = {"query": "{ version defaultPlatform }"}
+        r = httpx.post(
+            f"http://127.0.0.1:{info['port']}/query", json=body, auth=(info["session_token"], "")
+        )
+        assert r.json()["data"]["version"].endswith("test-engine")
+        bad = httpx.post(f"http://127.0.0.1:{info['port']}/query", json=body, auth=("x", ""))
+        assert bad.status_code == 401
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        assert proc.wait(timeout=10) == 0
