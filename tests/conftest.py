@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import os
 
+# Before any project module is imported: stage retry delays are read at import.
+os.environ.setdefault("GOBUILD_RETRY_BASE_SECONDS", "0.2")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
 
 def _forbid_skips() -> bool:
     return os.environ.get("FORBID_SKIPS") == "1"
@@ -48,3 +53,4 @@ from tests.dagger_test_engine.pytest_plugin import (  # noqa: E402, F401 - fixtu
     hello_go,
     test_engine_session,
 )
+from tests.prefect_fixtures import prefect_api  # noqa: E402, F401 - fixtures

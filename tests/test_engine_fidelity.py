@@ -163,7 +163,7 @@ def test_unimplemented_field_and_unrunnable_command_fail_loudly(dagger_engine: T
     async def terminal():
         return await dag.container().from_(ALPINE).terminal().sync()
 
-    with pytest.raises(dagger.QueryError, match="Container.terminal is not implemented"):
+    with pytest.raises(dagger.QueryError, match=r"Container\.terminal is not implemented"):
         run(terminal)
 
     async def shell():

@@ -1,0 +1,185 @@
+"""The ``multistage-build`` flow and its command line.
+
+    python -m flows.build examples/hello-go --platform linux/amd64 --platform linux/arm64
+
+The flow's parameters are the fields of ``BuildParams`` (so ``prefect deployment
+run -p source=…`` and the UI form work field by field); they are validated before
+any engine work. The four stages run over one Dagger session: compile once per
+platform, concurrently; assemble and publish once for all platforms.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __name__ == "__main__":  # before Prefect is imported: its settings read the environment
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import argparse
+import asyncio
+import inspect
+from typing import Any
+
+from prefect import flow
+from pydantic import Field
+from pydantic.fields import FieldInfo
+
+from tasks.assemble import assemble_image, still_valid
+from tasks.compile import compile_binary
+from tasks.params import BuildParams, ParamsError, parse_params
+from tasks.publish import publish_image
+from tasks.report import BuildResult, Stages, report_failure, report_success
+from tasks.session import EngineUnavailable, engine_session, preflight
+from tasks.source import load_source
+
+
+async def multistage_build(**parameters: Any) -> BuildResult:
+    params = parse_params(_defaults_resolved(parameters))  # one line per bad field, no engine work
+    stages = Stages()
+    try:
+        async with engine_session():
+            source = await stages.run("load source", load_source, params)
+            version = params.resolved_version()
+            binaries = await asyncio.gather(
+                *(
+                    stages.run(
+                        "compile " + p,
+                        compile_binary,
+                        source,
+                        params,
+                        p,
+                        version,
+                        refresh=params.force_rebuild,
+                    )
+                    for p in params.platforms
+                )
+            )
+            image = await stages.run(
+                "assemble runtime",
+                assemble_image,
+                source,
+                params,
+                binaries,
+                version,
+                refresh=params.force_rebuild,
+            )
+            if not still_valid(image):  # cached, but the tarball was moved or deleted
+                image = await stages.run(
+                    "assemble runtime",
+                    assemble_image,
+                    source,
+                    params,
+                    binaries,
+                    version,
+                    refresh=True,
+                )
+            references = await stages.run("publish", publish_image, params, image, source)
+    except BaseException as exc:
+        await report_failure(params, stages.current, exc)
+        raise
+    result = BuildResult(
+        app=params.resolved_app_name(),
+        version=version,
+        tarball=image.path,
+        digest=image.digest,
+        platforms=image.platforms,
+        binaries={b.platform: b.size for b in binaries},
+        references=references,
+        source_digest=source.digest,
+        commit=source.commit,
+        go_version=binaries[0].go_version,
+        stages=stages.records,
+    )
+    await report_success(result)
+    return result
+
+
+def _defaults_resolved(parameters: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.default if isinstance(v, FieldInfo) else v for k, v in parameters.items()}
+
+
+def _signature_from_model() -> inspect.Signature:
+    """Expose each ``BuildParams`` field as a flow parameter with its title,
+    description and default, so the model stays the one place they are defined."""
+    params = []
+    for name, f in BuildParams.model_fields.items():
+        default = f.get_default(call_default_factory=True)
+        params.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=Field(
+                    default=default, description=f.description, json_schema_extra={"title": f.title}
+                ),
+                annotation=f.annotation,
+            )
+        )
+    return inspect.Signature(params, return_annotation=BuildResult)
+
+
+multistage_build.__signature__ = _signature_from_model()  # type: ignore[attr-defined]
+multistage_build = flow(
+    name="multistage-build",
+    description="Build a Go service into a small multi-platform container image with Dagger.",
+    flow_run_name="build {source}",
+)(multistage_build)
+
+
+def parse_args(argv: list[str]) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(
+        prog="python -m flows.build",
+        description="Build a Go service into a container image (Prefect flow multistage-build).",
+    )
+    ap.add_argument("source", help="local directory with go.mod, or a git URL")
+    ap.add_argument("--ref", dest="git_ref", help="branch, tag or commit of a git source")
+    ap.add_argument("--platform", dest="platforms", action="append", help="repeatable")
+    ap.add_argument("--tag", dest="image_refs", action="append", help="reference to publish")
+    ap.add_argument("--output", help="OCI tarball path (default build/<app>.oci.tar)")
+    ap.add_argument("--app-name")
+    ap.add_argument("--main-package")
+    ap.add_argument("--version")
+    ap.add_argument("--builder-image")
+    ap.add_argument("--runtime-image")
+    ap.add_argument("--build-tag", dest="build_tags", action="append")
+    ap.add_argument("--label", dest="labels", action="append", help="KEY=VALUE, repeatable")
+    ap.add_argument("--registry-secret-block")
+    ap.add_argument("--tag-commit", action="store_true", default=None)
+    ap.add_argument("--tag-nightly", action="store_true", default=None)
+    ap.add_argument("--tag-latest", action="store_true", default=None)
+    ap.add_argument("--no-checks", dest="run_checks", action="store_false", default=None)
+    ap.add_argument("--force", dest="force_rebuild", action="store_true", default=None)
+    ns = vars(ap.parse_args(argv))
+    if ns.get("labels"):
+        pairs = [item.partition("=") for item in ns["labels"]]
+        bad = [k for k, sep, _ in pairs if not sep]
+        if bad:
+            ap.error(f"--label {bad[0]!r}: expected KEY=VALUE")
+        ns["labels"] = {k: v for k, _, v in pairs}
+    return {k: v for k, v in ns.items() if v is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    values = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        parse_params(values)
+        preflight()  # before Prefect starts: a missing engine is a one-line answer, at once
+    except (ParamsError, EngineUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    state = asyncio.run(multistage_build(**values, return_state=True))
+    if not state.is_completed():
+        exc = state.result(raise_on_failure=False)
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"error: build failed: {message}", file=sys.stderr)
+        return 1
+    result: BuildResult = state.result()
+    for ref in result.references:
+        print(ref)
+    print(f"{result.tarball} {result.digest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Stage 3, assemble runtime: the small image around each platform's binary.
+
+Per platform: the pinned runtime base at that platform, the binary at a fixed
+path, the entrypoint, a non-root numeric user, and the OCI labels. All platforms
+go into one OCI image-layout tarball, which is this stage's artifact and the
+input of the publish stage, so publishing never needs to rebuild.
+
+The ``created`` label comes from the source (commit time, or newest file), not
+the clock: the same source gives the same image digest, and a no-op build stays
+a no-op all the way to the registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import dagger
+from dagger import dag
+from prefect import task
+from prefect.context import TaskRunContext
+from pydantic import BaseModel
+
+from tasks.compile import CompiledBinary
+from tasks.params import BuildParams
+from tasks.session import retry_options
+from tasks.source import SourceInfo
+
+BIN_DIR = "/usr/local/bin"
+RUNTIME_USER = "65532"  # the distroless "nonroot" uid: numeric, so no /etc/passwd is needed
+INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
+_CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+class ImageArtifact(BaseModel):
+    path: str
+    tarball_sha256: str
+    digest: str  # of the manifest (one platform) or the image index (several)
+    platforms: dict[str, str]  # platform -> manifest digest
+    size: int
+
+
+def oci_labels(params: BuildParams, source: SourceInfo, version: str) -> dict[str, str]:
+    labels = {
+        "org.opencontainers.image.title": params.resolved_app_name(),
+        "org.opencontainers.image.version": version,
+        "org.opencontainers.image.created": source.created,
+        "org.opencontainers.image.source": source_url(source),
+        "org.opencontainers.image.base.name": params.runtime_image,
+    }
+    if source.commit:
+        labels["org.opencontainers.image.revision"] = source.commit
+    labels.update(params.labels)
+    return {k: v for k, v in labels.items() if v}
+
+
+def source_url(source: SourceInfo) -> str:
+    return source.location if source.kind == "git" else f"file://{source.location}"
+
+
+def runtime(
+    binary: dagger.File, params: BuildParams, platform: str, labels: dict[str, str]
+) -> dagger.Container:
+    """The runtime chain for one platform (not evaluated)."""
+    path = f"{BIN_DIR}/{params.resolved_app_name()}"
+    ctr = dag.container(platform=dagger.Platform(platform))
+    if params.runtime_image != "scratch":
+        ctr = ctr.from_(params.runtime_image)
+    ctr = (
+        ctr.with_file(path, binary, permissions=0o755)
+        .with_entrypoint([path])
+        .with_user(RUNTIME_USER)
+    )
+    for key, value in sorted(labels.items()):
+        ctr = ctr.with_label(key, value)
+    return ctr
+
+
+def image_digests(tarball: Path) -> tuple[str, dict[str, str]]:
+    """Top-level digest and per-platform manifest digests of an OCI layout tarball."""
+    with tarfile.open(tarball) as tar:
+
+        def blob(name: str) -> dict[str, Any]:
+            member = tar.extractfile(name)
+            assert member is not None, name
+            return json.load(member)
+
+        top = blob("index.json")["manifests"][0]
+        if top.get("mediaType") == INDEX_MEDIA_TYPE:
+            manifests = blob("blobs/sha256/" + top["digest"].split(":", 1)[1])["manifests"]
+        else:
+            manifests = [top]
+    platforms = {}
+    for m in manifests:
+        p = m.get("platform", {})
+        name = "/".join(x for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x)
+        platforms[name] = m["digest"]
+    return top["digest"], platforms
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def assemble_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    params: BuildParams = parameters["params"]
+    binaries: list[CompiledBinary] = parameters["binaries"]
+    determinants = {
+        "stage": "assemble",
+        "code": _CODE,
+        "binaries": [(b.platform, b.sha256) for b in binaries],
+        "runtime_image": params.runtime_image,
+        "labels": oci_labels(params, parameters["source"], parameters["version"]),
+        "app": params.resolved_app_name(),
+        "output": str(params.resolved_output()),
+    }
+    return hashlib.sha256(json.dumps(determinants, sort_keys=True).encode()).hexdigest()
+
+
+def still_valid(image: ImageArtifact) -> bool:
+    """A cached artifact is only as good as the file it names."""
+    path = Path(image.path)
+    return path.is_file() and file_sha256(path) == image.tarball_sha256
+
+
+@task(
+    name="assemble runtime", cache_key_fn=assemble_cache_key, persist_result=True, **retry_options()
+)
+async def assemble_image(
+    source: SourceInfo, params: BuildParams, binaries: list[CompiledBinary], version: str
+) -> ImageArtifact:
+    labels = oci_labels(params, source, version)
+    output = params.resolved_output()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="gobuild-") as tmp:
+        variants = []
+        for b in binaries:
+            bin_path = Path(tmp, b.platform.replace("/", "-"))
+            bin_path.write_bytes(b.data)
+            variants.append(runtime(dag.host().file(str(bin_path)), params, b.platform, labels))
+        # Write next to the output and rename: a failed export never leaves half a tarball.
+        partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
+        try:
+            await variants[0].export(str(partial), platform_variants=variants[1:])
+            os.replace(partial, output)
+        finally:
+            partial.unlink(missing_ok=True)
+    digest, platforms = image_digests(output)
+    return ImageArtifact(
+        path=str(output),
+        tarball_sha256=file_sha256(output),
+        digest=digest,
+        platforms=platforms,
+        size=output.stat().st_size,
+    )

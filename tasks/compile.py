@@ -1,0 +1,139 @@
+"""Stage 2, compile: a static Go binary per platform, cross-compiled natively.
+
+The builder runs on the engine's own platform and cross-compiles with
+GOOS/GOARCH (no emulation, so arm64 costs what amd64 costs). Dependencies are
+downloaded from go.mod/go.sum alone before the rest of the source is copied, so
+the module download is cached apart from code changes; the module and build
+caches are cache volumes that outlive each build.
+
+The task's result is the binary's bytes, persisted by Prefect under a key made of
+everything that determines them, so a later run with the same inputs is served
+from Prefect's result storage even when the engine's own cache is gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import dagger
+from dagger import dag
+from prefect import task
+from prefect.context import TaskRunContext
+from pydantic import BaseModel
+
+from tasks.params import BuildParams, goenv
+from tasks.session import retry_options
+from tasks.source import SourceInfo, source_directory
+
+GOMODCACHE = "/go/pkg/mod"
+GOCACHE = "/root/.cache/go-build"
+SRC = "/src"
+OUT = "/out"
+_CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+class CompiledBinary(BaseModel):
+    platform: str
+    sha256: str
+    size: int
+    go_version: str
+    data: bytes
+
+
+def builder(src: dagger.Directory, params: BuildParams) -> dagger.Container:
+    """The golang stage up to (and including) the optional vet + test gate.
+
+    It does not depend on the target platform, so all platforms share it and the
+    engine runs the gate once.
+    """
+    ctr = (
+        dag.container()
+        .from_(params.builder_image)
+        .with_mounted_cache(GOMODCACHE, dag.cache_volume("go-mod"))
+        .with_mounted_cache(GOCACHE, dag.cache_volume("go-build"))
+        .with_env_variable("GOMODCACHE", GOMODCACHE)
+        .with_env_variable("GOCACHE", GOCACHE)
+        .with_env_variable("CGO_ENABLED", "0")
+        .with_env_variable("GOFLAGS", "-mod=readonly")
+        .with_workdir(SRC)
+        .with_directory(SRC, src, include=["go.mod", "go.sum"])
+        .with_exec(["go", "mod", "download"])
+        .with_directory(SRC, src)
+    )
+    if params.run_checks:
+        ctr = ctr.with_exec(["go", "vet", "./..."]).with_exec(["go", "test", "./..."])
+    return ctr
+
+
+def build_args(params: BuildParams, version: str, output: str) -> list[str]:
+    ldflags = f"-s -w -X {params.version_variable}={version}"
+    if params.ldflags:
+        ldflags += " " + params.ldflags
+    args = ["go", "build", "-trimpath", "-ldflags", ldflags]
+    if params.build_tags:
+        args += ["-tags", ",".join(params.build_tags)]
+    return [*args, "-o", output, params.main_package]
+
+
+def binary(builder_ctr: dagger.Container, params: BuildParams, platform: str, version: str):
+    """The chain that yields the static binary for ``platform`` (not evaluated)."""
+    out = f"{OUT}/{params.resolved_app_name()}"
+    ctr = builder_ctr
+    for key, value in goenv(platform).items():
+        ctr = ctr.with_env_variable(key, value)
+    return ctr.with_exec(build_args(params, version, out)).file(out)
+
+
+def compile_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Everything that determines the binary, and this module's code."""
+    source: SourceInfo = parameters["source"]
+    params: BuildParams = parameters["params"]
+    determinants = {
+        "stage": "compile",
+        "code": _CODE,
+        "source": source.digest,
+        "platform": parameters["platform"],
+        "version": parameters["version"],
+        **params.model_dump(
+            include={
+                "builder_image",
+                "main_package",
+                "version_variable",
+                "ldflags",
+                "build_tags",
+                "run_checks",
+                "app_name",
+            }
+        ),
+        "app": params.resolved_app_name(),
+    }
+    return hashlib.sha256(json.dumps(determinants, sort_keys=True).encode()).hexdigest()
+
+
+@task(
+    name="compile",
+    cache_key_fn=compile_cache_key,
+    persist_result=True,
+    task_run_name="compile {platform}",
+    **retry_options(),
+)
+async def compile_binary(
+    source: SourceInfo, params: BuildParams, platform: str, version: str
+) -> CompiledBinary:
+    builder_ctr = builder(source_directory(source), params)
+    with tempfile.TemporaryDirectory(prefix="gobuild-") as tmp:
+        path = Path(tmp, params.resolved_app_name())
+        await binary(builder_ctr, params, platform, version).export(str(path))
+        data = path.read_bytes()
+    go_version = await builder_ctr.env_variable("GOLANG_VERSION") or "unknown"
+    return CompiledBinary(
+        platform=platform,
+        sha256="sha256:" + hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        go_version=go_version,
+        data=data,
+    )

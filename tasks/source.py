@@ -1,0 +1,173 @@
+"""Stage 1, load source: what will be sent to the engine, and a digest of it.
+
+The digest is what makes a build do nothing when nothing changed: it keys the
+compile cache. So it covers exactly the files the engine receives: the same
+exclude patterns are applied here (with ``pathspec``, a maintained
+implementation of gitignore matching) and handed to ``host().directory``. For git
+sources the engine resolves the ref and digests the tree it checked out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagger
+import pathspec
+from dagger import dag
+from prefect import task
+from pydantic import BaseModel
+
+from tasks.params import BuildParams
+from tasks.session import retry_options
+
+ALWAYS_EXCLUDE = [".git/"]
+IGNORE_FILES = (".dockerignore", ".gitignore")
+
+
+class SourceInfo(BaseModel):
+    """The loaded source, small and serialisable: Prefect persists it."""
+
+    kind: str  # "local" | "git"
+    location: str  # absolute path or git URL
+    ref: str = ""
+    commit: str = ""
+    digest: str
+    files: int = 0
+    bytes_sent: int = 0
+    bytes_excluded: int = 0
+    excludes: list[str] = []
+    created: str = ""  # RFC 3339, from the commit or the newest file: stable across runs
+
+
+def exclude_patterns(root: Path, output: Path | None = None) -> list[str]:
+    """``.git``, the patterns of ``.dockerignore`` and ``.gitignore``, and the
+    output tarball when it lies inside the source (it would change the digest)."""
+    patterns = list(ALWAYS_EXCLUDE)
+    for name in IGNORE_FILES:
+        f = root / name
+        if f.is_file():
+            for line in f.read_text(errors="replace").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    patterns.append(line)
+    if output is not None:
+        with contextlib.suppress(ValueError):
+            patterns.append("/" + output.resolve().relative_to(root.resolve()).as_posix())
+    return patterns
+
+
+def digest_tree(root: Path, patterns: list[str]) -> tuple[str, int, int, int, float]:
+    """-> (sha256 digest, files, bytes kept, bytes excluded, newest mtime).
+
+    Names, the executable bit and contents go into the digest; timestamps do not,
+    so a fresh checkout of the same commit gives the same digest.
+    """
+    spec = pathspec.GitIgnoreSpec.from_lines(patterns)
+    h = hashlib.sha256()
+    files = kept = excluded = 0
+    newest = 0.0
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+        keep_dirs = []
+        for d in sorted(dirnames):
+            if spec.match_file(rel_dir + d + "/"):
+                excluded += _du(Path(dirpath, d))
+            else:
+                keep_dirs.append(d)
+        dirnames[:] = keep_dirs
+        for name in sorted(filenames):
+            rel = rel_dir + name
+            full = os.path.join(dirpath, name)
+            st = os.lstat(full)
+            if spec.match_file(rel):
+                excluded += st.st_size
+                continue
+            files += 1
+            kept += st.st_size
+            newest = max(newest, st.st_mtime)
+            if os.path.islink(full):
+                content = hashlib.sha256(os.readlink(full).encode()).hexdigest()
+            else:
+                with open(full, "rb") as fh:
+                    content = hashlib.file_digest(fh, "sha256").hexdigest()
+            h.update(f"{rel}\0{st.st_mode & 0o111:o}\0{content}\n".encode())
+    return "sha256:" + h.hexdigest(), files, kept, excluded, newest
+
+
+def _du(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, filenames in os.walk(path):
+        for name in filenames:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+def _git(root: Path, *args: str) -> str:
+    try:
+        proc = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=False, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def source_directory(info: SourceInfo) -> dagger.Directory:
+    """The Dagger chain for the source; nothing is evaluated here."""
+    if info.kind == "git":
+        repo = dag.git(info.location)
+        return (repo.commit(info.commit) if info.commit else repo.head()).tree()
+    return dag.host().directory(info.location, exclude=info.excludes)
+
+
+def describe_local(params: BuildParams) -> SourceInfo:
+    root = params.local_source()
+    assert root is not None
+    patterns = exclude_patterns(root, params.resolved_output())
+    digest, files, kept, excluded, newest = digest_tree(root, patterns)
+    commit = _git(root, "rev-parse", "HEAD") if (root / ".git").exists() else ""
+    created = _git(root, "log", "-1", "--format=%cI") if commit else ""
+    if not created:
+        created = datetime.fromtimestamp(int(newest), UTC).isoformat().replace("+00:00", "Z")
+    return SourceInfo(
+        kind="local",
+        location=str(root),
+        commit=commit,
+        digest=digest,
+        files=files,
+        bytes_sent=kept,
+        bytes_excluded=excluded,
+        excludes=patterns,
+        created=created,
+    )
+
+
+async def describe_git(params: BuildParams) -> SourceInfo:
+    """Resolve the ref once, so every later stage builds that exact commit."""
+    repo = dag.git(params.source)
+    ref = repo.ref(params.git_ref) if params.git_ref else repo.head()
+    commit = await ref.commit()
+    digest = await repo.commit(commit).tree().digest()
+    return SourceInfo(
+        kind="git",
+        location=params.source,
+        ref=params.git_ref or "HEAD",
+        commit=commit,
+        digest=digest,
+        excludes=list(ALWAYS_EXCLUDE),
+    )
+
+
+@task(name="load source", **retry_options())
+async def load_source(params: BuildParams) -> SourceInfo:
+    """Never cached: deciding whether anything changed is this stage's whole job."""
+    if params.is_git_source:
+        return await describe_git(params)
+    return describe_local(params)

@@ -1,0 +1,335 @@
+"""The ``multistage-build`` flow end to end: real Prefect API, real SDK, test engine.
+
+Each test reads back what a user would look at (artifacts, events, task-run
+states, the image itself) rather than trusting the flow's return value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import dagger
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+from prefect.events.filters import EventFilter, EventNameFilter
+
+from flows.build import multistage_build
+from tasks.params import ParamsError
+from tests.dagger_test_engine.server import TestEngine
+from tests.oci_check import ELF_AARCH64, ELF_X86_64, elf_machine, extract_file, inspect_config
+from tests.prefect_fixtures import PrefectAPI
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build(**params: Any):
+    """Run the flow in this process; returns its final state."""
+    return asyncio.run(multistage_build(**params, return_state=True))
+
+
+def task_runs(flow_run_id) -> list:
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+
+
+def artifacts(flow_run_id) -> list:
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+
+
+def events(name: str, expect: int = 1, timeout: float = 30.0) -> list:
+    """Events are sent asynchronously; wait until ``expect`` of them arrived."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            page = client.read_events(
+                filter=EventFilter(event=EventNameFilter(name=[name])), limit=50
+            )
+        if len(page.events) >= expect or time.monotonic() > deadline:
+            return page.events
+        time.sleep(0.5)
+
+
+def test_two_platforms_build_concurrently_with_reports(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, hello_go: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "hello.oci.tar"
+    state = build(
+        source=str(hello_go),
+        platforms=["linux/amd64", "linux/arm64"],
+        version="2.0.1",
+        output=str(out),
+    )
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert set(result.platforms) == {"linux/amd64", "linux/arm64"}
+
+    # The image itself, read by skopeo: the amd64 binary runs and is stamped.
+    archive = f"oci-archive:{out}"
+    amd = extract_file(archive, "/usr/local/bin/hello-go", tmp_path / "amd", "amd64")
+    assert elf_machine(amd) == ELF_X86_64
+    proc = subprocess.run([str(amd), "--version"], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "hello-go 2.0.1"
+    arm = extract_file(archive, "/usr/local/bin/hello-go", tmp_path / "arm", "arm64")
+    assert elf_machine(arm) == ELF_AARCH64
+    cfg = inspect_config(archive, "arm64")["config"]
+    assert cfg["Entrypoint"] == ["/usr/local/bin/hello-go"]
+    assert cfg["User"] == "65532"
+    labels = cfg["Labels"]
+    assert labels["org.opencontainers.image.title"] == "hello-go"
+    assert labels["org.opencontainers.image.version"] == "2.0.1"
+    assert labels["org.opencontainers.image.created"]
+    assert labels["org.opencontainers.image.source"].endswith("hello-go")
+
+    # One builder for all platforms: the gate ran once, the builds once each.
+    execs = [" ".join(e[:2]) for e in dagger_engine.log.snapshot()["execs"]]
+    assert execs.count("go vet") == 1 and execs.count("go test") == 1
+    assert execs.count("go build") == 2
+
+    # Both compile task runs were in flight at the same time.
+    runs = {r.name: r for r in task_runs(state.state_details.flow_run_id)}
+    amd_run, arm_run = runs["compile linux/amd64"], runs["compile linux/arm64"]
+    assert amd_run.start_time < arm_run.end_time and arm_run.start_time < amd_run.end_time
+
+    # Reports, read back through the Prefect API.
+    arts = {a.key: a for a in artifacts(state.state_details.flow_run_id) if a.key}
+    md = arts["build-hello-go"].data
+    for needle in (
+        "load source",
+        "compile linux/amd64",
+        "assemble runtime",
+        "publish",
+        "miss",
+        result.digest,
+        result.source_digest,
+        "Go version",
+        "linux/arm64",
+    ):
+        assert needle in md, needle
+    table = arts["build-hello-go-platforms"]
+    assert table.type == "table"
+    rows = table.data if isinstance(table.data, list) else __import__("json").loads(table.data)
+    assert {r["platform"] for r in rows} == {"linux/amd64", "linux/arm64"}
+    assert all(r["binary_size"] > 100_000 for r in rows)
+    exported = [e for e in events("gobuild.image.exported") if e.payload["digest"] == result.digest]
+    assert exported and exported[0].resource.id == "gobuild.image.hello-go"
+
+
+def test_second_run_in_a_new_process_is_cached_even_on_a_fresh_engine(
+    prefect_api: PrefectAPI, test_engine_session: TestEngine, hello_go: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cached.oci.tar"
+    args = [
+        sys.executable,
+        "-m",
+        "flows.build",
+        str(hello_go),
+        "--version",
+        "3.0.0",
+        "--output",
+        str(out),
+    ]
+
+    def cli(engine: TestEngine) -> subprocess.CompletedProcess:
+        env = {**os.environ, **prefect_api.env, **engine.env}
+        return subprocess.run(
+            args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+        )
+
+    first = cli(test_engine_session)
+    assert first.returncode == 0, first.stderr[-2000:]
+    digest = first.stdout.split()[-1]
+    assert digest.startswith("sha256:")
+
+    # A new engine: its caches are empty, so anything not served by Prefect's
+    # result store would have to run again.
+    fresh = TestEngine(tmp_path / "fresh-engine").start()
+    try:
+        second = cli(fresh)
+        log = fresh.log.snapshot()
+    finally:
+        fresh.stop()
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert second.stdout.split()[-1] == digest
+    assert log["execs"] == []
+    paths = [p for r in log["requests"] for p in r["paths"]]
+    assert not any("withExec" in p or "export" in p for p in paths), paths
+    logs = second.stdout + second.stderr
+    assert logs.count("Finished in state Cached") == 2  # compile + assemble
+
+
+def test_force_rebuild_bypasses_the_cache(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, hello_go: Path, tmp_path: Path
+) -> None:
+    params = dict(
+        source=str(hello_go), version="4.0.0", output=str(tmp_path / "f.tar"), run_checks=False
+    )
+    assert build(**params).is_completed()
+    dagger_engine.log.clear()
+    again = build(**params)
+    assert again.is_completed()
+    assert dagger_engine.log.snapshot()["execs"] == []
+    dagger_engine.log.clear()
+    forced = build(**params, force_rebuild=True)
+    assert forced.is_completed()
+    runs = {r.name: r for r in task_runs(forced.state_details.flow_run_id)}
+    assert runs["compile linux/amd64"].state.name == "Completed"
+    calls = dagger_engine.log.snapshot()["calls"]
+    assert calls.get("File.export") == 1 and calls.get("Container.export") == 1
+
+
+def test_transient_failures_are_retried_then_succeed(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, hello_go: Path, tmp_path: Path
+) -> None:
+    # Compile's first export gets an HTTP 500, assemble's a dropped connection,
+    # the first publish a registry 503: each stage retries and the run succeeds.
+    dagger_engine.add_fault("File.export", "http500")  # compile's binary
+    dagger_engine.add_fault("Container.export", "drop")  # assemble's tarball
+    dagger_engine.add_fault(
+        "Container.publish", "error", message="failed to push: 503 Service Unavailable"
+    )
+    state = build(
+        source=str(hello_go),
+        version="5.0.0",
+        output=str(tmp_path / "r.tar"),
+        image_refs=["127.0.0.1:5999/team/hello:5.0.0"],
+        force_rebuild=True,
+    )
+    assert state.is_completed(), state.message
+    runs = {r.name: r for r in task_runs(state.state_details.flow_run_id)}
+    assert runs["compile linux/amd64"].run_count == 2
+    assemble = next(r for n, r in runs.items() if n.startswith("assemble"))
+    assert assemble.run_count == 2
+    publish = next(r for n, r in runs.items() if n.startswith("publish"))
+    assert publish.run_count == 2
+    ref = state.result().references[0]
+    assert ref.startswith("127.0.0.1:5999/team/hello:5.0.0@sha256:")
+    assert all(f.fired == 1 for f in dagger_engine.faults)
+
+
+def test_compile_error_fails_once_with_failure_artifact_and_event(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, hello_go: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken-app"
+    shutil.copytree(hello_go, broken)
+    (broken / "main.go").write_text(
+        (broken / "main.go").read_text() + "\nfunc broken() { undefinedThing() }\n"
+    )
+    state = build(source=str(broken), output=str(tmp_path / "b.tar"), run_checks=False)
+    assert state.is_failed()
+    exc = state.result(raise_on_failure=False)
+    assert isinstance(exc, dagger.ExecError)
+    builds = [e for e in dagger_engine.log.snapshot()["execs"] if e[:2] == ["go", "build"]]
+    assert len(builds) == 1  # deterministic: never retried
+    runs = {r.name: r for r in task_runs(state.state_details.flow_run_id)}
+    assert runs["compile linux/amd64"].run_count == 1
+    arts = {a.key: a for a in artifacts(state.state_details.flow_run_id) if a.key}
+    md = arts["build-broken-app-failure"].data
+    assert "go build -trimpath" in md
+    assert "undefined: undefinedThing" in md
+    failed = [e for e in events("gobuild.build.failed") if e.payload.get("app") == "broken-app"]
+    assert failed and failed[0].payload["command"][:2] == ["go", "build"]
+
+
+BAD_INPUTS = [
+    ({"source": "/nonexistent/dir"}, "source"),
+    ({"platforms": ["linux/sparc"]}, "platforms"),
+    ({"platforms": []}, "platforms"),
+    ({"builder_image": "golang:latest"}, "builder_image"),
+    ({"runtime_image": "alpine"}, "runtime_image"),
+    ({"version": "1.0 beta"}, "version"),
+    ({"image_refs": ["Not A Ref"]}, "image_refs"),
+    ({"registry_secret_block": "Has Spaces"}, "registry_secret_block"),
+    ({"output": "build/app.zip"}, "output"),
+    ({"labels": {"Bad Key": "x"}}, "labels"),
+    ({"ldflags": "-X 'a=b'"}, "ldflags"),
+    ({"main_package": "../elsewhere"}, "main_package"),
+]
+
+
+@pytest.mark.parametrize(("bad", "field"), BAD_INPUTS, ids=[f for _, f in BAD_INPUTS])
+def test_bad_inputs_rejected_before_engine_work(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, hello_go: Path, bad: dict, field: str
+) -> None:
+    state = build(**{"source": str(hello_go), **bad})
+    assert state.is_failed()
+    exc = state.result(raise_on_failure=False)
+    assert isinstance(exc, ParamsError | Exception)
+    message = str(exc)
+    assert field in message
+    assert dagger_engine.log.snapshot()["requests"] == []
+
+
+def test_cli_without_engine_fails_fast_with_one_line(tmp_path: Path, hello_go: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGGER_", "_EXPERIMENTAL"))}
+    env.update(
+        HOME=str(tmp_path), DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock", PATH="/usr/bin:/bin"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.build", str(hello_go)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "container runtime such as Docker" in lines[0]
+    assert "Traceback" not in proc.stderr
+
+    closed = dict(env, DAGGER_SESSION_PORT="1", DAGGER_SESSION_TOKEN="x")
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.build", str(hello_go)],
+        cwd=ROOT,
+        env=closed,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "DAGGER_SESSION_PORT" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "flows.build", str(hello_go), "--platform", "x"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 2 and "platforms" in bad.stderr
+
+
+def test_flow_parameters_have_titles_descriptions_and_defaults() -> None:
+    from prefect.utilities.callables import parameter_schema
+
+    schema = parameter_schema(multistage_build).model_dump()
+    props = schema["properties"]
+    assert "source" in props and "platforms" in props and "force_rebuild" in props
+    for name, prop in props.items():
+        assert prop.get("title") and prop["title"] != name, name
+        assert prop.get("description"), name
+        assert "default" in prop, name
+    assert not schema.get("required")
