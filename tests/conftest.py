@@ -54,3 +54,4 @@ from tests.dagger_test_engine.pytest_plugin import (  # noqa: E402, F401 - fixtu
     test_engine_session,
 )
 from tests.prefect_fixtures import prefect_api  # noqa: E402, F401 - fixtures
+from tests.registry_fixtures import auth_registry, fault_proxy, registry  # noqa: E402, F401

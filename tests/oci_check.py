@@ -34,25 +34,28 @@ def skopeo(*args: str) -> str:
     return proc.stdout
 
 
-def inspect_config(image: str, arch: str = "") -> dict:
+def _remote(image: str, creds: str, prefix: str = "") -> list[str]:
+    if not image.startswith("docker://"):
+        return []
+    return [f"--{prefix}tls-verify=false"] + ([f"--{prefix}creds", creds] if creds else [])
+
+
+def inspect_config(image: str, arch: str = "", creds: str = "") -> dict:
     """``image`` is a transport reference: ``oci-archive:/x.tar`` or ``docker://host/r:t``."""
     extra = ["--override-arch", arch, "--override-os", "linux"] if arch else []
-    tls = ["--tls-verify=false"] if image.startswith("docker://") else []
-    return json.loads(skopeo(*extra, "inspect", *tls, "--config", image))
+    return json.loads(skopeo(*extra, "inspect", *_remote(image, creds), "--config", image))
 
 
-def inspect_raw(image: str) -> dict:
-    tls = ["--tls-verify=false"] if image.startswith("docker://") else []
-    return json.loads(skopeo("inspect", *tls, "--raw", image))
+def inspect_raw(image: str, creds: str = "") -> dict:
+    return json.loads(skopeo("inspect", *_remote(image, creds), "--raw", image))
 
 
-def extract_file(image: str, path: str, dest: Path, arch: str = "") -> Path:
+def extract_file(image: str, path: str, dest: Path, arch: str = "", creds: str = "") -> Path:
     """Copy one platform of ``image`` to a plain directory with skopeo, then take
     ``path`` out of its layers (the last layer that has it wins)."""
     extra = ["--override-arch", arch, "--override-os", "linux"] if arch else []
-    tls = ["--src-tls-verify=false"] if image.startswith("docker://") else []
     with tempfile.TemporaryDirectory() as tmp:
-        skopeo(*extra, "copy", *tls, image, f"dir:{tmp}")
+        skopeo(*extra, "copy", *_remote(image, creds, "src-"), image, f"dir:{tmp}")
         manifest = json.loads(Path(tmp, "manifest.json").read_text())
         key = path.lstrip("/")
         found = False

@@ -31,6 +31,7 @@ from tasks.params import ParamsError
 from tests.dagger_test_engine.server import TestEngine
 from tests.oci_check import ELF_AARCH64, ELF_X86_64, elf_machine, extract_file, inspect_config
 from tests.prefect_fixtures import PrefectAPI
+from tests.registry_fixtures import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -196,7 +197,11 @@ def test_force_rebuild_bypasses_the_cache(
 
 
 def test_transient_failures_are_retried_then_succeed(
-    prefect_api: PrefectAPI, dagger_engine: TestEngine, hello_go: Path, tmp_path: Path
+    prefect_api: PrefectAPI,
+    dagger_engine: TestEngine,
+    registry: Registry,
+    hello_go: Path,
+    tmp_path: Path,
 ) -> None:
     # Compile's first export gets an HTTP 500, assemble's a dropped connection,
     # the first publish a registry 503: each stage retries and the run succeeds.
@@ -209,7 +214,7 @@ def test_transient_failures_are_retried_then_succeed(
         source=str(hello_go),
         version="5.0.0",
         output=str(tmp_path / "r.tar"),
-        image_refs=["127.0.0.1:5999/team/hello:5.0.0"],
+        image_refs=[f"{registry.host}/team/hello:5.0.0"],
         force_rebuild=True,
     )
     assert state.is_completed(), state.message
@@ -220,7 +225,8 @@ def test_transient_failures_are_retried_then_succeed(
     publish = next(r for n, r in runs.items() if n.startswith("publish"))
     assert publish.run_count == 2
     ref = state.result().references[0]
-    assert ref.startswith("127.0.0.1:5999/team/hello:5.0.0@sha256:")
+    assert ref.startswith(f"{registry.host}/team/hello:5.0.0@sha256:")
+    assert registry.manifest("team/hello", "5.0.0")[0] == ref.split("@")[1]
     assert all(f.fired == 1 for f in dagger_engine.faults)
 
 

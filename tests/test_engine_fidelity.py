@@ -30,6 +30,7 @@ from tests.oci_check import (
     inspect_config,
     inspect_raw,
 )
+from tests.registry_fixtures import Registry
 
 GOLANG = "golang:1.27.3-bookworm"
 ALPINE = "alpine:3.22.2"
@@ -287,10 +288,11 @@ def test_git_source_at_branch_tag_and_commit(dagger_engine: TestEngine, tmp_path
         run(missing)
 
 
-def test_container_config_secrets_publish_record_and_import(
-    dagger_engine: TestEngine, tmp_path: Path
+def test_container_config_secrets_publish_and_import(
+    dagger_engine: TestEngine, auth_registry: Registry, tmp_path: Path
 ) -> None:
-    password = "s3cr3t-value-for-test"
+    password = auth_registry.password
+    target = f"{auth_registry.host}/team/app:1.0"
 
     async def pipeline():
         secret = dag.set_secret("registry-password", password)
@@ -303,9 +305,7 @@ def test_container_config_secrets_publish_record_and_import(
             .with_default_args(["serve"])
             .with_label("a", "b")
         )
-        ref = await base.with_registry_auth("127.0.0.1:5999", "bob", secret).publish(
-            "127.0.0.1:5999/team/app:1.0"
-        )
+        ref = await base.with_registry_auth(auth_registry.host, "ci-pusher", secret).publish(target)
         imported = dag.container().import_(base.as_tarball())
         return (
             ref,
@@ -320,23 +320,24 @@ def test_container_config_secrets_publish_record_and_import(
         )
 
     ref, cid, sid, mode, workdir, args, conf, label, plat = run(pipeline)
-    assert ref.startswith("127.0.0.1:5999/team/app:1.0@sha256:")
+    assert ref.startswith(f"{target}@sha256:")
     published = dagger_engine.engine.images.published[-1]
-    assert published.auth_user == "bob"
+    assert published.auth_user == "ci-pusher"
     assert ref.endswith(published.digest)
+    assert auth_registry.manifest("team/app", "1.0")[0] == published.digest
     assert password not in cid and password not in sid
     assert (mode, workdir, args, conf, label) == ("prod", "/srv", ["serve"], "x=1\n", "b")
     assert plat == f"linux/{'amd64' if platform.machine() == 'x86_64' else 'arm64'}"
 
 
-def test_fault_injection_and_query_log(dagger_engine: TestEngine) -> None:
+def test_fault_injection_and_query_log(dagger_engine: TestEngine, registry: Registry) -> None:
     async def publish():
-        return await dag.container().from_(ALPINE).publish("127.0.0.1:5999/app:1")
+        return await dag.container().from_(ALPINE).publish(f"{registry.host}/app:1")
 
     dagger_engine.add_fault("Container.publish", "error", nth=1, message="registry: 503 busy")
     with pytest.raises(dagger.QueryError, match="503 busy"):
         run(publish)
-    assert run(publish).startswith("127.0.0.1:5999/app:1@sha256:")  # rule fired once
+    assert run(publish).startswith(f"{registry.host}/app:1@sha256:")  # rule fired once
 
     dagger_engine.add_fault("Container.publish", "http500")
     with pytest.raises(dagger.TransportError):

@@ -67,20 +67,27 @@ class Images:
         )
 
     def publish(self, states: list[ContainerState], address: str) -> str:
-        """Record the push and return ``address@digest`` as the real engine does.
+        """Push for real over the OCI distribution API; -> ``address@digest``.
 
-        The digest is that of the manifest (one platform) or index (several) that
-        would be pushed, so it equals the digest of the same image exported.
+        The digest is that of the manifest (one platform) or index (several)
+        pushed, so it equals the digest of the same image exported.
         """
-        top, _blobs = image_blobs(self.engine.store, [self.spec(s) for s in states])
-        digest = top["digest"]
-        auth_user = ""
-        registry = address.split("/", 1)[0]
-        for addr, user, _secret in states[0].registry_auth:
-            if addr.split("/", 1)[0] == registry:
-                auth_user = user
+        from .engine import EngineError, Secret
+        from .registry import PushError, parse_target, push
+
+        top, blobs = image_blobs(self.engine.store, [self.spec(s) for s in states])
+        registry = parse_target(address).registry
+        username = password = ""
+        for addr, user, secret_id in states[0].registry_auth:
+            if parse_target(addr + "/x").registry == registry or addr == registry:
+                username = user
+                password = self.engine.load(secret_id, Secret).value()[1]
+        try:
+            digest = push(address, top, blobs, username, password)
+        except PushError as exc:
+            raise EngineError(str(exc)) from None
         with self._lock:
             self.published.append(
-                Published(address, digest, tuple(s.platform for s in states), auth_user)
+                Published(address, digest, tuple(s.platform for s in states), username)
             )
         return f"{address.split('@')[0]}@{digest}"
