@@ -31,7 +31,7 @@ from tasks.compile import compile_binary
 from tasks.params import BuildParams, ParamsError, parse_params
 from tasks.publish import publish_image
 from tasks.report import BuildResult, Stages, report_failure, report_success
-from tasks.session import EngineUnavailable, engine_session, preflight
+from tasks.session import EngineUnavailable, engine_session, engine_slot, preflight
 from tasks.source import load_source
 
 
@@ -39,7 +39,7 @@ async def multistage_build(**parameters: Any) -> BuildResult:
     params = parse_params(_defaults_resolved(parameters))  # one line per bad field, no engine work
     stages = Stages()
     try:
-        async with engine_session():
+        async with engine_slot(), engine_session():
             source = await stages.run("load source", load_source, params)
             version = params.resolved_version()
             binaries = await asyncio.gather(

@@ -14,6 +14,7 @@ exception, ask :func:`is_transient`, and back off exponentially with jitter.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -92,6 +93,41 @@ def _container_runtime_reachable() -> bool:
                 continue
     # Podman/nerdctl users: the Dagger CLI finds them itself when present.
     return any(shutil.which(tool) for tool in ("podman", "nerdctl", "finch"))
+
+
+ENGINE_LIMIT_DEFAULT = 2
+
+
+async def ensure_engine_limit(name: str) -> None:
+    """Create the global concurrency limit on first use (Prefect ignores a missing
+    one, which would silently mean "unlimited"). An existing limit is left as it
+    is, so operators can resize it with ``prefect gcl update`` or the UI."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    limit = int(os.environ.get("GOBUILD_ENGINE_CONCURRENCY", ENGINE_LIMIT_DEFAULT))
+    async with get_client() as client:
+        try:
+            await client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another run created it first
+                await client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=limit)
+                )
+
+
+@asynccontextmanager
+async def engine_slot() -> AsyncIterator[None]:
+    """Hold one slot of the ``gobuild-engine`` global concurrency limit (name from
+    ``GOBUILD_ENGINE_LIMIT``) while a build uses the engine and the registry, so that
+    simultaneous triggers queue instead of overloading one engine."""
+    from prefect.concurrency.asyncio import concurrency
+
+    name = os.environ.get("GOBUILD_ENGINE_LIMIT", "gobuild-engine")
+    await ensure_engine_limit(name)
+    async with concurrency(name, occupy=1, strict=True):
+        yield
 
 
 @asynccontextmanager
