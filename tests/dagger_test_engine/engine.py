@@ -868,11 +868,11 @@ class Engine:
         from .execution import Executor
         from .images import Images
 
-        self.state_dir = state_dir
+        self.state_dir = state_dir.resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.cwd = cwd or Path.cwd()
-        self.store = BlobStore(state_dir / "blobs")
-        self.cache_dir = state_dir / "cache-volumes"
+        self.store = BlobStore(self.state_dir / "blobs")
+        self.cache_dir = self.state_dir / "cache-volumes"
         self.salt = base64.b64encode(os.urandom(12)).decode()
         self._objects: dict[str, Obj] = {}
         self._lock = threading.Lock()
