@@ -88,6 +88,27 @@ def binary(builder_ctr: dagger.Container, params: BuildParams, platform: str, ve
     return ctr.with_exec(build_args(params, version, out)).file(out)
 
 
+def go_build_version(binary_data: bytes) -> str:
+    """The Go version that compiled a binary, read from its build info (what
+    ``go version <binary>`` prints), so the report names the real compiler without
+    another engine round trip. Empty when the binary has none."""
+    magic = b"\xff Go buildinf:"
+    at = binary_data.find(magic)
+    while at != -1 and at % 16:  # the header is 16-byte aligned
+        at = binary_data.find(magic, at + 1)
+    if at == -1 or not binary_data[at + 15] & 2:  # flag 2: inline strings (Go 1.18+)
+        return ""
+    pos, length, shift = at + 32, 0, 0
+    while pos < len(binary_data):
+        byte = binary_data[pos]
+        pos += 1
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    return binary_data[pos : pos + length].decode(errors="replace")
+
+
 def compile_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """Everything that determines the binary, and this module's code."""
     source: SourceInfo = parameters["source"]
@@ -129,11 +150,10 @@ async def compile_binary(
         path = Path(tmp, params.resolved_app_name())
         await binary(builder_ctr, params, platform, version).export(str(path))
         data = path.read_bytes()
-    go_version = await builder_ctr.env_variable("GOLANG_VERSION") or "unknown"
     return CompiledBinary(
         platform=platform,
         sha256="sha256:" + hashlib.sha256(data).hexdigest(),
         size=len(data),
-        go_version=go_version,
+        go_version=go_build_version(data) or "unknown",
         data=data,
     )

@@ -132,7 +132,7 @@ def describe_local(params: BuildParams) -> SourceInfo:
     assert root is not None
     patterns = exclude_patterns(root, params.resolved_output())
     digest, files, kept, excluded, newest = digest_tree(root, patterns)
-    commit = _git(root, "rev-parse", "HEAD") if (root / ".git").exists() else ""
+    commit = _git(root, "rev-parse", "HEAD")  # also when the source is a subdirectory
     created = _git(root, "log", "-1", "--format=%cI") if commit else ""
     if not created:
         created = datetime.fromtimestamp(int(newest), UTC).isoformat().replace("+00:00", "Z")

@@ -81,6 +81,7 @@ def test_two_platforms_build_concurrently_with_reports(
     assert state.is_completed(), state.message
     result = state.result()
     assert set(result.platforms) == {"linux/amd64", "linux/arm64"}
+    assert result.go_version == dagger_engine.engine.go_version()  # read from the binary
 
     # The image itself, read by skopeo: the amd64 binary runs and is stamped.
     archive = f"oci-archive:{out}"
@@ -339,3 +340,10 @@ def test_flow_parameters_have_titles_descriptions_and_defaults() -> None:
         assert prop.get("description"), name
         assert "default" in prop, name
     assert not schema.get("required")
+
+
+def test_go_build_version_needs_go_build_info() -> None:
+    from tasks.compile import go_build_version
+
+    assert go_build_version(b"\x7fELF" + b"\0" * 100) == ""
+    assert go_build_version(Path(sys.executable).read_bytes()) == ""
