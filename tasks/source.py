@@ -162,6 +162,9 @@ async def describe_git(params: BuildParams) -> SourceInfo:
         commit=commit,
         digest=digest,
         excludes=list(ALWAYS_EXCLUDE),
+        # The engine's git API gives no commit time; like ko, fall back to the Unix
+        # epoch rather than the clock, so the same commit gives the same digest.
+        created="1970-01-01T00:00:00Z",
     )
 
 

@@ -347,3 +347,49 @@ def test_go_build_version_needs_go_build_info() -> None:
 
     assert go_build_version(b"\x7fELF" + b"\0" * 100) == ""
     assert go_build_version(Path(sys.executable).read_bytes()) == ""
+
+
+def test_git_source_at_a_tag_records_the_commit(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, hello_go: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "hello-repo"
+    shutil.copytree(hello_go, repo)
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@e.x",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@e.x",
+    }
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(repo), *args], env=env, check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    git("init", "-q", "-b", "main")
+    git("add", ".")
+    git("commit", "-q", "-m", "v1")
+    git("tag", "v1.0.0")
+    tagged = git("rev-parse", "HEAD")
+    (repo / "extra.go").write_text("package main\n\nvar extra = 1\n")
+    git("add", ".")
+    git("commit", "-q", "-m", "after the tag")
+
+    out = tmp_path / "git.tar"
+    state = build(
+        source=f"file://{repo}",
+        git_ref="v1.0.0",
+        version="1.0.0",
+        output=str(out),
+        run_checks=False,
+    )
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result.commit == tagged
+    cfg = inspect_config(f"oci-archive:{out}")["config"]
+    assert cfg["Labels"]["org.opencontainers.image.revision"] == tagged
+    assert cfg["Labels"]["org.opencontainers.image.source"] == f"file://{repo}"
+    assert cfg["Labels"]["org.opencontainers.image.created"] == "1970-01-01T00:00:00Z"
+    md = {a.key: a for a in artifacts(state.state_details.flow_run_id) if a.key}["build-hello-repo"]
+    assert tagged in md.data
