@@ -37,22 +37,14 @@ from tasks.source import load_source
 
 async def multistage_build(**parameters: Any) -> BuildResult:
     params = parse_params(_defaults_resolved(parameters))  # one line per bad field, no engine work
-    stages = Stages()
+    stages = Stages(refresh=params.force_rebuild)
     try:
         async with engine_slot(), engine_session():
             source = await stages.run("load source", load_source, params)
             version = params.resolved_version()
             binaries = await asyncio.gather(
                 *(
-                    stages.run(
-                        "compile " + p,
-                        compile_binary,
-                        source,
-                        params,
-                        p,
-                        version,
-                        refresh=params.force_rebuild,
-                    )
+                    stages.run(f"compile {p}", compile_binary, source, params, p, version)
                     for p in params.platforms
                 )
             )
@@ -63,35 +55,13 @@ async def multistage_build(**parameters: Any) -> BuildResult:
                 params,
                 binaries,
                 version,
-                refresh=params.force_rebuild,
+                valid=still_valid,
             )
-            if not still_valid(image):  # cached, but the tarball was moved or deleted
-                image = await stages.run(
-                    "assemble runtime",
-                    assemble_image,
-                    source,
-                    params,
-                    binaries,
-                    version,
-                    refresh=True,
-                )
             references = await stages.run("publish", publish_image, params, image, source)
     except BaseException as exc:
         await report_failure(params, stages.current, exc)
         raise
-    result = BuildResult(
-        app=params.resolved_app_name(),
-        version=version,
-        tarball=image.path,
-        digest=image.digest,
-        platforms=image.platforms,
-        binaries={b.platform: b.size for b in binaries},
-        references=references,
-        source_digest=source.digest,
-        commit=source.commit,
-        go_version=binaries[0].go_version,
-        stages=stages.records,
-    )
+    result = BuildResult.collect(params, version, source, binaries, image, references, stages)
     await report_success(result)
     return result
 

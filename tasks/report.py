@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,10 @@ from prefect.artifacts import (
 from prefect.events import emit_event
 from pydantic import BaseModel
 
+from tasks.assemble import ImageArtifact
+from tasks.compile import CompiledBinary
 from tasks.params import BuildParams, parse_image_ref
+from tasks.source import SourceInfo
 
 STDERR_TAIL_LINES = 40
 
@@ -49,6 +53,31 @@ class BuildResult(BaseModel):
     go_version: str
     stages: list[StageRecord]
 
+    @classmethod
+    def collect(
+        cls,
+        params: BuildParams,
+        version: str,
+        source: SourceInfo,
+        binaries: list[CompiledBinary],
+        image: ImageArtifact,
+        references: list[str],
+        stages: Stages,
+    ) -> BuildResult:
+        return cls(
+            app=params.resolved_app_name(),
+            version=version,
+            tarball=image.path,
+            digest=image.digest,
+            platforms=image.platforms,
+            binaries={b.platform: b.size for b in binaries},
+            references=references,
+            source_digest=source.digest,
+            commit=source.commit,
+            go_version=binaries[0].go_version,
+            stages=stages.records,
+        )
+
 
 def artifact_key(app: str, suffix: str = "") -> str:
     base = re.sub(r"[^a-z0-9-]+", "-", f"build-{app}".lower()).strip("-")
@@ -57,21 +86,34 @@ def artifact_key(app: str, suffix: str = "") -> str:
 
 @dataclass
 class Stages:
-    """Times each stage and notes whether Prefect served it from cache."""
+    """Runs each stage task, timing it and noting whether Prefect served it from cache.
 
+    ``refresh`` (the run's ``force_rebuild``) bypasses the cache. ``valid`` checks a
+    cached result against the world: a cached tarball that was deleted since is
+    rebuilt rather than reported.
+    """
+
+    refresh: bool = False
     records: list[StageRecord] = field(default_factory=list)
     current: str = "start"
 
-    async def run(self, name: str, task: Any, *args: Any, refresh: bool = False) -> Any:
+    async def run(
+        self, name: str, task: Any, *args: Any, valid: Callable[[Any], bool] | None = None
+    ) -> Any:
+        result, cached = await self._once(name, task, args, self.refresh)
+        if cached and valid is not None and not valid(result):
+            result, _ = await self._once(name, task, args, True)
+        return result
+
+    async def _once(self, name: str, task: Any, args: tuple, refresh: bool) -> tuple[Any, bool]:
         self.current = name
         started = time.monotonic()
         state = await task.with_options(refresh_cache=refresh or None)(*args, return_state=True)
+        cached = state.name == "Cached"
         self.records.append(
-            StageRecord(
-                name=name, seconds=time.monotonic() - started, cached=state.name == "Cached"
-            )
+            StageRecord(name=name, seconds=time.monotonic() - started, cached=cached)
         )
-        return await state.aresult()
+        return await state.aresult(), cached
 
 
 def _registry_url(ref: str) -> str:

@@ -196,6 +196,17 @@ def test_force_rebuild_bypasses_the_cache(
     calls = dagger_engine.log.snapshot()["calls"]
     assert calls.get("File.export") == 1 and calls.get("Container.export") == 1
 
+    # A cached result naming a tarball that is gone is rebuilt, not reported.
+    Path(params["output"]).unlink()
+    dagger_engine.log.clear()
+    healed = build(**params)
+    assert healed.is_completed()
+    assert Path(params["output"]).is_file()
+    stages = {s.name: s.cached for s in healed.result().stages}
+    assert stages["compile linux/amd64"] is True
+    calls = dagger_engine.log.snapshot()["calls"]
+    assert calls.get("Container.export") == 1 and "File.export" not in calls
+
 
 def test_transient_failures_are_retried_then_succeed(
     prefect_api: PrefectAPI,
@@ -289,44 +300,30 @@ def test_cli_without_engine_fails_fast_with_one_line(tmp_path: Path, hello_go: P
     env.update(
         HOME=str(tmp_path), DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock", PATH="/usr/bin:/bin"
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "flows.build", str(hello_go)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert "container runtime such as Docker" in lines[0]
+
+    def cli(*args: str, **extra_env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "flows.build", str(hello_go), *args],
+            cwd=ROOT,
+            env={**env, **extra_env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    proc = cli()
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "container runtime such as Docker" in proc.stderr
     assert "Traceback" not in proc.stderr
 
-    closed = dict(env, DAGGER_SESSION_PORT="1", DAGGER_SESSION_TOKEN="x")
-    proc = subprocess.run(
-        [sys.executable, "-m", "flows.build", str(hello_go)],
-        cwd=ROOT,
-        env=closed,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode != 0
+    proc = cli(DAGGER_SESSION_PORT="1", DAGGER_SESSION_TOKEN="x")  # nothing listens there
+    assert proc.returncode == 2
     assert "DAGGER_SESSION_PORT" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
-    bad = subprocess.run(
-        [sys.executable, "-m", "flows.build", str(hello_go), "--platform", "x"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert bad.returncode == 2 and "platforms" in bad.stderr
+    proc = cli("--platform", "x")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: platforms:")
 
 
 def test_flow_parameters_have_titles_descriptions_and_defaults() -> None:
