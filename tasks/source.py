@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ from tasks.session import retry_options
 
 ALWAYS_EXCLUDE = [".git/"]
 IGNORE_FILES = (".dockerignore", ".gitignore")
+SMALL_FILE = 1 << 20
 
 
 class SourceInfo(BaseModel):
@@ -91,8 +93,11 @@ def digest_tree(root: Path, patterns: list[str]) -> tuple[str, int, int, int, fl
             files += 1
             kept += st.st_size
             newest = max(newest, st.st_mtime)
-            if os.path.islink(full):
+            if stat.S_ISLNK(st.st_mode):
                 content = hashlib.sha256(os.readlink(full).encode()).hexdigest()
+            elif st.st_size <= SMALL_FILE:  # one read: file_digest's buffer costs more here
+                with open(full, "rb", buffering=0) as fh:
+                    content = hashlib.sha256(fh.read()).hexdigest()
             else:
                 with open(full, "rb") as fh:
                     content = hashlib.file_digest(fh, "sha256").hexdigest()
