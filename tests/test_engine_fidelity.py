@@ -8,6 +8,7 @@ failure for anything it does not implement.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -114,6 +115,9 @@ def test_seed_pipeline_exports_a_runnable_stamped_binary(
     assert "blobs/sha256/" in layer_names
     execs = dagger_engine.log.snapshot()["execs"]
     assert [e[:2] for e in execs] == [["go", "build"]]
+    # Go found its default cache ($HOME/.cache/go-build) in the mounted volume.
+    volume = dagger_engine.engine.cache_dir / hashlib.sha256(b"go-build").hexdigest()[:32]
+    assert (volume / "README").is_file() and any(volume.glob("??"))
 
 
 def test_arm64_cross_compile_and_multi_platform_index(

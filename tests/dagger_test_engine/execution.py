@@ -129,6 +129,14 @@ class Executor:
                 root,
             )
 
+            # Make mounts visible at their container paths too, not only through
+            # rewritten arguments: Go finds its default cache via $HOME/.cache.
+            for prefix, host in sorted(mapping, key=lambda item: len(item[0])):
+                link = root / prefix
+                if not any(prefix.startswith(p + "/") for p in mounted) and not link.exists():
+                    link.parent.mkdir(parents=True, exist_ok=True)
+                    link.symlink_to(host, target_is_directory=True)
+
             def to_host(cpath: str) -> str:
                 key = fs.norm(cpath)
                 for prefix, host in mapping:
