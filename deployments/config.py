@@ -113,8 +113,7 @@ def load_nightly_config(environ: Mapping[str, str] | None = None) -> NightlyConf
         origins[name] = var
     if "source" not in params:
         raise ConfigError(
-            f"source: not configured; set [parameters] source in {label} "
-            "or GOBUILD_NIGHTLY_SOURCE"
+            f"source: not configured; set [parameters] source in {label} or GOBUILD_NIGHTLY_SOURCE"
         )
     # A nightly build that publishes should also say so in its tags; an explicit
     # tag_nightly in the file still wins.

@@ -103,15 +103,17 @@ def build_deployments(
     deployments = [nightly, on_demand, on_push]
     if test_interval_seconds:
         # TEST ONLY: the nightly parameters on a short interval, so that tests can
-        # watch scheduled runs happen without waiting for 02:00.
+        # watch scheduled runs happen without waiting for 02:00. It starts paused, so
+        # that a test decides when its runs begin (POST .../resume_deployment).
         deployments.append(
             multistage_build.to_deployment(
                 "nightly-test-interval",
                 schedules=[Interval(test_interval_seconds)],
+                paused=True,
                 parameters=config.parameters,
                 description=(
                     f"TEST ONLY: the nightly build every {test_interval_seconds:g} s "
-                    "(--test-interval-seconds)."
+                    "(--test-interval-seconds); starts paused."
                 ),
                 tags=["gobuild", "test-only"],
                 **common,
@@ -144,7 +146,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help=(
             "TEST ONLY: also serve 'nightly-test-interval', the nightly build on this "
-            "short interval"
+            "short interval, paused until resumed"
         ),
     )
     args = ap.parse_args(argv)
@@ -164,8 +166,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from prefect import serve
+    from prefect.settings import get_current_settings
 
     from tasks.session import EngineUnavailable, preflight
+
+    if not get_current_settings().api.url:  # env or the active profile
+        print(
+            "warning: PREFECT_API_URL is not set: serving against a temporary in-process "
+            "Prefect server that disappears with this process",
+            file=sys.stderr,
+        )
 
     try:
         preflight()

@@ -55,3 +55,4 @@ from tests.dagger_test_engine.pytest_plugin import (  # noqa: E402, F401 - fixtu
 )
 from tests.prefect_fixtures import prefect_api  # noqa: E402, F401 - fixtures
 from tests.registry_fixtures import auth_registry, fault_proxy, registry  # noqa: E402, F401
+from tests.server_fixtures import engine_process, prefect_server, served  # noqa: E402, F401
