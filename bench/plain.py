@@ -7,13 +7,9 @@ cross-compile, an alpine runtime with the binary, entrypoint, user and labels,
 exported as an OCI tarball. The overhead benchmark compares the flow against it,
 so it must do the same engine work as the flow and nothing the flow does not.
 
-One deliberate difference from the seed test: ``GOMODCACHE`` and ``GOCACHE`` are
-set to the cache-volume paths, as the flow's builder does. On a real engine they
-are the golang image's defaults anyway. On the test engine a cache volume is only
-reached through a path named in an argument or an environment variable (it is
-not bind-mounted into a rootfs), so without them Go would fall back to
-``$HOME/.cache/go-build`` in the exec's scratch root and compile the standard
-library cold on every run, which would flatter the flow by 20-30 s a build.
+``GOMODCACHE`` and ``GOCACHE`` are set to the cache-volume paths, as the flow's
+builder does, so both sides name their caches the same way (on the golang image
+those are the defaults anyway).
 """
 
 from __future__ import annotations

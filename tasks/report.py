@@ -22,6 +22,7 @@ from prefect.artifacts import (
     acreate_table_artifact,
 )
 from prefect.events import emit_event
+from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
 from tasks.assemble import ImageArtifact
@@ -225,13 +226,22 @@ def failure_markdown(params: BuildParams, stage: str, exc: BaseException) -> str
 
 
 async def report_failure(params: BuildParams, stage: str, exc: BaseException) -> None:
+    """Best effort: a report that cannot be written must not hide the build's own error."""
+    try:
+        await _report_failure(params, stage, exc)
+    except Exception as report_exc:
+        get_run_logger().warning("could not write the failure report: %s", report_exc)
+
+
+async def _report_failure(params: BuildParams, stage: str, exc: BaseException) -> None:
     app = params.resolved_app_name()
     await acreate_markdown_artifact(
         key=artifact_key(app, "failure"),
         markdown=failure_markdown(params, stage, exc),
         description=f"{app}: failed in {stage}",
     )
-    payload: dict[str, Any] = {"app": app, "stage": stage, "error": str(exc).splitlines()[0:1]}
+    first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+    payload: dict[str, Any] = {"app": app, "stage": stage, "error": first_line}
     if isinstance(exc, dagger.ExecError):
         payload.update(command=exc.command, exit_code=exc.exit_code)
     emit_event(
