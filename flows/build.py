@@ -26,12 +26,12 @@ from prefect import flow
 from pydantic import Field
 from pydantic.fields import FieldInfo
 
-from tasks.assemble import assemble_image, still_valid
+from tasks.assemble import assemble_image, served_from_cache, still_valid
 from tasks.compile import compile_binary
 from tasks.params import BuildParams, ParamsError, parse_params
 from tasks.publish import publish_image
 from tasks.report import BuildResult, Stages, report_failure, report_success
-from tasks.session import EngineUnavailable, engine_session, engine_slot, preflight
+from tasks.session import EngineScope, EngineUnavailable, preflight
 from tasks.source import load_source
 
 
@@ -39,9 +39,13 @@ async def multistage_build(**parameters: Any) -> BuildResult:
     params = parse_params(_defaults_resolved(parameters))  # one line per bad field, no engine work
     stages = Stages(refresh=params.force_rebuild)
     try:
-        async with engine_slot(), engine_session():
+        async with EngineScope() as engine:
+            if params.is_git_source:
+                await engine.open()  # the engine resolves the ref
             source = await stages.run("load source", load_source, params)
             version = params.resolved_version()
+            if not await served_from_cache(params, source, version):
+                await engine.open()  # a no-op build never connects
             binaries = await asyncio.gather(
                 *(
                     stages.run(f"compile {p}", compile_binary, source, params, p, version)

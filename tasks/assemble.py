@@ -159,3 +159,37 @@ async def assemble_image(
         platforms=platforms,
         size=output.stat().st_size,
     )
+
+
+async def served_from_cache(params: BuildParams, source: SourceInfo, version: str) -> bool:
+    """Whether Prefect's result store can serve every engine stage of this build:
+    each platform's compile, and an assemble whose tarball is still in place.
+
+    Uses the stages' own cache keys against the run's result store, so the answer
+    is the one the tasks will get; publishing always needs the engine.
+    """
+    from prefect.results import get_result_store
+
+    from tasks.compile import compile_binary, compile_cache_key
+
+    if params.force_rebuild or params.image_refs:
+        return False
+    flow_store = get_result_store()
+
+    async def cached(task: Any, key: str) -> Any:
+        store = await flow_store.aupdate_for_task(task)  # where that task keeps results
+        try:
+            return (await store.aread(key)).result
+        except Exception:  # missing or unreadable: the task will build it
+            return None
+
+    binaries = []
+    for platform in params.platforms:
+        inputs = {"source": source, "params": params, "platform": platform, "version": version}
+        binary = await cached(compile_binary, compile_cache_key(None, inputs))  # type: ignore[arg-type]
+        if binary is None:
+            return False
+        binaries.append(binary)
+    inputs = {"source": source, "params": params, "binaries": binaries, "version": version}
+    image = await cached(assemble_image, assemble_cache_key(None, inputs))  # type: ignore[arg-type]
+    return image is not None and still_valid(image)

@@ -144,6 +144,33 @@ async def engine_session() -> AsyncIterator[None]:
         raise EngineUnavailable(f"could not connect to the Dagger engine: {exc}") from exc
 
 
+class EngineScope:
+    """The engine slot and session of one flow run, opened at most once, on demand.
+
+    A build whose every stage Prefect can serve from cache needs no engine at all:
+    not the session (the SDK's introspection), not a slot of the concurrency limit.
+    The flow opens the scope from its own task before the first stage that needs
+    the engine, so the connection is entered and closed by the same task.
+    """
+
+    def __init__(self) -> None:
+        self._stack = contextlib.AsyncExitStack()
+        self.opened = False
+
+    async def __aenter__(self) -> EngineScope:
+        await self._stack.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> bool | None:
+        return await self._stack.__aexit__(*exc_info)  # type: ignore[arg-type]
+
+    async def open(self) -> None:
+        if not self.opened:
+            await self._stack.enter_async_context(engine_slot())
+            await self._stack.enter_async_context(engine_session())
+            self.opened = True
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for failures that may pass on a second attempt."""
     if isinstance(exc, EngineUnavailable | dagger.ExecError | ValueError):

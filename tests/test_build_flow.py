@@ -31,7 +31,7 @@ from tasks.params import ParamsError
 from tests.dagger_test_engine.server import TestEngine
 from tests.oci_check import ELF_AARCH64, ELF_X86_64, elf_machine, extract_file, inspect_config
 from tests.prefect_fixtures import PrefectAPI
-from tests.registry_fixtures import Registry
+from tests.registry_fixtures import Registry, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,8 +171,7 @@ def test_second_run_in_a_new_process_is_cached_even_on_a_fresh_engine(
     assert second.returncode == 0, second.stderr[-2000:]
     assert second.stdout.split()[-1] == digest
     assert log["execs"] == []
-    paths = [p for r in log["requests"] for p in r["paths"]]
-    assert not any("withExec" in p or "export" in p for p in paths), paths
+    assert log["requests"] == []  # served from Prefect's cache: not even a session
     logs = second.stdout + second.stderr
     assert logs.count("Finished in state Cached") == 2  # compile + assemble
 
@@ -185,9 +184,11 @@ def test_force_rebuild_bypasses_the_cache(
     )
     assert build(**params).is_completed()
     dagger_engine.log.clear()
-    again = build(**params)
-    assert again.is_completed()
-    assert dagger_engine.log.snapshot()["execs"] == []
+    with pytest.MonkeyPatch.context() as mp:  # a no-op build needs no engine at all
+        mp.setenv("DAGGER_SESSION_PORT", str(free_port()))
+        again = build(**params)
+    assert again.is_completed(), again.message
+    assert dagger_engine.log.snapshot()["requests"] == []
     dagger_engine.log.clear()
     forced = build(**params, force_rebuild=True)
     assert forced.is_completed()
