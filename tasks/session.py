@@ -145,12 +145,14 @@ async def engine_session() -> AsyncIterator[None]:
 
 
 class EngineScope:
-    """The engine slot and session of one flow run, opened at most once, on demand.
+    """The engine slot and session of one flow run; the session opened on demand.
 
-    A build whose every stage Prefect can serve from cache needs no engine at all:
-    not the session (the SDK's introspection), not a slot of the concurrency limit.
-    The flow opens the scope from its own task before the first stage that needs
-    the engine, so the connection is entered and closed by the same task.
+    A build whose every stage Prefect can serve from cache needs no engine, so the
+    Dagger session (the SDK's introspection, or starting an engine) is opened only
+    before the first stage that needs it, by the flow's own task, so the connection
+    is entered and closed by the same task. The concurrency slot is taken up front:
+    it costs a few milliseconds there, but about 2 s when acquired after a task run
+    in the same flow run (measured with Prefect 3.9.1).
     """
 
     def __init__(self) -> None:
@@ -159,6 +161,11 @@ class EngineScope:
 
     async def __aenter__(self) -> EngineScope:
         await self._stack.__aenter__()
+        try:
+            await self._stack.enter_async_context(engine_slot())
+        except BaseException:
+            await self._stack.aclose()
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> bool | None:
@@ -166,7 +173,6 @@ class EngineScope:
 
     async def open(self) -> None:
         if not self.opened:
-            await self._stack.enter_async_context(engine_slot())
             await self._stack.enter_async_context(engine_session())
             self.opened = True
 
