@@ -29,6 +29,7 @@ from prefect.events.filters import EventFilter, EventNameFilter
 from flows.build import multistage_build
 from tasks.params import ParamsError
 from tests.dagger_test_engine.server import TestEngine
+from tests.gitrepo import commit_all, git
 from tests.oci_check import ELF_AARCH64, ELF_X86_64, elf_machine, extract_file, inspect_config
 from tests.prefect_fixtures import PrefectAPI
 from tests.registry_fixtures import Registry, free_port
@@ -352,27 +353,10 @@ def test_git_source_at_a_tag_records_the_commit(
 ) -> None:
     repo = tmp_path / "hello-repo"
     shutil.copytree(hello_go, repo)
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@e.x",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@e.x",
-    }
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(repo), *args], env=env, check=True, capture_output=True, text=True
-        ).stdout.strip()
-
-    git("init", "-q", "-b", "main")
-    git("add", ".")
-    git("commit", "-q", "-m", "v1")
-    git("tag", "v1.0.0")
-    tagged = git("rev-parse", "HEAD")
+    tagged = commit_all(repo, "v1")
+    git(repo, "tag", "v1.0.0")
     (repo / "extra.go").write_text("package main\n\nvar extra = 1\n")
-    git("add", ".")
-    git("commit", "-q", "-m", "after the tag")
+    commit_all(repo, "after the tag")
 
     out = tmp_path / "git.tar"
     state = build(

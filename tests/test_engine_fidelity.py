@@ -23,6 +23,7 @@ import pytest
 from dagger import dag
 
 from tests.dagger_test_engine.server import TestEngine
+from tests.gitrepo import git
 from tests.oci_check import (
     ELF_AARCH64,
     ELF_X86_64,
@@ -241,31 +242,18 @@ def test_host_directory_include_exclude_and_directory_file_ops(
     assert not Path(exported, "notes.md").exists()
 
 
-def _git(repo: Path, *args: str) -> str:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.com",
-    }
-    return subprocess.run(
-        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True, env=env
-    ).stdout.strip()
-
-
 def test_git_source_at_branch_tag_and_commit(dagger_engine: TestEngine, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
-    _git(repo, "init", "-q", "-b", "main")
+    git(repo, "init", "-q", "-b", "main")
     (repo / "VERSION").write_text("one\n")
-    _git(repo, "add", ".")
-    _git(repo, "commit", "-q", "-m", "one")
-    first = _git(repo, "rev-parse", "HEAD")
-    _git(repo, "tag", "v1")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "one")
+    first = git(repo, "rev-parse", "HEAD")
+    git(repo, "tag", "v1")
     (repo / "VERSION").write_text("two\n")
-    _git(repo, "commit", "-q", "-am", "two")
-    second = _git(repo, "rev-parse", "HEAD")
+    git(repo, "commit", "-q", "-am", "two")
+    second = git(repo, "rev-parse", "HEAD")
     url = f"file://{repo}"
 
     async def pipeline():

@@ -22,6 +22,7 @@ from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
 
 from flows.build import multistage_build
 from tests.dagger_test_engine.server import TestEngine
+from tests.gitrepo import commit_all
 from tests.oci_check import ELF_AARCH64, elf_machine, extract_file, inspect_config, inspect_raw
 from tests.prefect_fixtures import PrefectAPI
 from tests.registry_fixtures import FaultProxy, Registry, free_port
@@ -37,18 +38,7 @@ def build(**params: Any):
 def git_copy(src: Path, dest: Path) -> str:
     """A git checkout of the example, so the build has a commit to tag with."""
     shutil.copytree(src, dest)
-    env = {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@e.x",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@e.x",
-        "PATH": "/usr/bin:/bin",
-    }
-    for args in (["init", "-q", "-b", "main"], ["add", "."], ["commit", "-q", "-m", "init"]):
-        subprocess.run(["git", "-C", str(dest), *args], check=True, env=env)
-    return subprocess.run(
-        ["git", "-C", str(dest), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
-    ).stdout.strip()
+    return commit_all(dest, "init")
 
 
 def publish_run(source: Path, refs: list[str], out: Path, **extra: Any):
