@@ -65,7 +65,8 @@ def builder(src: dagger.Directory, params: BuildParams) -> dagger.Container:
         .with_directory(SRC, src)
     )
     if params.run_checks:
-        ctr = ctr.with_exec(["go", "vet", "./..."]).with_exec(["go", "test", "./..."])
+        tags = ["-tags", ",".join(params.build_tags)] if params.build_tags else []
+        ctr = ctr.with_exec(["go", "vet", *tags, "./..."]).with_exec(["go", "test", *tags, "./..."])
     return ctr
 
 
