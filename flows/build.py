@@ -107,7 +107,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
         description="Build a Go service into a container image (Prefect flow multistage-build).",
     )
     ap.add_argument("source", help="local directory with go.mod, or a git URL")
-    ap.add_argument("--ref", dest="git_ref", help="branch, tag or commit of a git source")
+    ap.add_argument("--ref", dest="git_ref", help="branch, tag or full commit SHA of a git source")
     ap.add_argument("--platform", dest="platforms", action="append", help="repeatable")
     ap.add_argument("--tag", dest="image_refs", action="append", help="reference to publish")
     ap.add_argument("--output", help="OCI tarball path (default build/<app>.oci.tar)")
@@ -119,6 +119,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--build-tag", dest="build_tags", action="append")
     ap.add_argument("--label", dest="labels", action="append", help="KEY=VALUE, repeatable")
     ap.add_argument("--registry-secret-block")
+    ap.add_argument("--git-secret-block", help="Secret block with a token for a private git URL")
     ap.add_argument("--tag-commit", action="store_true", default=None)
     ap.add_argument("--tag-nightly", action="store_true", default=None)
     ap.add_argument("--tag-latest", action="store_true", default=None)

@@ -5,9 +5,13 @@ path, the entrypoint, a non-root numeric user, and the OCI labels. All platforms
 go into one OCI image-layout tarball, which is this stage's artifact and the
 input of the publish stage, so publishing never needs to rebuild.
 
-The ``created`` label comes from the source (commit time, or newest file), not
-the clock: the same source gives the same image digest, and a no-op build stays
-a no-op all the way to the registry.
+The ``created`` label and the binary's file time come from the source (commit
+time, or newest file), not the clock, so the same binary gives the same layer.
+The image config's own ``created`` is the engine's, and the engine keeps no
+promise of byte-identical exports, so two engine builds of one source may give
+different image digests. What makes an unchanged build a no-op is Prefect's
+cache: the stages are served from their results, and the tarball and digest of
+the first build are reported again.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tarfile
 import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +31,13 @@ from prefect.context import TaskRunContext
 from pydantic import BaseModel
 
 from tasks.compile import CompiledBinary
+from tasks.oci_layout import image_digests
 from tasks.params import BuildParams
-from tasks.session import retry_options
+from tasks.session import engine_ready, retry_options
 from tasks.source import SourceInfo
 
 BIN_DIR = "/usr/local/bin"
 RUNTIME_USER = "65532"  # the distroless "nonroot" uid: numeric, so no /etc/passwd is needed
-INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 _CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
 
@@ -81,26 +85,12 @@ def runtime(
     return ctr
 
 
-def image_digests(tarball: Path) -> tuple[str, dict[str, str]]:
-    """Top-level digest and per-platform manifest digests of an OCI layout tarball."""
-    with tarfile.open(tarball) as tar:
-
-        def blob(name: str) -> dict[str, Any]:
-            member = tar.extractfile(name)
-            assert member is not None, name
-            return json.load(member)
-
-        top = blob("index.json")["manifests"][0]
-        if top.get("mediaType") == INDEX_MEDIA_TYPE:
-            manifests = blob("blobs/sha256/" + top["digest"].split(":", 1)[1])["manifests"]
-        else:
-            manifests = [top]
-    platforms = {}
-    for m in manifests:
-        p = m.get("platform", {})
-        name = "/".join(x for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x)
-        platforms[name] = m["digest"]
-    return top["digest"], platforms
+def source_epoch(source: SourceInfo) -> int:
+    """The source's time (commit time or newest file) as Unix seconds."""
+    try:
+        return int(datetime.fromisoformat(source.created).timestamp())
+    except ValueError:
+        return 0
 
 
 def file_sha256(path: Path) -> str:
@@ -135,6 +125,7 @@ def still_valid(image: ImageArtifact) -> bool:
 async def assemble_image(
     source: SourceInfo, params: BuildParams, binaries: list[CompiledBinary], version: str
 ) -> ImageArtifact:
+    await engine_ready()
     labels = oci_labels(params, source, version)
     output = params.resolved_output()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +134,11 @@ async def assemble_image(
         for b in binaries:
             bin_path = Path(tmp, b.platform.replace("/", "-"))
             bin_path.write_bytes(b.data)
-            variants.append(runtime(dag.host().file(str(bin_path)), params, b.platform, labels))
+            # The host file's mtime would reach the layer (the engine keeps host
+            # mtimes); the source's time keeps the binary's layer the same for the
+            # same binary, so registries share it between builds.
+            binary = dag.host().file(str(bin_path)).with_timestamps(source_epoch(source))
+            variants.append(runtime(binary, params, b.platform, labels))
         # Write next to the output and rename: a failed export never leaves half a tarball.
         partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
         try:

@@ -26,8 +26,8 @@ from prefect.context import TaskRunContext
 from pydantic import BaseModel
 
 from tasks.params import BuildParams, goenv
-from tasks.session import retry_options
-from tasks.source import SourceInfo, source_directory
+from tasks.session import engine_ready, retry_options
+from tasks.source import SourceInfo, git_token, source_directory
 
 GOMODCACHE = "/go/pkg/mod"
 GOCACHE = "/root/.cache/go-build"
@@ -146,7 +146,9 @@ def compile_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> st
 async def compile_binary(
     source: SourceInfo, params: BuildParams, platform: str, version: str
 ) -> CompiledBinary:
-    builder_ctr = builder(source_directory(source), params)
+    await engine_ready()
+    token = await git_token(params) if source.kind == "git" else None
+    builder_ctr = builder(source_directory(source, token), params)
     with tempfile.TemporaryDirectory(prefix="gobuild-") as tmp:
         path = Path(tmp, params.resolved_app_name())
         await binary(builder_ctr, params, platform, version).export(str(path))

@@ -11,14 +11,7 @@ network or the Dagger engine, because Prefect validates parameters before a
 run starts and in the UI while a user types. Anything that needs the outside
 world (such as `git describe`) lives in the `resolved_*` methods instead.
 
-Image references are checked against the grammar of
-github.com/distribution/reference (regexp.go, the `reference` and `tag`
-productions; the same grammar Docker and containerd parse), re-implemented
-here with `re.fullmatch`. The PyPI candidates were weighed first and not
-used: `oras.container.Container` matches with a permissive regex and fills in
-a default tag, so it cannot tell a missing tag from `:latest`, and
-`docker-image-py` anchors with `$`, so it accepts a reference followed by a
-newline, which would slip into `-ldflags` and container labels.
+Image references follow `tasks.imageref` (the distribution/reference grammar).
 """
 
 from __future__ import annotations
@@ -28,7 +21,6 @@ import platform as _platform
 import re
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +35,8 @@ from pydantic import (
     field_validator,
 )
 from pydantic.json_schema import JsonDict
+
+from tasks.imageref import ImageRef, check_pinned_image, parse_image_ref, show
 
 __all__ = [
     "DEFAULT_BUILDER_IMAGE",
@@ -92,28 +86,6 @@ _MACHINE_PLATFORM = {
     "riscv64": "linux/riscv64",
 }
 
-# --- distribution/reference grammar (regexp.go) ------------------------------
-_ALNUM = r"[a-z0-9]+"
-_SEPARATOR = r"(?:[._]|__|[-]+)"
-_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_IPV6 = r"\[(?:[a-fA-F0-9:]+)\]"
-_HOST = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|{_IPV6})"
-_DOMAIN_AND_PORT = rf"{_HOST}(?::[0-9]+)?"
-_PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
-_REMOTE_NAME = rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
-_NAME = rf"(?:{_DOMAIN_AND_PORT}/)?{_REMOTE_NAME}"
-_TAG = r"[\w][\w.-]{0,127}"
-_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9A-Fa-f]{32,}"
-# re.ASCII because Go's \w is ASCII-only; fullmatch because `$` would let a
-# trailing newline through.
-_REFERENCE_RE = re.compile(
-    rf"(?P<name>{_NAME})(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?", re.ASCII
-)
-_REMOTE_NAME_RE = re.compile(_REMOTE_NAME, re.ASCII)
-_NAME_TOTAL_LENGTH_MAX = 255
-# go-digest's registered algorithms and their hex lengths.
-_DIGEST_HEX_LEN = {"sha256": 64, "sha384": 96, "sha512": 128}
-
 # --- other field grammars ----------------------------------------------------
 _APP_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._+-]{0,127}")
@@ -128,7 +100,11 @@ _GO_PATH_SEGMENT_RE = re.compile(r"[A-Za-z0-9_.~+-]+")
 _SCP_LIKE_RE = re.compile(
     r"(?P<user>[A-Za-z0-9._-]+)@(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):(?P<path>\S+)"
 )
-_GIT_SCHEMES = ("https", "ssh", "file")
+# What the Dagger engine fetches (util/gitutil/url.go in dagger/dagger): the engine,
+# not this process, clones the repository, so a file:// URL names a path on the
+# engine's machine and is refused there as "invalid protocol".
+_GIT_SCHEMES = ("https", "http", "ssh", "git")
+_SHORT_SHA_RE = re.compile(r"[0-9a-f]{4,39}")
 _GIT_REF_FORBIDDEN = set(" ~^:?*[\\")
 _MAX_LABELS = 64
 
@@ -146,104 +122,6 @@ class ParamsError(ValueError):
         super().__init__("; ".join(problems))
 
 
-@dataclass(frozen=True)
-class ImageRef:
-    """A parsed image reference, so callers never re-split strings on ':'.
-
-    `domain` is empty for Docker Hub shorthand (`alpine`, `org/app`), following
-    Docker's rule that the first path component is a registry only if it
-    contains '.' or ':', is `localhost`, or has uppercase letters.
-    """
-
-    domain: str
-    path: str
-    tag: str
-    digest: str
-
-    @property
-    def repository(self) -> str:
-        return f"{self.domain}/{self.path}" if self.domain else self.path
-
-    def __str__(self) -> str:
-        text = self.repository
-        if self.tag:
-            text += f":{self.tag}"
-        if self.digest:
-            text += f"@{self.digest}"
-        return text
-
-
-def _show(value: object) -> str:
-    """Quote a value for an error message without letting it grow unbounded."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def parse_image_ref(ref: str) -> ImageRef:
-    """Parse an image reference, raising ValueError with a reason a user can act on."""
-    match = _REFERENCE_RE.fullmatch(ref)
-    if match is None:
-        if _REFERENCE_RE.fullmatch(ref.lower()):
-            raise ValueError(
-                f"{_show(ref)} is not a valid image reference: names must be lowercase"
-            )
-        raise ValueError(
-            f"{_show(ref)} is not a valid image reference (expected [registry/]name[:tag][@digest])"
-        )
-    name = match["name"]
-    first, sep, rest = name.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
-        domain, path = first, rest
-    else:
-        domain, path = "", name
-    if not _REMOTE_NAME_RE.fullmatch(path):
-        raise ValueError(f"{_show(ref)} is not a valid image reference: names must be lowercase")
-    if len(path) > _NAME_TOTAL_LENGTH_MAX:
-        raise ValueError(
-            f"{_show(ref)} is not a valid image reference: "
-            f"name longer than {_NAME_TOTAL_LENGTH_MAX} characters"
-        )
-    if not domain and re.fullmatch(r"[a-f0-9]{64}", path):
-        raise ValueError(f"{_show(ref)} looks like an image ID, not a repository name")
-    digest = match["digest"] or ""
-    if digest:
-        algorithm, _, encoded = digest.partition(":")
-        expected = _DIGEST_HEX_LEN.get(algorithm)
-        if expected is None:
-            raise ValueError(
-                f"{_show(ref)} has unsupported digest algorithm {algorithm!r} "
-                f"(supported: {', '.join(_DIGEST_HEX_LEN)})"
-            )
-        if not re.fullmatch(rf"[a-f0-9]{{{expected}}}", encoded):
-            raise ValueError(
-                f"{_show(ref)} has a malformed {algorithm} digest "
-                f"(expected {expected} lowercase hex characters)"
-            )
-    return ImageRef(domain=domain, path=path, tag=match["tag"] or "", digest=digest)
-
-
-def _check_pinned_image(ref: str, *, allow_scratch: bool) -> str:
-    """Reject floating base images, since they make the same inputs build different bits."""
-    if ref == "scratch":
-        if allow_scratch:
-            return ref
-        raise ValueError("'scratch' has no Go toolchain and cannot be the builder image")
-    parsed = parse_image_ref(ref)
-    if parsed.digest:
-        return ref
-    if not parsed.tag:
-        raise ValueError(
-            f"{_show(ref)} is not pinned: add a version tag (e.g. {parsed.repository}:1.2.3) "
-            "or a digest (@sha256:...)"
-        )
-    if parsed.tag == "latest":
-        raise ValueError(
-            f"{_show(ref)} is not pinned: the tag 'latest' moves; use a version tag "
-            "or pin by digest (@sha256:...)"
-        )
-    return ref
-
-
 def is_git_url(source: str) -> bool:
     """Tell a git URL from a local path, using the same forms `git clone` accepts."""
     if "://" in source:
@@ -253,33 +131,32 @@ def is_git_url(source: str) -> bool:
 
 def _check_git_url(source: str) -> None:
     if any(ch.isspace() or not ch.isprintable() for ch in source):
-        raise ValueError(f"git URL {_show(source)} must not contain whitespace or control chars")
+        raise ValueError(f"git URL {show(source)} must not contain whitespace or control chars")
     if "://" not in source:
         return  # scp-like form; the regex that recognised it already checked its shape
     scheme = source.split("://", 1)[0].lower()
-    if scheme == "http":
-        raise ValueError(f"{_show(source)} uses plain http://; use https:// or ssh://")
+    if scheme == "file":
+        raise ValueError(
+            f"{show(source)}: the Dagger engine does not fetch file:// URLs; give the "
+            "checkout's directory instead (it is sent as a local directory, its commit recorded)"
+        )
     if scheme not in _GIT_SCHEMES:
         raise ValueError(
-            f"{_show(source)} has unsupported URL scheme {scheme!r} "
+            f"{show(source)} has unsupported URL scheme {scheme!r} "
             f"(supported: {', '.join(s + '://' for s in _GIT_SCHEMES)}, git@host:path)"
         )
     try:
         parts = urlsplit(source)
         _ = parts.port  # raises on a non-numeric port
     except ValueError as exc:
-        raise ValueError(f"{_show(source)} is not a valid URL: {exc}") from None
-    if scheme == "file":
-        if parts.netloc not in ("", "localhost") or parts.path in ("", "/"):
-            raise ValueError(f"{_show(source)} must be file:///absolute/path/to/repo")
-        return
+        raise ValueError(f"{show(source)} is not a valid URL: {exc}") from None
     if not parts.hostname or parts.path.strip("/") == "":
-        raise ValueError(f"{_show(source)} needs both a host and a repository path")
+        raise ValueError(f"{show(source)} needs both a host and a repository path")
     # A token in the URL would be stored in the deployment and shown in the UI.
-    if parts.password is not None or (scheme == "https" and parts.username is not None):
+    if parts.password is not None or (scheme in ("https", "http") and parts.username is not None):
         raise ValueError(
             f"git URL for host {parts.hostname!r} embeds credentials; remove them from the URL "
-            "and configure git credentials outside the parameters"
+            "and name a Prefect Secret block holding the token in git_secret_block"
         )
 
 
@@ -287,12 +164,12 @@ def _check_local_source(source: str) -> None:
     path = Path(source).expanduser()
     if not path.exists():
         raise ValueError(
-            f"{_show(source)} does not exist (expected a local Go module directory or a git URL)"
+            f"{show(source)} does not exist (expected a local Go module directory or a git URL)"
         )
     if not path.is_dir():
-        raise ValueError(f"{_show(source)} is not a directory")
+        raise ValueError(f"{show(source)} is not a directory")
     if not (path / "go.mod").is_file():
-        raise ValueError(f"{_show(source)} has no go.mod (expected the root of a Go module)")
+        raise ValueError(f"{show(source)} has no go.mod (expected the root of a Go module)")
 
 
 def _sanitize_name(raw: str) -> str:
@@ -332,7 +209,7 @@ def goenv(platform: str) -> dict[str, str]:
         return dict(_PLATFORM_GOENV[platform])
     except KeyError:
         raise ValueError(
-            f"{_show(platform)} is not a supported platform "
+            f"{show(platform)} is not a supported platform "
             f"(supported: {', '.join(SUPPORTED_PLATFORMS)})"
         ) from None
 
@@ -364,14 +241,25 @@ class BuildParams(BaseModel):
         default=".",
         title="Source",
         description=(
-            "Local directory of the Go module (must contain go.mod), or a git URL: "
-            "https://, ssh://, git@host:org/repo.git or file:///path."
+            "Local directory of the Go module (must contain go.mod), or a git URL the "
+            "Dagger engine fetches: https://, http://, ssh://, git:// or git@host:org/repo.git."
         ),
     )
     git_ref: str = Field(
         default="",
         title="Git ref",
-        description="Branch, tag or commit of a git source; empty means the remote HEAD.",
+        description=(
+            "Branch, tag or full 40-character commit SHA of a git source; empty means the "
+            "remote HEAD."
+        ),
+    )
+    git_secret_block: str = Field(
+        default="",
+        title="Git secret block",
+        description=(
+            "Name of a Prefect Secret block holding an HTTP(S) token for a private git "
+            "source (or JSON with username and token); sent to the engine as a Dagger secret."
+        ),
     )
     app_name: str = Field(
         default="",
@@ -515,11 +403,18 @@ class BuildParams(BaseModel):
             or any(ch in _GIT_REF_FORBIDDEN or not ch.isprintable() for ch in value)
         )
         if bad:
-            raise ValueError(f"{_show(value)} is not a valid branch, tag or commit name")
+            raise ValueError(f"{show(value)} is not a valid branch, tag or commit name")
+        if _SHORT_SHA_RE.fullmatch(value):
+            # The engine treats only a full 40-hex SHA as a commit and looks anything
+            # else up as a ref name (util/gitutil/commit.go), which a short SHA is not.
+            raise ValueError(
+                f"{show(value)} looks like an abbreviated commit; give the full 40-character "
+                "commit SHA (or a branch or tag name)"
+            )
         source = info.data.get("source")
         if source is not None and not is_git_url(source):
             raise ValueError(
-                f"{_show(value)} given, but source {_show(source)} is a local directory; "
+                f"{show(value)} given, but source {show(source)} is a local directory; "
                 "a ref only applies to git sources"
             )
         return value
@@ -529,7 +424,7 @@ class BuildParams(BaseModel):
     def _valid_app_name(cls, value: str) -> str:
         if value and not _APP_NAME_RE.fullmatch(value):
             raise ValueError(
-                f"{_show(value)} must be 1-63 lowercase letters, digits, '.', '_' or '-', "
+                f"{show(value)} must be 1-63 lowercase letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"
             )
         return value
@@ -541,21 +436,21 @@ class BuildParams(BaseModel):
         if not value:
             raise ValueError("must not be empty (use '.' for the module root)")
         if value.startswith("/") or "\\" in value or re.match(r"[A-Za-z]:", value):
-            raise ValueError(f"{_show(value)} must be a path relative to the module root")
+            raise ValueError(f"{show(value)} must be a path relative to the module root")
         if any(ch.isspace() for ch in value):
-            raise ValueError(f"{_show(value)} must not contain whitespace")
+            raise ValueError(f"{show(value)} must not contain whitespace")
         segments = value.split("/")
         if ".." in segments:
-            raise ValueError(f"{_show(value)} must not contain '..' (stay inside the module)")
+            raise ValueError(f"{show(value)} must not contain '..' (stay inside the module)")
         if "..." in value:
-            raise ValueError(f"{_show(value)} is a wildcard; name the one main package to build")
+            raise ValueError(f"{show(value)} is a wildcard; name the one main package to build")
         if segments[0] == ".":
             segments = segments[1:]
         if segments and segments[-1] == "":
             segments = segments[:-1]
         for segment in segments:
             if segment == "." or not _GO_PATH_SEGMENT_RE.fullmatch(segment):
-                raise ValueError(f"{_show(value)} is not a valid Go package path")
+                raise ValueError(f"{show(value)} is not a valid Go package path")
         return "./" + "/".join(segments) if segments else "."
 
     @field_validator("version")
@@ -563,7 +458,7 @@ class BuildParams(BaseModel):
     def _valid_version(cls, value: str) -> str:
         if value and not _VERSION_RE.fullmatch(value):
             raise ValueError(
-                f"{_show(value)} must be 1-128 of letters, digits, '.', '_', '+' or '-', "
+                f"{show(value)} must be 1-128 of letters, digits, '.', '_', '+' or '-', "
                 "starting with a letter or digit"
             )
         return value
@@ -574,7 +469,7 @@ class BuildParams(BaseModel):
         match = _VERSION_VARIABLE_RE.fullmatch(value)
         if match is None or ".." in match["path"]:
             raise ValueError(
-                f"{_show(value)} must be import/path.identifier, e.g. main.version "
+                f"{show(value)} must be import/path.identifier, e.g. main.version "
                 "or example.com/app/internal/build.Version"
             )
         return value
@@ -593,7 +488,7 @@ class BuildParams(BaseModel):
             ("$(", "'$(' command substitution"),
         ):
             if bad in value:
-                raise ValueError(f"{_show(value)} must not contain {why}")
+                raise ValueError(f"{show(value)} must not contain {why}")
         return value
 
     @field_validator("build_tags")
@@ -602,7 +497,7 @@ class BuildParams(BaseModel):
         for tag in value:
             if not _BUILD_TAG_RE.fullmatch(tag):
                 raise ValueError(
-                    f"{_show(tag)} is not a valid build tag (letters, digits, '_' and '.')"
+                    f"{show(tag)} is not a valid build tag (letters, digits, '_' and '.')"
                 )
         return value
 
@@ -615,23 +510,23 @@ class BuildParams(BaseModel):
         for item in value:
             if item not in _PLATFORM_GOENV:
                 raise ValueError(
-                    f"{_show(item)} is not a supported platform "
+                    f"{show(item)} is not a supported platform "
                     f"(supported: {', '.join(SUPPORTED_PLATFORMS)})"
                 )
             if item in seen:
-                raise ValueError(f"{_show(item)} is listed twice")
+                raise ValueError(f"{show(item)} is listed twice")
             seen.add(item)
         return value
 
     @field_validator("builder_image")
     @classmethod
     def _valid_builder_image(cls, value: str) -> str:
-        return _check_pinned_image(value, allow_scratch=False)
+        return check_pinned_image(value, allow_scratch=False)
 
     @field_validator("runtime_image")
     @classmethod
     def _valid_runtime_image(cls, value: str) -> str:
-        return _check_pinned_image(value, allow_scratch=True)
+        return check_pinned_image(value, allow_scratch=True)
 
     @field_validator("image_refs")
     @classmethod
@@ -641,15 +536,15 @@ class BuildParams(BaseModel):
             parsed = parse_image_ref(ref)
             if parsed.digest:
                 raise ValueError(
-                    f"{_show(ref)} has a digest; a digest names content, publish to a tag instead"
+                    f"{show(ref)} has a digest; a digest names content, publish to a tag instead"
                 )
             if not parsed.tag:
                 raise ValueError(
-                    f"{_show(ref)} has no tag; name the tag to publish, "
+                    f"{show(ref)} has no tag; name the tag to publish, "
                     f"e.g. {parsed.repository}:1.0.0"
                 )
             if ref in seen:
-                raise ValueError(f"{_show(ref)} is listed twice")
+                raise ValueError(f"{show(ref)} is listed twice")
             seen.add(ref)
         return value
 
@@ -662,12 +557,21 @@ class BuildParams(BaseModel):
             raise ValueError("needs at least one entry in image_refs to add the tag to")
         return value
 
+    @field_validator("git_secret_block")
+    @classmethod
+    def _valid_git_block(cls, value: str, info: ValidationInfo) -> str:
+        value = cls._valid_block_name(value)
+        source = info.data.get("source")
+        if value and source is not None and not is_git_url(source):
+            raise ValueError(f"given, but source {show(source)} is not a git URL")
+        return value
+
     @field_validator("registry_secret_block")
     @classmethod
     def _valid_block_name(cls, value: str) -> str:
         if value and not _BLOCK_NAME_RE.fullmatch(value):
             raise ValueError(
-                f"{_show(value)} is not a Prefect block name (lowercase letters, digits and '-')"
+                f"{show(value)} is not a Prefect block name (lowercase letters, digits and '-')"
             )
         return value
 
@@ -677,17 +581,17 @@ class BuildParams(BaseModel):
         if not value:
             return value
         if "\n" in value or "\r" in value or "\x00" in value:
-            raise ValueError(f"{_show(value)} must not contain newlines or NUL")
+            raise ValueError(f"{show(value)} must not contain newlines or NUL")
         path = Path(value).expanduser()
         if path.suffix != ".tar" or path.name == ".tar":
-            raise ValueError(f"{_show(value)} must name a file ending in .tar")
+            raise ValueError(f"{show(value)} must name a file ending in .tar")
         if path.is_dir():
-            raise ValueError(f"{_show(value)} is an existing directory")
+            raise ValueError(f"{show(value)} is an existing directory")
         for ancestor in path.parents:
             if ancestor.exists():
                 if not ancestor.is_dir():
                     raise ValueError(
-                        f"{_show(value)} cannot be created: {str(ancestor)!r} is a file"
+                        f"{show(value)} cannot be created: {str(ancestor)!r} is a file"
                     )
                 break
         return value
@@ -700,11 +604,11 @@ class BuildParams(BaseModel):
         for key, text in value.items():
             if not _LABEL_KEY_RE.fullmatch(key):
                 raise ValueError(
-                    f"key {_show(key)} must be lowercase letters, digits, '.', '_' or '-', "
+                    f"key {show(key)} must be lowercase letters, digits, '.', '_' or '-', "
                     "e.g. org.example.team"
                 )
             if "\n" in text or "\r" in text or "\x00" in text:
-                raise ValueError(f"value of {key!r} must not contain newlines: {_show(text)}")
+                raise ValueError(f"value of {key!r} must not contain newlines: {show(text)}")
         return value
 
     # --- derived values -------------------------------------------------------
@@ -765,7 +669,7 @@ class BuildParams(BaseModel):
         extra: list[str] = []
         if self.tag_commit:
             if not re.fullmatch(r"[0-9a-f]{7,64}", commit):
-                raise ValueError(f"tag_commit needs a commit hash, got {_show(commit)}")
+                raise ValueError(f"tag_commit needs a commit hash, got {show(commit)}")
             extra.append(f"sha-{commit[:7]}")
         if self.tag_nightly:
             moment = (now or datetime.now(UTC)).astimezone(UTC)
@@ -796,7 +700,7 @@ def _describe_error(error: Mapping[str, Any]) -> str:
         if close:
             reason += f" (did you mean {close[0]!r}?)"
     else:
-        reason = f"{error['msg']} (got {_show(error['input'])})"
+        reason = f"{error['msg']} (got {show(error['input'])})"
     line = f"{where}: {reason}"
     return line.replace("\r", "\\r").replace("\n", "\\n")
 

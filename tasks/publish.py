@@ -1,7 +1,8 @@
 """Stage 4, publish: one image index, pushed to every requested reference.
 
 The image is imported from the assembled OCI tarball, one container per
-platform, so publishing needs no compile and works from a cached assemble. With
+platform (each from its own one-image layout cut out of the tarball), so
+publishing needs no compile and works from a cached assemble. With
 no references the tarball is the result and nothing is pushed.
 
 Registry credentials come from a Prefect Secret block (JSON
@@ -13,74 +14,47 @@ log line or artifact.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
+import tempfile
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagger
 from dagger import dag
 from prefect import task
 
 from tasks.assemble import ImageArtifact
+from tasks.oci_layout import split_by_platform
 from tasks.params import BuildParams, parse_image_ref
-from tasks.session import retry_options
+from tasks.secrets import Credentials, load_secret_block, parse_credentials
+from tasks.session import engine_ready, retry_options
 from tasks.source import SourceInfo
-
-
-@dataclass(frozen=True)
-class Credentials:
-    username: str
-    password: str
-
-    def __repr__(self) -> str:  # keep the password out of tracebacks and logs
-        return f"Credentials(username={self.username!r}, password=***)"
-
-
-class CredentialsError(ValueError):
-    """The Secret block exists but does not hold usable credentials."""
-
-
-def parse_credentials(value: object, block: str) -> Credentials:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            user, sep, password = value.partition(":")
-            if not sep or not user or not password:
-                raise CredentialsError(
-                    f"registry_secret_block: secret {block!r} must hold 'username:password' "
-                    'or {"username": ..., "password": ...}'
-                ) from None
-            return Credentials(user, password)
-    if isinstance(value, dict) and value.get("username") and value.get("password"):
-        return Credentials(str(value["username"]), str(value["password"]))
-    raise CredentialsError(
-        f"registry_secret_block: secret {block!r} must hold 'username:password' "
-        'or {"username": ..., "password": ...}'
-    )
 
 
 async def load_credentials(params: BuildParams) -> Credentials | None:
     if params.registry_secret_block:
-        from prefect.blocks.system import Secret
-
-        try:
-            block = await Secret.aload(params.registry_secret_block)
-        except ValueError:
-            raise CredentialsError(
-                f"registry_secret_block: no Secret block named {params.registry_secret_block!r}"
-            ) from None
-        return parse_credentials(block.get(), params.registry_secret_block)
+        value = await load_secret_block(params.registry_secret_block, "registry_secret_block")
+        return parse_credentials(value, params.registry_secret_block)
     user = os.environ.get("GOBUILD_REGISTRY_USERNAME", "")
     password = os.environ.get("GOBUILD_REGISTRY_PASSWORD", "")
     return Credentials(user, password) if user and password else None
 
 
-def image_variants(image: ImageArtifact) -> list[dagger.Container]:
-    """One container per platform, imported from the assembled tarball (lazy)."""
-    tarball = dag.host().file(image.path)
-    return [dag.container(platform=dagger.Platform(p)).import_(tarball) for p in image.platforms]
+def image_variants(image: ImageArtifact, workdir: Path) -> list[dagger.Container]:
+    """One container per platform, each imported from its own one-image layout.
+
+    Importing every platform from the one multi-platform tarball would let the
+    engine's ``platforms.Only`` match pick a neighbour (amd64 takes 386, arm/v7
+    takes arm/v6); see :mod:`tasks.oci_layout`. The chains are lazy.
+    """
+    layouts = split_by_platform(Path(image.path), workdir)
+    missing = sorted(set(image.platforms) - set(layouts))
+    if missing:
+        raise ValueError(f"{image.path} holds no image for {', '.join(missing)}")
+    return [
+        dag.container(platform=dagger.Platform(p)).import_(dag.host().file(str(layouts[p])))
+        for p in image.platforms
+    ]
 
 
 def with_auth(ctr: dagger.Container, ref: str, creds: Credentials | None) -> dagger.Container:
@@ -93,14 +67,19 @@ def with_auth(ctr: dagger.Container, ref: str, creds: Credentials | None) -> dag
 
 @task(name="publish", **retry_options())
 async def publish_image(params: BuildParams, image: ImageArtifact, source: SourceInfo) -> list[str]:
-    """-> ``ref@sha256:…`` for every pushed reference (empty when none was asked for)."""
+    """-> for every requested reference, the engine's answer: the normalised name
+    and the digest the registry received (``docker.io/team/app:1@sha256:…``), in
+    the order requested; empty when none was asked for. That digest is the
+    registry's, and need not equal the exported tarball's."""
     refs = params.publish_refs(commit=source.commit, now=datetime.now(UTC))
     if not refs:
         return []
+    await engine_ready()
     creds = await load_credentials(params)
-    variants = image_variants(image)
-    published = []
-    for ref in refs:
-        ctr = with_auth(variants[0], ref, creds)
-        published.append(await ctr.publish(ref, platform_variants=variants[1:]))
+    with tempfile.TemporaryDirectory(prefix="gobuild-publish-") as tmp:
+        variants = image_variants(image, Path(tmp))
+        published = []
+        for ref in refs:
+            ctr = with_auth(variants[0], ref, creds)
+            published.append(await ctr.publish(ref, platform_variants=variants[1:]))
     return published

@@ -15,6 +15,7 @@ exception, ask :func:`is_transient`, and back off exponentially with jitter.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import re
 import shutil
@@ -149,15 +150,26 @@ class EngineScope:
 
     A build whose every stage Prefect can serve from cache needs no engine, so the
     Dagger session (the SDK's introspection, or starting an engine) is opened only
-    before the first stage that needs it, by the flow's own task, so the connection
-    is entered and closed by the same task. The concurrency slot is taken up front:
+    before the first stage that needs it. The concurrency slot is taken up front:
     it costs a few milliseconds there, but about 2 s when acquired after a task run
     in the same flow run (measured with Prefect 3.9.1).
+
+    A session whose connection was lost is gone for good on a real engine (the
+    SDK's global ``dag`` keeps the dead connection), so a retry after a lost
+    connection must close it and open a new one: :func:`retry_transient` marks
+    the scope ``lost`` and the next attempt's :func:`engine_ready` reopens it.
     """
 
     def __init__(self) -> None:
         self._stack = contextlib.AsyncExitStack()
-        self.opened = False
+        self._session: contextlib.AsyncExitStack | None = None
+        self.lost = False
+        self.sessions = 0
+        self._token: contextvars.Token[EngineScope | None] | None = None
+
+    @property
+    def opened(self) -> bool:
+        return self._session is not None
 
     async def __aenter__(self) -> EngineScope:
         await self._stack.__aenter__()
@@ -166,15 +178,53 @@ class EngineScope:
         except BaseException:
             await self._stack.aclose()
             raise
+        self._token = _CURRENT.set(self)
         return self
 
     async def __aexit__(self, *exc_info: object) -> bool | None:
+        if self._token is not None:
+            _CURRENT.reset(self._token)
+        await self._close_session()
         return await self._stack.__aexit__(*exc_info)  # type: ignore[arg-type]
 
     async def open(self) -> None:
-        if not self.opened:
-            await self._stack.enter_async_context(engine_session())
-            self.opened = True
+        """Open the session if none is open, or replace one whose connection was lost."""
+        if self.lost:
+            await self._close_session()
+        if self._session is None:
+            stack = contextlib.AsyncExitStack()
+            await stack.enter_async_context(engine_session())
+            self._session, self.lost = stack, False
+            self.sessions += 1
+
+    async def _close_session(self) -> None:
+        stack, self._session = self._session, None
+        if stack is not None:
+            # Closing a session whose connection is already gone may fail again;
+            # there is nothing left to release on our side then.
+            with contextlib.suppress(Exception):
+                await stack.aclose()
+
+
+_CURRENT: contextvars.ContextVar[EngineScope | None] = contextvars.ContextVar(
+    "gobuild_engine_scope", default=None
+)
+
+
+async def engine_ready() -> None:
+    """Called by each stage before it builds a Dagger chain: opens the run's session
+    if the flow has not yet, and replaces one lost by an earlier attempt. Outside a
+    flow (the stages' plain functions in tests) the caller owns the connection."""
+    scope = _CURRENT.get()
+    if scope is not None:
+        await scope.open()
+
+
+def lost_connection(exc: BaseException) -> bool:
+    """True when the engine session itself is gone, not just one request."""
+    return isinstance(
+        exc, dagger.TransportError | dagger.ClientConnectionError | ConnectionError
+    )
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -194,7 +244,12 @@ def is_transient(exc: BaseException) -> bool:
 async def retry_transient(task, task_run, state) -> bool:
     """Prefect ``retry_condition_fn``: retry only what :func:`is_transient` allows."""
     exc = await state.aresult(raise_on_failure=False)
-    return isinstance(exc, BaseException) and is_transient(exc)
+    if not (isinstance(exc, BaseException) and is_transient(exc)):
+        return False
+    scope = _CURRENT.get()
+    if scope is not None and lost_connection(exc):
+        scope.lost = True
+    return True
 
 
 def retry_options() -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import stat
 import subprocess
 from datetime import UTC, datetime
@@ -24,10 +25,12 @@ from prefect import task
 from pydantic import BaseModel
 
 from tasks.params import BuildParams
-from tasks.session import retry_options
+from tasks.secrets import Credentials, load_secret_block, parse_git_token
+from tasks.session import engine_ready, retry_options
 
 ALWAYS_EXCLUDE = [".git/"]
 IGNORE_FILES = (".dockerignore", ".gitignore")
+_FULL_SHA = re.compile(r"[0-9a-f]{40}")
 SMALL_FILE = 1 << 20
 
 
@@ -59,7 +62,9 @@ def exclude_patterns(root: Path, output: Path | None = None) -> list[str]:
                     patterns.append(line)
     if output is not None:
         with contextlib.suppress(ValueError):
-            patterns.append("/" + output.resolve().relative_to(root.resolve()).as_posix())
+            # Relative, not "/…": the engine silently drops patterns that are not
+            # local paths (core/schema/host.go), and would then send the tarball.
+            patterns.append(output.resolve().relative_to(root.resolve()).as_posix())
     return patterns
 
 
@@ -124,12 +129,34 @@ def _git(root: Path, *args: str) -> str:
     return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
-def source_directory(info: SourceInfo) -> dagger.Directory:
-    """The Dagger chain for the source; nothing is evaluated here."""
+def git_repository(url: str, token: Credentials | None = None) -> dagger.GitRepository:
+    """The engine fetches the repository itself; a token reaches it only as a secret."""
+    if token is None:
+        return dag.git(url)
+    secret = dag.set_secret("gobuild-git-token", token.password)
+    if token.username:
+        return dag.git(url, http_auth_token=secret, http_auth_username=token.username)
+    return dag.git(url, http_auth_token=secret)
+
+
+def source_directory(info: SourceInfo, token: Credentials | None = None) -> dagger.Directory:
+    """The Dagger chain for the source; nothing is evaluated here.
+
+    A git tree is taken without ``.git`` (the engine keeps it by default): Go would
+    otherwise stamp VCS data into the binary, and the tree digest would cover it.
+    """
     if info.kind == "git":
-        repo = dag.git(info.location)
-        return (repo.commit(info.commit) if info.commit else repo.head()).tree()
+        repo = git_repository(info.location, token)
+        ref = repo.commit(info.commit) if info.commit else repo.head()
+        return ref.tree(discard_git_dir=True)
     return dag.host().directory(info.location, exclude=info.excludes)
+
+
+async def git_token(params: BuildParams) -> Credentials | None:
+    if not params.git_secret_block:
+        return None
+    value = await load_secret_block(params.git_secret_block, "git_secret_block")
+    return parse_git_token(value, params.git_secret_block)
 
 
 def describe_local(params: BuildParams) -> SourceInfo:
@@ -155,20 +182,26 @@ def describe_local(params: BuildParams) -> SourceInfo:
 
 
 async def describe_git(params: BuildParams) -> SourceInfo:
-    """Resolve the ref once, so every later stage builds that exact commit."""
-    repo = dag.git(params.source)
-    ref = repo.ref(params.git_ref) if params.git_ref else repo.head()
+    """Resolve the ref once, so every later stage builds that exact commit.
+
+    Only a full 40-hex SHA is a commit to the engine (anything else is looked up
+    as a ref name); the parameter check refuses abbreviated ones before this.
+    """
+    repo = git_repository(params.source, await git_token(params))
+    if _FULL_SHA.fullmatch(params.git_ref):
+        ref = repo.commit(params.git_ref)
+    else:
+        ref = repo.ref(params.git_ref) if params.git_ref else repo.head()
     commit = await ref.commit()
-    digest = await repo.commit(commit).tree().digest()
+    digest = await repo.commit(commit).tree(discard_git_dir=True).digest()
     return SourceInfo(
         kind="git",
         location=params.source,
         ref=params.git_ref or "HEAD",
         commit=commit,
         digest=digest,
-        excludes=list(ALWAYS_EXCLUDE),
         # The engine's git API gives no commit time; like ko, fall back to the Unix
-        # epoch rather than the clock, so the same commit gives the same digest.
+        # epoch rather than the clock.
         created="1970-01-01T00:00:00Z",
     )
 
@@ -177,5 +210,6 @@ async def describe_git(params: BuildParams) -> SourceInfo:
 async def load_source(params: BuildParams) -> SourceInfo:
     """Never cached: deciding whether anything changed is this stage's whole job."""
     if params.is_git_source:
+        await engine_ready()
         return await describe_git(params)
     return describe_local(params)

@@ -146,10 +146,34 @@ BAD: list[Any] = [
     pytest.param(lambda t: {"source": _empty_dir(t)}, "source", "has no go.mod", id="no-gomod"),
     pytest.param(lambda t: {"source": _file(t)}, "source", "is not a directory", id="source-file"),
     pytest.param(
-        lambda t: {"source": "http://example.com/org/app.git"},
+        lambda t: {"source": "file:///srv/git/app.git"},
         "source",
-        "plain http://",
-        id="source-http",
+        "does not fetch file:// URLs; give the checkout's directory",
+        id="source-file-url",
+    ),
+    pytest.param(
+        lambda t: {"source": "https://github.com/org/app.git", "git_ref": "0123abc"},
+        "git_ref",
+        "looks like an abbreviated commit; give the full 40-character commit SHA",
+        id="ref-short-sha",
+    ),
+    pytest.param(
+        lambda t: {"git_secret_block": "git-token"},
+        "git_secret_block",
+        "is not a git URL",
+        id="git-secret-local",
+    ),
+    pytest.param(
+        lambda t: {"source": "https://h.example/org/app.git", "git_secret_block": "Tok"},
+        "git_secret_block",
+        "is not a Prefect block name",
+        id="git-secret-name",
+    ),
+    pytest.param(
+        lambda t: {"source": "http://tok:x@example.com/org/app.git"},
+        "source",
+        "embeds credentials",
+        id="source-http-credentials",
     ),
     pytest.param(
         lambda t: {"source": "ftp://example.com/app.git"},
@@ -355,8 +379,8 @@ def test_not_a_mapping_is_reported() -> None:
         ("ssh://git@github.com/org/app.git", "main"),
         ("ssh://git@[::1]:2222/org/app.git", ""),
         ("git@github.com:org/app.git", "feature/new-thing"),
-        ("file:///srv/git/app.git", "0123abcd"),
-        ("file://localhost/srv/git/app", ""),
+        ("http://127.0.0.1:8080/org/app.git", "0123456789abcdef0123456789abcdef01234567"),
+        ("git://git.example.com/org/app", "release-1"),
     ],
 )
 def test_git_sources_accepted(in_module: Path, source: str, git_ref: str) -> None:
@@ -430,7 +454,7 @@ def test_main_package_normalised(in_module: Path, given: str, normalised: str) -
         ("git@github.com:org/My_App.git", "my_app"),
         ("ssh://git@host/org/app/", "app"),
         ("https://example.com/org/Weird+Name!!.git", "weird-name"),
-        ("file:///srv/git/.git", "app"),
+        ("git://host/srv/git/app/.git", "app"),
     ],
 )
 def test_app_name_derived_from_repository(source: str, expected: str) -> None:
