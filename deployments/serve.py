@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     from prefect import serve
     from prefect.settings import get_current_settings
 
-    from tasks.session import EngineUnavailable, preflight
+    from tasks.preflight import EngineUnavailable, preflight
 
     if not get_current_settings().api.url:  # env or the active profile
         print(

@@ -29,9 +29,10 @@ from pydantic.fields import FieldInfo
 from tasks.assemble import assemble_image, served_from_cache, still_valid
 from tasks.compile import compile_binary
 from tasks.params import BuildParams, ParamsError, parse_params
+from tasks.preflight import EngineUnavailable, preflight
 from tasks.publish import publish_image
 from tasks.report import BuildResult, Stages, report_failure, report_success
-from tasks.session import EngineScope, EngineUnavailable, preflight
+from tasks.session import EngineScope
 from tasks.source import load_source
 
 
@@ -61,11 +62,11 @@ async def multistage_build(**parameters: Any) -> BuildResult:
                 version,
                 valid=still_valid,
             )
-            references = await stages.run("publish", publish_image, params, image, source)
+            published = await stages.run("publish", publish_image, params, image, source)
     except BaseException as exc:
         await report_failure(params, stages.current, exc)
         raise
-    result = BuildResult.collect(params, version, source, binaries, image, references, stages)
+    result = BuildResult.collect(params, version, source, binaries, image, published, stages)
     await report_success(result)
     return result
 

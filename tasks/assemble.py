@@ -33,7 +33,8 @@ from pydantic import BaseModel
 from tasks.compile import CompiledBinary
 from tasks.oci_layout import image_digests
 from tasks.params import BuildParams
-from tasks.session import engine_ready, retry_options
+from tasks.retries import retry_options
+from tasks.session import engine_ready
 from tasks.source import SourceInfo
 
 BIN_DIR = "/usr/local/bin"

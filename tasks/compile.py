@@ -26,7 +26,8 @@ from prefect.context import TaskRunContext
 from pydantic import BaseModel
 
 from tasks.params import BuildParams, goenv
-from tasks.session import engine_ready, retry_options
+from tasks.retries import retry_options
+from tasks.session import engine_ready
 from tasks.source import SourceInfo, git_token, source_directory
 
 GOMODCACHE = "/go/pkg/mod"

@@ -26,8 +26,9 @@ from prefect import task
 from tasks.assemble import ImageArtifact
 from tasks.oci_layout import split_by_platform
 from tasks.params import BuildParams, parse_image_ref
+from tasks.retries import retry_options
 from tasks.secrets import Credentials, load_secret_block, parse_credentials
-from tasks.session import engine_ready, retry_options
+from tasks.session import engine_ready
 from tasks.source import SourceInfo
 
 
@@ -66,20 +67,22 @@ def with_auth(ctr: dagger.Container, ref: str, creds: Credentials | None) -> dag
 
 
 @task(name="publish", **retry_options())
-async def publish_image(params: BuildParams, image: ImageArtifact, source: SourceInfo) -> list[str]:
-    """-> for every requested reference, the engine's answer: the normalised name
-    and the digest the registry received (``docker.io/team/app:1@sha256:…``), in
-    the order requested; empty when none was asked for. That digest is the
-    registry's, and need not equal the exported tarball's."""
+async def publish_image(
+    params: BuildParams, image: ImageArtifact, source: SourceInfo
+) -> dict[str, str]:
+    """-> each requested reference, in order, mapped to the engine's answer: the
+    normalised name and the digest the registry received
+    (``team/app:1`` -> ``docker.io/team/app:1@sha256:…``); empty when none was asked
+    for. That digest is the registry's, and need not equal the exported tarball's."""
     refs = params.publish_refs(commit=source.commit, now=datetime.now(UTC))
     if not refs:
-        return []
+        return {}
     await engine_ready()
     creds = await load_credentials(params)
     with tempfile.TemporaryDirectory(prefix="gobuild-publish-") as tmp:
         variants = image_variants(image, Path(tmp))
-        published = []
+        published = {}
         for ref in refs:
             ctr = with_auth(variants[0], ref, creds)
-            published.append(await ctr.publish(ref, platform_variants=variants[1:]))
+            published[ref] = await ctr.publish(ref, platform_variants=variants[1:])
     return published

@@ -3,13 +3,39 @@
 One markdown artifact per run under a stable key per app (``build-<app>``), so
 the Prefect UI shows the build history of each service; a table with a row per
 platform; a link per published reference; on failure, the failing command and
-the tail of its stderr. Events let automations chain a deploy on
+the tails of its stdout and stderr (``go test`` reports failures on stdout,
+``go build`` on stderr). Events let automations chain a deploy on
 ``gobuild.image.published`` or page someone on ``gobuild.build.failed``.
+
+Event payloads (the contract automations rely on):
+
+- ``gobuild.image.published`` (at least one reference pushed) and
+  ``gobuild.image.exported`` (tarball only): ``app``, ``version``, ``tarball``,
+  ``digest`` (the exported tarball's image digest), ``platforms`` (platform ->
+  manifest digest in the tarball), ``source_digest``, ``commit``, and
+  ``references``: one object per pushed reference, in the order requested::
+
+      {"ref": "docker.io/team/app:1",     # the name the registry has (normalised)
+       "requested": "team/app:1",         # as the build asked for it
+       "digest": "sha256:…",              # what the registry received
+       "link": "https://hub.docker.com/r/team/app/tags"}
+
+  The registry's digest is the one to deploy (``ref@digest``); it need not equal
+  the tarball's ``digest``, because the engine builds its own manifests to push.
+  ``references`` is empty for ``gobuild.image.exported``.
+- ``gobuild.build.failed``: ``app``, ``stage``, ``error`` (the first line of the
+  error); for a failed command also ``command``, ``exit_code``, ``stdout_tail``
+  and ``stderr_tail`` (its last lines, as text).
+
+Command output is shown as the engine reported it: the engine scrubs secret
+values from it, and nothing else (no parameters, no credentials) is added.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,14 +49,21 @@ from prefect.artifacts import (
 )
 from prefect.events import emit_event
 from prefect.logging import get_run_logger
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from tasks.assemble import ImageArtifact
 from tasks.compile import CompiledBinary
-from tasks.params import BuildParams, parse_image_ref
+from tasks.imageref import ImageRef, parse_image_ref
+from tasks.params import BuildParams
 from tasks.source import SourceInfo
 
-STDERR_TAIL_LINES = 40
+OUTPUT_TAIL_LINES = 40  # per stream, in the failure artifact
+EVENT_TAIL_LINES = 20  # per stream, in the failure event
+OUTPUT_LINE_CHARS = 1000  # a minified JSON line must not swamp the report
+
+DOCKER_HUB = "docker.io"
+# Names Docker Hub answers to; the engine normalises them all to docker.io.
+DOCKER_HUB_HOSTS = frozenset({DOCKER_HUB, "index.docker.io", "registry-1.docker.io"})
 
 
 class StageRecord(BaseModel):
@@ -39,8 +72,22 @@ class StageRecord(BaseModel):
     cached: bool
 
 
+class PublishedImage(BaseModel):
+    """One pushed reference, as reports and events show it (see the module docstring)."""
+
+    ref: str
+    requested: str
+    digest: str
+    link: str
+
+
 class BuildResult(BaseModel):
-    """What a run produced; the flow's return value and the CLI's output."""
+    """What a run produced; the flow's return value and the CLI's output.
+
+    ``references`` are the engine's answers to publish, ``name@digest`` with the
+    name normalised (``docker.io/team/app:1@sha256:…``), in the order requested;
+    ``requested_references`` are the same references as the build asked for them.
+    """
 
     app: str
     version: str
@@ -49,10 +96,24 @@ class BuildResult(BaseModel):
     platforms: dict[str, str]
     binaries: dict[str, int]
     references: list[str]
+    requested_references: list[str] = []
     source_digest: str
     commit: str
     go_version: str
     stages: list[StageRecord]
+
+    @field_validator("platforms", "binaries")
+    @classmethod
+    def _platforms_named(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """A report row or event key without a platform names nothing; fail loudly
+        here rather than publish a report nobody can read."""
+        empty = [str(v) for k, v in value.items() if not k.strip()]
+        if empty:
+            raise ValueError(
+                f"an empty platform name (for {', '.join(empty)}): every manifest of the "
+                "image must record its platform"
+            )
+        return value
 
     @classmethod
     def collect(
@@ -62,9 +123,10 @@ class BuildResult(BaseModel):
         source: SourceInfo,
         binaries: list[CompiledBinary],
         image: ImageArtifact,
-        references: list[str],
+        published: dict[str, str],
         stages: Stages,
     ) -> BuildResult:
+        """``published`` maps each requested reference to publish's answer."""
         return cls(
             app=params.resolved_app_name(),
             version=version,
@@ -72,12 +134,29 @@ class BuildResult(BaseModel):
             digest=image.digest,
             platforms=image.platforms,
             binaries={b.platform: b.size for b in binaries},
-            references=references,
+            references=list(published.values()),
+            requested_references=list(published),
             source_digest=source.digest,
             commit=source.commit,
             go_version=binaries[0].go_version,
             stages=stages.records,
         )
+
+    def published(self) -> list[PublishedImage]:
+        """Each pushed reference with the registry's digest and a link to it."""
+        requested = self.requested_references
+        if len(requested) != len(self.references):
+            requested = [r.partition("@")[0] for r in self.references]
+        single_manifest = len(self.platforms) == 1
+        images = []
+        for answer, asked in zip(self.references, requested, strict=True):
+            name, _, digest = answer.partition("@")
+            try:
+                link = registry_link(answer, single_manifest=single_manifest)
+            except ValueError:  # an answer we cannot parse: report it, unlinked
+                link = ""
+            images.append(PublishedImage(ref=name, requested=asked, digest=digest, link=link))
+        return images
 
 
 def artifact_key(app: str, suffix: str = "") -> str:
@@ -117,12 +196,71 @@ class Stages:
         return await state.aresult(), cached
 
 
-def _registry_url(ref: str) -> str:
-    parsed = parse_image_ref(ref.split("@")[0])
-    domain = parsed.domain or "registry-1.docker.io"
-    scheme = "http" if domain.split(":")[0] in ("127.0.0.1", "localhost") else "https"
-    digest = ref.split("@", 1)[1] if "@" in ref else parsed.tag
-    return f"{scheme}://{domain}/v2/{parsed.path}/manifests/{digest}"
+def _normalised(ref: ImageRef) -> tuple[str, str, str]:
+    """(registry, path, tag) as the engine names a pushed image: Docker Hub's aliases
+    and shorthand to ``docker.io``, its one-part names under ``library/``, and a
+    missing tag to ``latest``."""
+    domain = ref.domain or DOCKER_HUB
+    if domain in DOCKER_HUB_HOSTS:
+        domain = DOCKER_HUB
+        path = ref.path if "/" in ref.path else f"library/{ref.path}"
+    else:
+        path = ref.path
+    return domain, path, ref.tag or "latest"
+
+
+def _loopback(domain: str) -> bool:
+    host = domain.rsplit(":", 1)[0] if not domain.endswith("]") else domain
+    host = host.strip("[]")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def registry_link(published: str, *, single_manifest: bool = False) -> str:
+    """A URL that shows a pushed image: the registry's web page where there is a
+    well-known one, else the manifest through the registry API.
+
+    - Docker Hub: the repository's tags page (``https://hub.docker.com/_/<name>``
+      for official images); for a single-platform image, whose digest is its
+      manifest's, the image's own page (``/layers/<ns>/<repo>/<tag>/images/sha256-…``).
+      A multi-platform push answers with the index digest, which that page does
+      not take, so those get the tags page.
+    - ghcr.io: ``https://ghcr.io/<path>``, which GitHub redirects to the package.
+    - quay.io: the repository's tags tab.
+    - anything else (gcr.io, *-docker.pkg.dev, self-hosted): the registry API's
+      manifest URL, over plain HTTP for loopback registries.
+    """
+    ref = parse_image_ref(published)
+    domain, path, tag = _normalised(ref)
+    if domain == DOCKER_HUB and path.count("/") == 1:
+        namespace, repo = path.split("/")
+        if single_manifest and ref.tag and ref.digest:
+            hex_digest = ref.digest.replace(":", "-", 1)
+            return f"https://hub.docker.com/layers/{namespace}/{repo}/{ref.tag}/images/{hex_digest}"
+        if namespace == "library":
+            return f"https://hub.docker.com/_/{repo}"
+        return f"https://hub.docker.com/r/{namespace}/{repo}/tags"
+    if domain == "ghcr.io":
+        return f"https://ghcr.io/{path}"
+    if domain == "quay.io":
+        return f"https://quay.io/repository/{path}?tab=tags"
+    host = "registry-1.docker.io" if domain == DOCKER_HUB else domain
+    scheme = "http" if _loopback(host) else "https"
+    return f"{scheme}://{host}/v2/{path}/manifests/{ref.digest or tag}"
+
+
+def _link_label(link: str) -> str:
+    if link.startswith("https://hub.docker.com/"):
+        return "Docker Hub"
+    if link.startswith("https://ghcr.io/"):
+        return "GitHub Packages"
+    if link.startswith("https://quay.io/"):
+        return "Quay"
+    return "manifest (registry API)"
 
 
 def success_markdown(result: BuildResult) -> str:
@@ -135,14 +273,14 @@ def success_markdown(result: BuildResult) -> str:
     lines += [
         f"| {s.name} | {s.seconds:.2f} s | {'hit' if s.cached else 'miss'} |" for s in result.stages
     ]
-    lines += ["", "| platform | binary size | image manifest |", "|---|---|---|"]
+    lines += ["", "| platform | binary size | manifest (in the tarball) |", "|---|---|---|"]
     lines += [
         f"| {p} | {result.binaries.get(p, 0):,} bytes | `{d}` |"
         for p, d in result.platforms.items()
     ]
     lines += [
         "",
-        f"- image digest: `{result.digest}`",
+        f"- image digest (tarball): `{result.digest}`",
         f"- OCI tarball: `{result.tarball}`",
         f"- source digest: `{result.source_digest}`",
         f"- commit: `{result.commit or 'n/a'}`",
@@ -151,11 +289,26 @@ def success_markdown(result: BuildResult) -> str:
         "## References",
         "",
     ]
-    lines += [f"- `{r}`" for r in result.references] or ["- none (exported the OCI tarball only)"]
+    images = result.published()
+    if not images:
+        return "\n".join([*lines, "- none (exported the OCI tarball only)"]) + "\n"
+    lines += ["| requested | pushed as | registry digest | link |", "|---|---|---|---|"]
+    lines += [
+        f"| `{i.requested}` | `{i.ref}` | `{i.digest or 'n/a'}` "
+        f"| {f'[{_link_label(i.link)}]({i.link})' if i.link else 'n/a'} |"
+        for i in images
+    ]
+    if any(i.digest != result.digest for i in images):
+        lines += [
+            "",
+            "The registry digest is the one to deploy: the engine builds its own manifests "
+            "to push, so it need not equal the tarball's image digest.",
+        ]
     return "\n".join(lines) + "\n"
 
 
 async def report_success(result: BuildResult) -> None:
+    images = result.published()
     await acreate_markdown_artifact(
         key=artifact_key(result.app),
         markdown=success_markdown(result),
@@ -174,55 +327,63 @@ async def report_success(result: BuildResult) -> None:
         ],
         description=f"{result.app} {result.version} per platform",
     )
-    for ref in result.references:
+    for image in (i for i in images if i.link):
         await acreate_link_artifact(
             key=artifact_key(result.app, "image"),
-            link=_registry_url(ref),
-            link_text=ref,
-            description=f"{result.app} {result.version} published",
+            link=image.link,
+            link_text=f"{image.ref}@{image.digest}" if image.digest else image.ref,
+            description=f"{result.app} {result.version} published as {image.requested}",
         )
     resource = {
         "prefect.resource.id": f"gobuild.image.{result.app}",
         "prefect.resource.name": result.app,
     }
     payload = result.model_dump(
-        include={
-            "app",
-            "version",
-            "digest",
-            "platforms",
-            "references",
-            "tarball",
-            "source_digest",
-            "commit",
-        }
+        include={"app", "version", "digest", "platforms", "tarball", "source_digest", "commit"}
     )
-    if result.references:
-        emit_event("gobuild.image.published", resource=resource, payload=payload)
-    else:
-        emit_event("gobuild.image.exported", resource=resource, payload=payload)
+    payload["references"] = [image.model_dump() for image in images]
+    event = "gobuild.image.published" if images else "gobuild.image.exported"
+    emit_event(event, resource=resource, payload=payload)
+
+
+def output_tail(text: str, lines: int) -> tuple[str, int]:
+    """The last ``lines`` lines of a command's output (each cut to a readable width)
+    and how many lines there were in all."""
+    all_lines = text.rstrip("\n").splitlines()
+    tail = [
+        line if len(line) <= OUTPUT_LINE_CHARS else line[:OUTPUT_LINE_CHARS] + " …"
+        for line in all_lines[-lines:]
+    ]
+    return "\n".join(tail), len(all_lines)
+
+
+def _fenced(text: str) -> list[str]:
+    """A code block that the text cannot close early, whatever backticks it holds."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence, text, fence]
+
+
+def _stream_section(name: str, text: str) -> list[str]:
+    tail, total = output_tail(text, OUTPUT_TAIL_LINES)
+    if not total:
+        return [f"{name}: (empty)", ""]
+    shown = f"last {OUTPUT_TAIL_LINES} of {total} lines" if total > OUTPUT_TAIL_LINES else "all"
+    return [f"{name} ({shown}):", "", *_fenced(tail), ""]
 
 
 def failure_markdown(params: BuildParams, stage: str, exc: BaseException) -> str:
     lines = [f"# Build of `{params.resolved_app_name()}`: failed in {stage}", ""]
     if isinstance(exc, dagger.ExecError):
-        tail = "\n".join(exc.stderr.splitlines()[-STDERR_TAIL_LINES:])
+        lines += [f"Command (exit code {exc.exit_code}):", "", *_fenced(shlex.join(exc.command))]
         lines += [
-            f"Command (exit code {exc.exit_code}):",
             "",
-            "```",
-            " ".join(exc.command),
-            "```",
-            "",
-            f"Last {STDERR_TAIL_LINES} lines of stderr:",
-            "",
-            "```",
-            tail,
-            "```",
+            *_stream_section("stdout", exc.stdout),
+            *_stream_section("stderr", exc.stderr),
         ]
     else:
-        lines += ["```", f"{type(exc).__name__}: {exc}", "```"]
-    return "\n".join(lines) + "\n"
+        lines += _fenced(f"{type(exc).__name__}: {exc}")
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 async def report_failure(params: BuildParams, stage: str, exc: BaseException) -> None:
@@ -233,6 +394,21 @@ async def report_failure(params: BuildParams, stage: str, exc: BaseException) ->
         get_run_logger().warning("could not write the failure report: %s", report_exc)
 
 
+def failure_payload(params: BuildParams, stage: str, exc: BaseException) -> dict[str, Any]:
+    """The ``gobuild.build.failed`` payload (see the module docstring)."""
+    app = params.resolved_app_name()
+    first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+    payload: dict[str, Any] = {"app": app, "stage": stage, "error": first_line}
+    if isinstance(exc, dagger.ExecError):
+        payload.update(
+            command=exc.command,
+            exit_code=exc.exit_code,
+            stdout_tail=output_tail(exc.stdout, EVENT_TAIL_LINES)[0],
+            stderr_tail=output_tail(exc.stderr, EVENT_TAIL_LINES)[0],
+        )
+    return payload
+
+
 async def _report_failure(params: BuildParams, stage: str, exc: BaseException) -> None:
     app = params.resolved_app_name()
     await acreate_markdown_artifact(
@@ -240,12 +416,8 @@ async def _report_failure(params: BuildParams, stage: str, exc: BaseException) -
         markdown=failure_markdown(params, stage, exc),
         description=f"{app}: failed in {stage}",
     )
-    first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
-    payload: dict[str, Any] = {"app": app, "stage": stage, "error": first_line}
-    if isinstance(exc, dagger.ExecError):
-        payload.update(command=exc.command, exit_code=exc.exit_code)
     emit_event(
         "gobuild.build.failed",
         resource={"prefect.resource.id": f"gobuild.image.{app}", "prefect.resource.name": app},
-        payload=payload,
+        payload=failure_payload(params, stage, exc),
     )

@@ -1,15 +1,9 @@
-"""The one place that opens the Dagger connection and explains engine problems.
+"""The one place that opens the Dagger connection for a flow run.
 
-Users meet Dagger through this module first, so it has two duties. It refuses
-early and in one line when no engine can be reached (instead of the SDK trying
-to download its CLI and failing with a traceback), and it sorts failures into
-transient ones worth a retry and deterministic ones that a retry cannot fix.
-
-Retry layer: Prefect, not the SDK. The SDK's transport retries (gql + tenacity,
-about 15 s over 5 attempts) are switched off with ``Config(retry=None)``: they
-would retry compile errors' neighbours blindly, hide the attempt count from the
-Prefect UI, and multiply with task retries. Prefect's task retries see the
-exception, ask :func:`is_transient`, and back off exponentially with jitter.
+A run holds one slot of a global concurrency limit while it uses the engine, and
+one Dagger session, opened only when a stage needs it and replaced when its
+connection was lost. Engine problems become plain messages here:
+:class:`tasks.preflight.EngineUnavailable` with what to set up.
 """
 
 from __future__ import annotations
@@ -17,84 +11,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-import re
-import shutil
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import dagger
-from prefect.tasks import exponential_backoff
 
-ENGINE_HELP = (
-    "Dagger needs a container runtime such as Docker (or DAGGER_SESSION_PORT/"
-    "DAGGER_SESSION_TOKEN of a running session, or _EXPERIMENTAL_DAGGER_RUNNER_HOST "
-    "for a remote engine)"
-)
-
-# Registry and transport failures a retry can fix. Matched on the engine's
-# message, because the engine reports registry responses as text.
-_TRANSIENT = re.compile(
-    r"\b(5\d\d|429)\b|too many requests|service unavailable|bad gateway|gateway timeout"
-    r"|internal server error|timed? ?out|timeout|connection (reset|refused|closed|aborted)"
-    r"|broken pipe|eof|temporar(y|ily)|unavailable|try again",
-    re.IGNORECASE,
-)
-# Failures a retry cannot fix, even when their text also matches the above.
-_DETERMINISTIC = re.compile(
-    r"\b(401|403)\b|unauthori[sz]ed|denied|forbidden|authentication required"
-    r"|invalid reference|manifest unknown|name unknown|not found",
-    re.IGNORECASE,
-)
-
-
-class EngineUnavailable(RuntimeError):
-    """No Dagger engine can be reached; the message says what to set up."""
-
-
-def preflight() -> None:
-    """Fail in well under a second when the SDK would have to provision an engine
-    that cannot exist here, rather than let it download its CLI and time out."""
-    if os.environ.get("DAGGER_SESSION_PORT"):
-        if not os.environ.get("DAGGER_SESSION_TOKEN"):
-            raise EngineUnavailable("DAGGER_SESSION_PORT is set but DAGGER_SESSION_TOKEN is not")
-        port = os.environ["DAGGER_SESSION_PORT"]
-        try:
-            with socket.create_connection(("127.0.0.1", int(port)), timeout=2):
-                pass
-        except (OSError, ValueError) as exc:
-            raise EngineUnavailable(
-                f"no Dagger session answers on 127.0.0.1:{port} (DAGGER_SESSION_PORT): "
-                f"{exc.__class__.__name__}. {ENGINE_HELP}"
-            ) from None
-        return
-    if os.environ.get("_EXPERIMENTAL_DAGGER_RUNNER_HOST") or os.environ.get(
-        "_EXPERIMENTAL_DAGGER_CLI_BIN"
-    ):
-        return
-    if not _container_runtime_reachable():
-        raise EngineUnavailable(f"no Dagger engine is reachable: {ENGINE_HELP}")
-
-
-def _container_runtime_reachable() -> bool:
-    host = os.environ.get("DOCKER_HOST", "")
-    if host.startswith("tcp://"):
-        return True
-    sockets = [host.removeprefix("unix://")] if host.startswith("unix://") else []
-    sockets += ["/var/run/docker.sock", str(Path.home() / ".docker/run/docker.sock")]
-    for path in sockets:
-        if path and Path(path).exists():
-            try:
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.settimeout(1)
-                    s.connect(path)
-                return True
-            except OSError:
-                continue
-    # Podman/nerdctl users: the Dagger CLI finds them itself when present.
-    return any(shutil.which(tool) for tool in ("podman", "nerdctl", "finch"))
-
+from tasks.preflight import ENGINE_HELP, EngineUnavailable, preflight
 
 ENGINE_LIMIT_DEFAULT = 2
 
@@ -220,49 +142,6 @@ async def engine_ready() -> None:
         await scope.open()
 
 
-def lost_connection(exc: BaseException) -> bool:
-    """True when the engine session itself is gone, not just one request."""
-    return isinstance(
-        exc, dagger.TransportError | dagger.ClientConnectionError | ConnectionError
-    )
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for failures that may pass on a second attempt."""
-    if isinstance(exc, EngineUnavailable | dagger.ExecError | ValueError):
-        return False
-    text = str(exc)
-    if isinstance(exc, dagger.TransportError | dagger.ClientConnectionError | ConnectionError):
-        return not _DETERMINISTIC.search(text)
-    if isinstance(exc, TimeoutError):
-        return True
-    if isinstance(exc, dagger.QueryError):
-        return bool(_TRANSIENT.search(text)) and not _DETERMINISTIC.search(text)
-    return False
-
-
-async def retry_transient(task, task_run, state) -> bool:
-    """Prefect ``retry_condition_fn``: retry only what :func:`is_transient` allows."""
-    exc = await state.aresult(raise_on_failure=False)
-    if not (isinstance(exc, BaseException) and is_transient(exc)):
-        return False
-    scope = _CURRENT.get()
-    if scope is not None and lost_connection(exc):
-        scope.lost = True
-    return True
-
-
-def retry_options() -> dict:
-    """The task options of every stage that talks to an engine or registry.
-
-    Three retries with exponential backoff (base ``GOBUILD_RETRY_BASE_SECONDS``,
-    default 2 s: 2, 4, 8 s) and 50 % jitter, so that builds that failed together
-    on a busy registry do not come back together.
-    """
-    base = float(os.environ.get("GOBUILD_RETRY_BASE_SECONDS", "2"))
-    return {
-        "retries": 3,
-        "retry_delay_seconds": exponential_backoff(backoff_factor=base),
-        "retry_jitter_factor": 0.5,
-        "retry_condition_fn": retry_transient,
-    }
+def current_scope() -> EngineScope | None:
+    """The engine scope of the flow run this code runs in, if any."""
+    return _CURRENT.get()

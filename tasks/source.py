@@ -25,8 +25,9 @@ from prefect import task
 from pydantic import BaseModel
 
 from tasks.params import BuildParams
+from tasks.retries import retry_options
 from tasks.secrets import Credentials, load_secret_block, parse_git_token
-from tasks.session import engine_ready, retry_options
+from tasks.session import engine_ready
 
 ALWAYS_EXCLUDE = [".git/"]
 IGNORE_FILES = (".dockerignore", ".gitignore")

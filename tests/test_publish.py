@@ -82,9 +82,12 @@ def test_push_index_with_extra_tags_using_secret_block_and_no_leaks(
     nightly = f"nightly-{datetime.now(UTC):%Y%m%d}"
     expected = sorted(["1.2.3", f"sha-{commit[:7]}", nightly, "latest"])
     assert auth_registry.tags("team/svc") == expected
-    digests = {auth_registry.manifest("team/svc", t)[0] for t in expected}
-    assert digests == {result.digest}  # every tag is the one index
-    assert sorted(r.split("@")[1] for r in result.references) == [result.digest] * 4
+    # Each reference reported carries the digest the registry holds for that tag.
+    reported = {r.split("@")[0].rsplit(":", 1)[1]: r.split("@")[1] for r in result.references}
+    assert sorted(reported) == expected
+    for tag in expected:
+        assert auth_registry.manifest("team/svc", tag)[0] == reported[tag]
+    assert result.requested_references[0] == f"{repo}:1.2.3"
 
     # Independent verification with skopeo against the registry.
     creds = f"{auth_registry.username}:{password}"
@@ -108,7 +111,10 @@ def test_push_index_with_extra_tags_using_secret_block_and_no_leaks(
     # Link artifacts point at the published manifests.
     arts = artifacts(state.state_details.flow_run_id)
     links = [a for a in arts if a.key == "build-svc-image"]
-    assert len(links) == 4 and all(result.digest in a.data for a in links)
+    assert len(links) == 4
+    assert sorted(a.data for a in links) == sorted(
+        f"http://{auth_registry.host}/v2/team/svc/manifests/{d}" for d in reported.values()
+    )
 
     # No leaks: Prefect's database, logs, artifacts, results, engine log, output.
     db_url = PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
