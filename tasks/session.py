@@ -62,9 +62,19 @@ async def engine_session() -> AsyncIterator[None]:
         async with dagger.connection(config):
             yield
     except dagger.ProvisionError as exc:
+        await _forget_connection()
         raise EngineUnavailable(f"could not start a Dagger engine: {ENGINE_HELP}") from exc
     except dagger.ClientConnectionError as exc:
+        await _forget_connection()
         raise EngineUnavailable(f"could not connect to the Dagger engine: {exc}") from exc
+
+
+async def _forget_connection() -> None:
+    """Drop the SDK's shared connection after a failed connect: it keeps the dead
+    session's address otherwise, and every later ``dagger.connection()`` in this
+    process would reuse it (dagger-io 0.21, ``SharedConnection``)."""
+    with contextlib.suppress(Exception):
+        await dagger.close()
 
 
 class EngineScope:
@@ -126,6 +136,7 @@ class EngineScope:
             # there is nothing left to release on our side then.
             with contextlib.suppress(Exception):
                 await stack.aclose()
+            await _forget_connection()
 
 
 _CURRENT: contextvars.ContextVar[EngineScope | None] = contextvars.ContextVar(

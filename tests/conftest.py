@@ -49,10 +49,13 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 from tests.dagger_test_engine.pytest_plugin import (  # noqa: E402, F401 - fixtures
+    dagger_cli_bin,
+    dagger_cli_engine,
     dagger_engine,
     hello_go,
     test_engine_session,
 )
+from tests.git_servers import git_daemon, git_http, git_http_auth  # noqa: E402, F401 - fixtures
 from tests.prefect_fixtures import prefect_api  # noqa: E402, F401 - fixtures
 from tests.registry_fixtures import auth_registry, fault_proxy, registry  # noqa: E402, F401
 from tests.server_fixtures import engine_process, prefect_server, served  # noqa: E402, F401

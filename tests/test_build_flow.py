@@ -29,6 +29,7 @@ from prefect.events.filters import EventFilter, EventNameFilter
 from flows.build import multistage_build
 from tasks.params import ParamsError
 from tests.dagger_test_engine.server import TestEngine
+from tests.git_servers import GitDaemon
 from tests.gitrepo import commit_all, git
 from tests.oci_check import ELF_AARCH64, ELF_X86_64, elf_machine, extract_file, inspect_config
 from tests.prefect_fixtures import PrefectAPI
@@ -212,13 +213,15 @@ def test_force_rebuild_bypasses_the_cache(
 
 def test_transient_failures_are_retried_then_succeed(
     prefect_api: PrefectAPI,
-    dagger_engine: TestEngine,
+    dagger_cli_engine: TestEngine,
     registry: Registry,
     hello_go: Path,
     tmp_path: Path,
 ) -> None:
-    # Compile's first export gets an HTTP 500, assemble's a dropped connection,
+    # Compile's first export gets an HTTP 500, assemble's a dropped connection
+    # (which ends the session, as on a real engine: the retry must open a new one),
     # the first publish a registry 503: each stage retries and the run succeeds.
+    dagger_engine = dagger_cli_engine  # sessions started through the CLI, as without `dagger run`
     dagger_engine.add_fault("File.export", "http500")  # compile's binary
     dagger_engine.add_fault("Container.export", "drop")  # assemble's tarball
     dagger_engine.add_fault(
@@ -242,6 +245,10 @@ def test_transient_failures_are_retried_then_succeed(
     assert ref.startswith(f"{registry.host}/team/hello:5.0.0@sha256:")
     assert registry.manifest("team/hello", "5.0.0")[0] == ref.split("@")[1]
     assert all(f.fired == 1 for f in dagger_engine.faults)
+    # Both transport errors (the HTTP 500 and the dropped connection) ended their
+    # session; each retry opened a new one: three sessions in all.
+    sessions = {r["session"] for r in dagger_engine.log.snapshot()["requests"]}
+    assert len(sessions) == 3, sessions
 
 
 def test_compile_error_fails_once_with_failure_artifact_and_event(
@@ -349,7 +356,11 @@ def test_go_build_version_needs_go_build_info() -> None:
 
 
 def test_git_source_at_a_tag_records_the_commit(
-    prefect_api: PrefectAPI, dagger_engine: TestEngine, hello_go: Path, tmp_path: Path
+    prefect_api: PrefectAPI,
+    dagger_engine: TestEngine,
+    git_daemon: GitDaemon,
+    hello_go: Path,
+    tmp_path: Path,
 ) -> None:
     repo = tmp_path / "hello-repo"
     shutil.copytree(hello_go, repo)
@@ -357,10 +368,12 @@ def test_git_source_at_a_tag_records_the_commit(
     git(repo, "tag", "v1.0.0")
     (repo / "extra.go").write_text("package main\n\nvar extra = 1\n")
     commit_all(repo, "after the tag")
+    git_daemon.add_repo("hello-repo", repo)
+    url = git_daemon.url("hello-repo")
 
     out = tmp_path / "git.tar"
     state = build(
-        source=f"file://{repo}",
+        source=url,
         git_ref="v1.0.0",
         version="1.0.0",
         output=str(out),
@@ -371,7 +384,7 @@ def test_git_source_at_a_tag_records_the_commit(
     assert result.commit == tagged
     cfg = inspect_config(f"oci-archive:{out}")["config"]
     assert cfg["Labels"]["org.opencontainers.image.revision"] == tagged
-    assert cfg["Labels"]["org.opencontainers.image.source"] == f"file://{repo}"
+    assert cfg["Labels"]["org.opencontainers.image.source"] == url
     assert cfg["Labels"]["org.opencontainers.image.created"] == "1970-01-01T00:00:00Z"
     md = {a.key: a for a in artifacts(state.state_details.flow_run_id) if a.key}["build-hello-repo"]
     assert tagged in md.data

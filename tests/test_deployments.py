@@ -28,6 +28,7 @@ import pytest
 
 from deployments.config import ConfigError, load_nightly_config
 from tasks.params import default_platform
+from tests.git_servers import GitDaemon
 from tests.oci_check import extract_file
 from tests.registry_fixtures import Registry
 from tests.server_fixtures import (
@@ -391,7 +392,7 @@ def _git(repo: Path, *args: str) -> str:
 
 
 def test_push_event_starts_a_run_with_templated_parameters(
-    prefect_server: PrefectServer, served: Served, tmp_path: Path
+    prefect_server: PrefectServer, served: Served, git_daemon: GitDaemon, tmp_path: Path
 ) -> None:
     repo = tmp_path / "pushed-app"
     shutil.copytree(served.source, repo)
@@ -403,7 +404,7 @@ def test_push_event_starts_a_run_with_templated_parameters(
     (repo / "main.go").write_text((repo / "main.go").read_text() + "\n// after the tag\n")
     _git(repo, "commit", "-qam", "after the tag")
     head = _git(repo, "rev-parse", "HEAD")
-    url = f"file://{repo}"
+    url = git_daemon.add_repo("pushed-app", repo)
     payload = {"repository": url, "ref": "refs/tags/v1.2.3", "pusher": "test"}
 
     proc = cli(

@@ -23,6 +23,7 @@ import pytest
 from dagger import dag
 
 from tests.dagger_test_engine.server import TestEngine
+from tests.git_servers import GitDaemon
 from tests.gitrepo import git
 from tests.oci_check import (
     ELF_AARCH64,
@@ -133,9 +134,9 @@ def test_arm64_cross_compile_and_multi_platform_index(
 
     run(pipeline)
     index = inspect_raw(f"oci-archive:{out}")
-    platforms = sorted(
-        f"{m['platform']['os']}/{m['platform']['architecture']}" for m in index["manifests"]
-    )
+    # In platform order, as the engine sorts them (engine/engineutil/containerimage.go ~67-69).
+    found = [m["platform"] for m in index["manifests"]]
+    platforms = [f"{p['os']}/{p['architecture']}" for p in found]
     assert platforms == ["linux/amd64", "linux/arm64"]
     arm_bin = extract_file(f"oci-archive:{out}", "/usr/local/bin/app", tmp_path / "a", "arm64")
     assert elf_machine(arm_bin) == ELF_AARCH64
@@ -242,7 +243,11 @@ def test_host_directory_include_exclude_and_directory_file_ops(
     assert not Path(exported, "notes.md").exists()
 
 
-def test_git_source_at_branch_tag_and_commit(dagger_engine: TestEngine, tmp_path: Path) -> None:
+def test_git_source_at_branch_tag_and_commit(
+    dagger_engine: TestEngine, git_daemon: GitDaemon, tmp_path: Path
+) -> None:
+    """The engine fetches over the network (never file://, util/gitutil/url.go)
+    and keeps .git in the tree unless asked not to (core/schema/git.go tree)."""
     repo = tmp_path / "repo"
     repo.mkdir()
     git(repo, "init", "-q", "-b", "main")
@@ -254,7 +259,7 @@ def test_git_source_at_branch_tag_and_commit(dagger_engine: TestEngine, tmp_path
     (repo / "VERSION").write_text("two\n")
     git(repo, "commit", "-q", "-am", "two")
     second = git(repo, "rev-parse", "HEAD")
-    url = f"file://{repo}"
+    url = git_daemon.add_repo("fidelity-branch-tag-commit.git", repo)
 
     async def pipeline():
         g = dag.git(url)
@@ -265,13 +270,15 @@ def test_git_source_at_branch_tag_and_commit(dagger_engine: TestEngine, tmp_path
             await g.branch("main").tree().file("VERSION").contents(),
             await g.commit(first).tree().file("VERSION").contents(),
             await g.branch("main").tree().entries(),
+            await g.branch("main").tree(discard_git_dir=True).entries(),
         )
 
-    tag_commit, tag_v, main_commit, main_v, by_commit, entries = run(pipeline)
+    tag_commit, tag_v, main_commit, main_v, by_commit, entries, discarded = run(pipeline)
     assert (tag_commit, tag_v) == (first, "one\n")
     assert (main_commit, main_v) == (second, "two\n")
     assert by_commit == "one\n"
-    assert ".git" not in entries
+    assert ".git" in [e.rstrip("/") for e in entries]
+    assert ".git" not in [e.rstrip("/") for e in discarded]
 
     async def missing():
         return await dag.git(url).branch("nope").commit()
@@ -322,7 +329,9 @@ def test_container_config_secrets_publish_and_import(
     assert plat == f"linux/{'amd64' if platform.machine() == 'x86_64' else 'arm64'}"
 
 
-def test_fault_injection_and_query_log(dagger_engine: TestEngine, registry: Registry) -> None:
+def test_fault_injection_and_query_log(
+    dagger_engine: TestEngine, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def publish():
         return await dag.container().from_(ALPINE).publish(f"{registry.host}/app:1")
 
@@ -338,6 +347,9 @@ def test_fault_injection_and_query_log(dagger_engine: TestEngine, registry: Regi
     dagger_engine.add_fault("Container.publish", "drop")
     with pytest.raises(dagger.TransportError):
         run(publish)
+    # A dropped connection ends the session (as on a real engine): carry on in a new one.
+    dagger_engine.renew_default_session()
+    monkeypatch.setenv("DAGGER_SESSION_TOKEN", dagger_engine.env["DAGGER_SESSION_TOKEN"])
 
     dagger_engine.add_fault("Container.from", "exec", nth=2, cmd=["go", "build"], exit_code=2)
 

@@ -2,7 +2,9 @@
 
 The round trip through our own reader proves little on its own (a writer and reader
 can share a misunderstanding), so the tarballs are also checked by independent
-readers: skopeo (containers/image) and umoci (opencontainers/umoci).
+readers: skopeo (containers/image) and umoci (opencontainers/umoci). The layout's
+shape follows the real engine (see the docstring of tests/dagger_test_engine/oci.py
+and tests/test_engine_contract_images.py for the engine-facing contract).
 """
 
 from __future__ import annotations
@@ -22,15 +24,21 @@ import pytest
 from tests.dagger_test_engine import fs
 from tests.dagger_test_engine.fs import BlobStore, Entry
 from tests.dagger_test_engine.oci import (
+    HISTORY_COMMENT,
     ImageSpec,
     build_image,
+    go_json,
     image_blobs,
     parse_platform,
     read_oci_tarball,
+    rfc3339_seconds,
     write_oci_tarball,
 )
 
 SCRIPT = b"#!/bin/sh\necho hi\n"
+MTIME = 1_700_000_000  # file times of the test tree: fixed, so layers are comparable
+CREATED = "2025-01-02T03:04:05.678Z"  # the snapshot time the engine would pass
+ANNOTATIONS = {"org.opencontainers.image.version": "v0.1.2"}
 CONFIG = {
     "Entrypoint": ["/app/server"],
     "Cmd": ["--port", "8080"],
@@ -49,13 +57,14 @@ def store(tmp_path: Path) -> BlobStore:
 
 def make_tree(store: BlobStore, server: bytes = b"\x7fELF fake server binary\n") -> fs.Tree:
     entries: dict[str, Entry] = {
-        "app": Entry("dir", 0o755),
-        "app/server": fs.file_entry(store, server, 0o755),
-        "app/run.sh": fs.file_entry(store, SCRIPT, 0o755),
+        "app": Entry("dir", 0o755, mtime=MTIME),
+        "app/server": fs.file_entry(store, server, 0o755, mtime=MTIME),
+        "app/run.sh": fs.file_entry(store, SCRIPT, 0o755, mtime=MTIME + 1),
+        "app-data": Entry("dir", 0o755, mtime=MTIME),
         "etc": Entry("dir", 0o755),
         "etc/svc": Entry("dir", 0o750),
         "etc/svc/conf.d": Entry("dir", 0o755),
-        "etc/svc/conf.d/app.yaml": fs.file_entry(store, b"port: 8080\n", 0o640),
+        "etc/svc/conf.d/app.yaml": fs.file_entry(store, b"port: 8080\n", 0o640, mtime=MTIME),
         "usr": Entry("dir", 0o755),
         "usr/local": Entry("dir", 0o755),
         "usr/local/bin": Entry("dir", 0o755),
@@ -69,7 +78,8 @@ def spec(store: BlobStore, platform: str = "linux/amd64", **kw) -> ImageSpec:
         platform=platform,
         tree=kw.pop("tree", None) or make_tree(store),
         config=kw.pop("config", CONFIG),
-        base_ref=kw.pop("base_ref", "alpine:3.22.2"),
+        annotations=kw.pop("annotations", ANNOTATIONS),
+        created=kw.pop("created", CREATED),
     )
 
 
@@ -89,40 +99,70 @@ def content(store: BlobStore, entry: Entry) -> bytes:
 
 
 def test_layout_structure_single_image(store: BlobStore, tmp_path: Path) -> None:
+    """One platform: index.json's only descriptor is the manifest itself, with no
+    platform and no ref name (engine/engineutil/imageexport/writer.go ~117-146;
+    containerd's archive exporter copies it unchanged); a Docker manifest.json is
+    included; the container's annotations are on the manifest and its descriptor."""
     dest = tmp_path / "img.tar"
-    digest = write_oci_tarball(store, [spec(store)], dest, ref_name="v1")
+    digest = write_oci_tarball(store, [spec(store)], dest)
+    assert dest.stat().st_mode & 0o777 == 0o600
     members = tar_members(dest)
     assert json.loads(members["oci-layout"]) == {"imageLayoutVersion": "1.0.0"}
     index = json.loads(members["index.json"])
+    assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
     [top] = index["manifests"]
     assert top["digest"] == digest
     assert top["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
-    assert top["platform"] == {"architecture": "amd64", "os": "linux"}
-    assert top["annotations"] == {"org.opencontainers.image.ref.name": "v1"}
+    assert "platform" not in top
+    assert top["annotations"] == ANNOTATIONS
     manifest_bytes = members["blobs/sha256/" + digest.removeprefix("sha256:")]
     assert manifest_bytes is not None
     assert "sha256:" + hashlib.sha256(manifest_bytes).hexdigest() == digest
+    assert manifest_bytes == go_json(json.loads(manifest_bytes), indent=True)  # MarshalIndent
     assert top["size"] == len(manifest_bytes)
     manifest = json.loads(manifest_bytes)
     assert manifest["schemaVersion"] == 2
-    assert manifest["annotations"] == {"org.opencontainers.image.base.name": "alpine:3.22.2"}
+    assert manifest["annotations"] == ANNOTATIONS
     [layer_desc] = manifest["layers"]
     assert layer_desc["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
-    config = json.loads(members["blobs/sha256/" + manifest["config"]["digest"][7:]])
+    config_name = "blobs/sha256/" + manifest["config"]["digest"][7:]
+    config = json.loads(members[config_name])
+    assert list(config) == sorted(config)  # a re-marshalled Go map
     assert config["architecture"] == "amd64" and config["os"] == "linux"
     assert "variant" not in config
-    assert config["created"] == "1970-01-01T00:00:00Z"
+    assert config["created"] == CREATED
+    assert config["history"] == [
+        {"created": CREATED, "created_by": "created by buildkit", "comment": HISTORY_COMMENT}
+    ]
     assert config["config"] == CONFIG
+    docker = json.loads(members["manifest.json"])
+    assert docker == [
+        {
+            "Config": config_name,
+            "RepoTags": None,
+            "Layers": ["blobs/sha256/" + layer_desc["digest"][7:]],
+        }
+    ]
     layer = members["blobs/sha256/" + layer_desc["digest"][7:]]
     assert layer is not None and layer[:2] == b"\x1f\x8b"
     with tarfile.open(fileobj=io.BytesIO(layer)) as layer_tar:
         raw = layer_tar.getmembers()
     names = [m.name for m in raw]
-    assert names == sorted(names)
+    # Directory-walk order: a directory's contents come before its next sibling.
+    assert names.index("app/server") < names.index("app-data")
+    assert names == sorted(names, key=lambda n: n.split("/"))
     assert not any(n.startswith("/") for n in names)
-    assert {(m.uid, m.gid, m.uname, m.gname, m.mtime) for m in raw} == {(0, 0, "", "", 0)}
+    assert {(m.uid, m.gid, m.uname, m.gname) for m in raw} == {(0, 0, "", "")}
+    times = {m.name: m.mtime for m in raw}
+    assert times["app/server"] == MTIME and times["app/run.sh"] == MTIME + 1
+    # Entries nobody gave a time (parents, "etc") carry the snapshot's time.
+    assert times["etc"] == times["usr"] == rfc3339_seconds(CREATED)
     diff_id = "sha256:" + hashlib.sha256(gzip.decompress(layer)).hexdigest()
     assert config["rootfs"] == {"type": "layers", "diff_ids": [diff_id]}
+    with tarfile.open(dest) as tar:
+        modes = {m.name.rstrip("/"): m.mode for m in tar.getmembers()}
+    assert modes["oci-layout"] == 0o444 and modes["index.json"] == 0o644
+    assert modes["blobs"] == 0o755 and modes[config_name] == 0o444
 
 
 def test_deterministic_bytes_and_digest(store: BlobStore, tmp_path: Path) -> None:
@@ -138,31 +178,46 @@ def test_deterministic_bytes_and_digest(store: BlobStore, tmp_path: Path) -> Non
     assert d3 != d1
 
     mode_only = dict(make_tree(store))
-    mode_only["app/run.sh"] = fs.file_entry(store, SCRIPT, 0o644)
+    mode_only["app/run.sh"] = fs.file_entry(store, SCRIPT, 0o644, mtime=MTIME + 1)
     d4 = write_oci_tarball(store, [spec(store, tree=fs.freeze(mode_only))], tmp_path / "d.tar")
     assert d4 != d1
 
-    no_base = write_oci_tarball(store, [spec(store, base_ref="")], tmp_path / "e.tar")
-    assert no_base != d1
+    no_annotations = write_oci_tarball(store, [spec(store, annotations={})], tmp_path / "e.tar")
+    assert no_annotations != d1
+
+    # Times are content too: a file's mtime, or the snapshot's time.
+    touched = dict(make_tree(store))
+    touched["app/run.sh"] = fs.file_entry(store, SCRIPT, 0o755, mtime=MTIME + 2)
+    d5 = write_oci_tarball(store, [spec(store, tree=fs.freeze(touched))], tmp_path / "f.tar")
+    later = write_oci_tarball(
+        store, [spec(store, created="2025-01-02T03:04:06Z")], tmp_path / "g.tar"
+    )
+    assert len({d1, d5, later}) == 3
 
 
 def test_multi_platform_index(store: BlobStore, tmp_path: Path) -> None:
-    images = [spec(store, "linux/amd64"), spec(store, "linux/arm64"), spec(store, "linux/arm/v7")]
+    """Several platforms: one index descriptor in index.json; the index lists the
+    manifests sorted by platform string, each with ``platform``
+    (engine/engineutil/containerimage.go ~67-69, imageexport/writer.go ~160-210)."""
+    images = [spec(store, "linux/arm64"), spec(store, "linux/amd64"), spec(store, "linux/arm/v7")]
     dest = tmp_path / "multi.tar"
     digest = write_oci_tarball(store, images, dest)
-    assert write_oci_tarball(store, images, tmp_path / "again.tar") == digest
+    assert write_oci_tarball(store, images[::-1], tmp_path / "again.tar") == digest
     members = tar_members(dest)
+    assert "manifest.json" not in members
     [top] = json.loads(members["index.json"])["manifests"]
     assert top["digest"] == digest
     assert top["mediaType"] == "application/vnd.oci.image.index.v1+json"
-    assert top["annotations"]["org.opencontainers.image.ref.name"] == "latest"
+    assert "annotations" not in top and "platform" not in top
     index = json.loads(members["blobs/sha256/" + digest[7:]])
     assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    assert "annotations" not in index
     assert [m["platform"] for m in index["manifests"]] == [
         {"architecture": "amd64", "os": "linux"},
-        {"architecture": "arm64", "os": "linux"},
         {"architecture": "arm", "os": "linux", "variant": "v7"},
+        {"architecture": "arm64", "os": "linux"},
     ]
+    assert all(m["annotations"] == ANNOTATIONS for m in index["manifests"])
     # Same files, different platform: the configs (and so the manifests) differ.
     assert len({m["digest"] for m in index["manifests"]}) == 3
 
@@ -173,10 +228,13 @@ def test_multi_platform_index(store: BlobStore, tmp_path: Path) -> None:
             assert blobs["sha256:" + name.rsplit("/", 1)[1]] == data
     assert len(blobs) == sum(1 for n in members if n.startswith("blobs/sha256/"))
 
+    with pytest.raises(ValueError, match='duplicate platform "linux/amd64"'):
+        image_blobs(store, [spec(store), spec(store)])
+
 
 def test_build_image_blobs(store: BlobStore) -> None:
     desc, blobs = build_image(store, spec(store, "linux/arm/v7"))
-    assert desc["platform"] == {"architecture": "arm", "os": "linux", "variant": "v7"}
+    assert "platform" not in desc  # the index writer adds it
     assert len(blobs) == 3
     for digest, data in blobs.items():
         assert digest == "sha256:" + hashlib.sha256(data).hexdigest()
@@ -188,13 +246,14 @@ def test_build_image_blobs(store: BlobStore) -> None:
 
 
 def test_round_trip(store: BlobStore, tmp_path: Path) -> None:
-    images = [spec(store, "linux/amd64"), spec(store, "linux/arm64", base_ref="")]
+    images = [spec(store, "linux/amd64"), spec(store, "linux/arm64", annotations={})]
     dest = tmp_path / "rt.tar"
     write_oci_tarball(store, images, dest)
     other = BlobStore(tmp_path / "other-store")  # contents must come from the tarball
     back = read_oci_tarball(other, dest)
     assert [i.platform for i in back] == ["linux/amd64", "linux/arm64"]
-    assert [i.base_ref for i in back] == ["alpine:3.22.2", ""]
+    assert [dict(i.annotations) for i in back] == [ANNOTATIONS, {}]
+    assert {i.created for i in back} == {CREATED}
     original = make_tree(store)
     for image in back:
         assert image.config == CONFIG
@@ -202,6 +261,8 @@ def test_round_trip(store: BlobStore, tmp_path: Path) -> None:
         for key, entry in original.items():
             got = image.tree[key]
             assert (got.kind, got.mode, got.target) == (entry.kind, entry.mode, entry.target), key
+            if entry.mtime is not None:
+                assert got.mtime == entry.mtime, key
             if entry.kind == "file":
                 assert content(other, got) == content(store, entry)
         assert content(other, image.tree["app/run.sh"]) == SCRIPT
@@ -277,7 +338,7 @@ def test_read_multi_layer_with_whiteouts(store: BlobStore, tmp_path: Path) -> No
     [image] = read_oci_tarball(store, dest)
     assert image.platform == "linux/arm64"
     assert image.config == {"User": "1000"}
-    assert image.base_ref == ""
+    assert dict(image.annotations) == {}
     assert sorted(image.tree) == ["etc", "etc/b", "etc/c", "var", "var/y"]
     assert content(store, image.tree["var/y"]) == b"y"
 
@@ -338,10 +399,9 @@ def test_skopeo_inspect_single(store: BlobStore, tmp_path: Path) -> None:
     assert config["config"]["User"] == "65532"
     assert config["config"]["Labels"] == CONFIG["Labels"]
     assert config["config"]["ExposedPorts"] == {"8080/tcp": {}}
-    # The ref name written in index.json resolves too.
-    named = tmp_path / "named.tar"
-    write_oci_tarball(store, [spec(store)], named, ref_name="v1.2.3")
-    assert json.loads(run(skopeo, "inspect", f"oci-archive:{named}:v1.2.3"))["Digest"] == digest
+    # Like the engine's, the layout names no ref: skopeo takes the only image there is.
+    [top] = json.loads(tar_members(dest)["index.json"] or b"")["manifests"]
+    assert "org.opencontainers.image.ref.name" not in top.get("annotations", {})
 
 
 def test_skopeo_inspect_multi(store: BlobStore, tmp_path: Path) -> None:
@@ -404,10 +464,10 @@ def test_umoci_unpack(store: BlobStore, tmp_path: Path) -> None:
     umoci = tool("umoci")
     dest = tmp_path / "umoci.tar"
     write_oci_tarball(store, [spec(store)], dest)
+    # umoci addresses images by ref name, which the engine's export has none of;
+    # skopeo (another independent reader) copies it into a tagged layout verbatim.
     layout = tmp_path / "layout"
-    layout.mkdir()
-    with tarfile.open(dest) as tar:
-        tar.extractall(layout, filter="data")
+    run(tool("skopeo"), "--insecure-policy", "copy", f"oci-archive:{dest}", f"oci:{layout}:latest")
     stat = json.loads(run(umoci, "stat", "--json", "--image", f"{layout}:latest"))
     assert len(stat["history"]) == 1
     bundle = tmp_path / "bundle"

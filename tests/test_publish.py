@@ -41,6 +41,12 @@ def git_copy(src: Path, dest: Path) -> str:
     return commit_all(dest, "init")
 
 
+def digests_by_tag(references: list[str]) -> dict[str, str]:
+    """``name:tag@digest`` answers of publish -> {tag: digest}."""
+    pairs = (ref.split("@") for ref in references)
+    return {name.rsplit(":", 1)[1]: digest for name, digest in pairs}
+
+
 def publish_run(source: Path, refs: list[str], out: Path, **extra: Any):
     return build(
         source=str(source),
@@ -83,7 +89,7 @@ def test_push_index_with_extra_tags_using_secret_block_and_no_leaks(
     expected = sorted(["1.2.3", f"sha-{commit[:7]}", nightly, "latest"])
     assert auth_registry.tags("team/svc") == expected
     # Each reference reported carries the digest the registry holds for that tag.
-    reported = {r.split("@")[0].rsplit(":", 1)[1]: r.split("@")[1] for r in result.references}
+    reported = digests_by_tag(result.references)
     assert sorted(reported) == expected
     for tag in expected:
         assert auth_registry.manifest("team/svc", tag)[0] == reported[tag]
@@ -112,9 +118,9 @@ def test_push_index_with_extra_tags_using_secret_block_and_no_leaks(
     arts = artifacts(state.state_details.flow_run_id)
     links = [a for a in arts if a.key == "build-svc-image"]
     assert len(links) == 4
-    assert sorted(a.data for a in links) == sorted(
-        f"http://{auth_registry.host}/v2/team/svc/manifests/{d}" for d in reported.values()
-    )
+    for tag, digest in reported.items():
+        url = f"http://{auth_registry.host}/v2/team/svc/manifests/{digest}"
+        assert sum(f"{repo}:{tag}@{digest}]({url})" in a.data for a in links) == 1
 
     # No leaks: Prefect's database, logs, artifacts, results, engine log, output.
     db_url = PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
@@ -196,9 +202,11 @@ def test_publish_survives_a_faulty_registry(
     publish = next(r for n, r in runs.items() if n.startswith("publish"))
     assert publish.run_count >= 2
     assert registry.tags(repo_name) == ["7.0.0", "latest"]
-    digest, index = registry.manifest(repo_name, "7.0.0")
-    assert registry.manifest(repo_name, "latest")[0] == digest == state.result().digest
-    assert index["mediaType"] == INDEX and len(index["manifests"]) == 2
+    reported = digests_by_tag(state.result().references)
+    for tag in ("7.0.0", "latest"):
+        digest, index = registry.manifest(repo_name, tag)
+        assert digest == reported[tag]
+        assert index["mediaType"] == INDEX and len(index["manifests"]) == 2
 
 
 def test_unreachable_registry_fails_after_bounded_retries(

@@ -5,8 +5,10 @@ records a thunk; the work happens when a leaf (``stdout``, ``export``, ``sync``,
 ``publish``...) forces it. Each object gets an opaque ID derived from the call
 that made it (parent ID, field, arguments), so the same chain asked for twice is
 the same object and is evaluated once per engine lifetime, as BuildKit would
-cache it. Host reads (``host.directory``) are never shared between calls, because
-the files behind them may change.
+cache it. Some calls are per client session, as in the real engine: a host read
+(``host.directory``/``file``) happens when the field resolves and is kept for
+that session unless ``noCache``; ``git`` lists the remote once per session;
+``withRegistryAuth`` stores its credential in the session (``sessions.py``).
 
 Field resolvers are methods named ``f_<fieldName>`` taking the GraphQL arguments
 as keyword arguments (camelCase, as sent). A field without a method fails with
@@ -23,6 +25,7 @@ import os
 import platform as host_platform
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -33,8 +36,19 @@ from typing import Any
 
 import pathspec
 
-from . import fs
+from . import fs, patterns
 from .fs import BlobStore, Entry, Tree
+from .gitsource import (
+    GitAuth,
+    GitError,
+    GitSources,
+    GitURL,
+    Remote,
+    basic_auth_header,
+    is_commit_sha,
+    parse_git_url,
+)
+from .sessions import AuthAddressError, Session, current_session
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -252,6 +266,15 @@ class File(Obj):
     def f_withName(self, name: str) -> File:
         return self.child(File, "withName", {"name": name}, lambda: (name, self.entry()[1]))
 
+    def f_withTimestamps(self, timestamp: int) -> File:
+        """Set the file's mtime (core/file.go ~1152-1195, ``os.Chtimes``)."""
+
+        def thunk():
+            name, e = self.entry()
+            return name, replace(e, mtime=int(timestamp))
+
+        return self.child(File, "withTimestamps", {"t": timestamp}, thunk)
+
 
 class Directory(Obj):
     TYPENAME = "Directory"
@@ -340,6 +363,12 @@ class Directory(Obj):
     def f_withoutDirectory(self, path: str) -> Directory:
         return self._derive("withoutDirectory", {"path": path}, lambda t: fs.remove(t, path))
 
+    def f_withTimestamps(self, timestamp: int) -> Directory:
+        """Set every file's and directory's mtime (core/directory.go ~2601-2645)."""
+        return self._derive(
+            "withTimestamps", {"t": timestamp}, lambda t: fs.with_timestamps(t, timestamp)
+        )
+
     def f_filter(self, exclude=(), include=(), gitignore: bool = False) -> Directory:
         return self._derive(
             "filter",
@@ -356,68 +385,124 @@ class Directory(Obj):
 
 
 class GitRef(Obj):
+    """A resolved ref: the value is (GitRepoState, gitsource.Ref)."""
+
     TYPENAME = "GitRef"
 
     def f_commit(self) -> str:
-        return self.value()[0]
+        return self.value()[1].sha
 
     def f_ref(self) -> str:
-        return self.value()[1]
+        ref = self.value()[1]
+        return ref.name or ref.sha
 
-    def f_tree(self, discardGitDir: bool = False, depth: int = 1, **_) -> Directory:
-        return self.child(Directory, "tree", {}, lambda: self.value()[2])
+    def f_tree(self, discardGitDir: bool = False, depth: int = 1, **kw) -> Directory:
+        """core/schema/git.go tree: ``.git`` is kept unless discarded here or by
+        ``git(keepGitDir: false)`` (core/git.go ~407)."""
+        _unsupported(kw, includeTags=False)
+        repo, ref = self.value()
+        discard = repo.discard_git_dir or bool(discardGitDir)
+
+        def thunk() -> Tree:
+            try:
+                return self.engine.git.tree(repo.url, ref, repo.auth, discard, depth)
+            except GitError as exc:
+                raise EngineError(str(exc)) from None
+
+        return self.child(Directory, "tree", {"discard": discard, "depth": depth}, thunk)
+
+
+@dataclass(frozen=True)
+class GitRepoState:
+    url: GitURL
+    remote: Remote
+    auth: GitAuth | None
+    discard_git_dir: bool
 
 
 class GitRepository(Obj):
+    """A remote repository, listed once per session (``git`` is a per-client call)."""
+
     TYPENAME = "GitRepository"
 
-    def _ref(self, fieldname: str, name: str) -> GitRef:
-        url = self.value()
-        return self.engine.make(
-            GitRef, self.oid, fieldname, {"name": name}, lambda: self.engine.git_checkout(url, name)
-        )
+    def _ref(self, fieldname: str, args: dict[str, Any], target: str) -> GitRef:
+        repo: GitRepoState = self.value()
+        try:
+            ref = repo.remote.lookup(target)  # eager, as the engine's ref resolver
+        except GitError as exc:
+            raise EngineError(str(exc)) from None
+        return self.child(GitRef, fieldname, args, lambda: (repo, ref))
 
     def f_branch(self, name: str) -> GitRef:
-        return self._ref("branch", name)
+        return self._ref("branch", {"name": name}, "refs/heads/" + name.removeprefix("refs/heads/"))
 
     def f_tag(self, name: str) -> GitRef:
-        return self._ref("tag", name)
+        return self._ref("tag", {"name": name}, "refs/tags/" + name.removeprefix("refs/tags/"))
 
     def f_commit(self, id: str) -> GitRef:
-        return self._ref("commit", id)
+        if not is_commit_sha(id):
+            raise EngineError(f"invalid commit SHA: {json.dumps(id)}")
+        return self._ref("commit", {"id": id}, id)
 
     def f_ref(self, name: str) -> GitRef:
-        return self._ref("ref", name)
+        return self._ref("ref", {"name": name}, name)
 
     def f_head(self) -> GitRef:
-        return self._ref("head", "HEAD")
+        return self._ref("head", {}, "HEAD")
+
+    def f_url(self) -> str:
+        return self.value().url.remote()
 
 
 class Host(Obj):
+    """The caller's filesystem, as seen from its session's working directory."""
+
     TYPENAME = "Host"
 
     def f_directory(self, path: str, exclude=(), include=(), noCache=False, gitignore=False):
-        _unsupported({"gitignore": gitignore}, gitignore=False)
-        root = self.engine.host_path(path)
+        """core/schema/host.go directory: patterns per ``patterns.host_patterns``,
+        matched by ``patterns.PathFilter``; read now and kept for the session
+        unless ``noCache`` (core/integration/host_test.go TestDirectoryCacheBehavior)."""
+        session = self.engine.session()
+        root = self.engine.host_path(patterns.go_clean(path))
+        base, rel = root, "."
+        if gitignore:
+            found = _find_up(root, ".git")
+            if found is not None:
+                base, rel = found, os.path.relpath(root, found)
+        inc = (["!*", rel] if rel != "." else []) + patterns.host_patterns(include, rel)
+        exc = patterns.host_patterns(exclude, rel)
 
         def thunk() -> Tree:
-            if not root.is_dir():
-                raise EngineError(f"host directory {path}: no such directory")
-            return fs.import_host_dir(self.engine.store, root, keeper(include, exclude))
+            return self.engine.read_host_dir(base, rel, inc, exc, gitignore)
 
-        args = {"path": str(root), "exclude": exclude, "include": include}
-        return self.child(Directory, "directory", args, thunk, fresh=True)
+        args = {
+            "path": str(root),
+            "exclude": list(exclude or ()),
+            "include": list(include or ()),
+            "gitignore": bool(gitignore),
+            "session": session.id,
+        }
+        d = self.child(Directory, "directory", args, thunk, fresh=bool(noCache))
+        d.value()  # the engine syncs when the field resolves, not when it is used
+        return d
 
     def f_file(self, path: str, noCache: bool = False) -> File:
-        src = self.engine.host_path(path)
+        """core/schema/host.go file: ``directory(dir, include: [name]).file(name)``."""
+        file_dir, _, name = path.rpartition("/")
+        file_dir = file_dir + "/" if path.count("/") else ""
+        return self.f_directory(file_dir, include=[name], noCache=noCache).f_file(name)
 
-        def thunk():
-            if not src.is_file():
-                raise EngineError(f"host file {path}: no such file")
-            digest, size = self.engine.store.put_file(src)
-            return src.name, Entry("file", src.stat().st_mode & 0o7777, digest, size)
 
-        return self.child(File, "file", {"path": str(src)}, thunk, fresh=True)
+def _find_up(start: Path, name: str) -> Path | None:
+    """core/host.go FindUp: the nearest directory at or above ``start`` holding ``name``."""
+    cur = start
+    while True:
+        if os.path.lexists(cur / name):
+            return cur
+        if cur.parent == cur:
+            return None
+        cur = cur.parent
 
 
 class Container(Obj):
@@ -491,15 +576,28 @@ class Container(Obj):
         )
 
     def f_withRegistryAuth(self, address: str, username: str, secret: str) -> Container:
-        self.engine.load(secret, Secret)
-        auth = (address, username, secret)
-        return self._derive(
-            "withRegistryAuth",
-            {"a": auth},
-            lambda s: replace(
-                s, registry_auth=(*[a for a in s.registry_auth if a[0] != address], auth)
-            ),
-        )
+        """core/schema/container.go ~3998-4028: the credential goes to the
+        SESSION's auth provider, keyed by registry host (auth/registry.go), when
+        the field resolves; the container itself is unchanged. Any publish in the
+        same session to that host uses it, whichever container it starts from."""
+        plaintext = self.engine.load(secret, Secret).value()[1]
+        session = self.engine.session()
+        try:
+            session.registry_auth.add(address, username, plaintext)
+        except AuthAddressError as exc:
+            raise EngineError(str(exc)) from None
+        args = {"a": address, "u": username, "s": secret, "session": session.id}
+        return self._derive("withRegistryAuth", args, lambda s: s)
+
+    def f_withoutRegistryAuth(self, address: str) -> Container:
+        """Removes the session's credential for that registry host."""
+        session = self.engine.session()
+        try:
+            session.registry_auth.remove(address)
+        except AuthAddressError as exc:
+            raise EngineError(str(exc)) from None
+        args = {"a": address, "session": session.id}
+        return self._derive("withoutRegistryAuth", args, lambda s: s)
 
     # -- filesystem
     def f_withDirectory(self, path: str, source: str, exclude=(), include=(), **kw) -> Container:
@@ -678,13 +776,21 @@ class Container(Obj):
 
     # -- images
     def _variants(self, platformVariants) -> list[ContainerState]:
+        """The containers an export/asTarball/publish packs (core/container.go
+        ~6420-6495): this one and the variants, minus those with no rootfs yet
+        (``filterEmptyContainers``: ``dag.container()`` alone is a placeholder),
+        one per platform. The engine checks duplicates while its goroutines fill
+        the map, so it may instead keep the last; here it is always the error."""
         states = [self.state()]
         states += [self.engine.load(v, Container).state() for v in platformVariants or ()]
+        states = [s for s in states if s.rootfs or s.base_ref]
         seen = set()
         for s in states:
             if s.platform in seen:
-                raise EngineError(f"duplicate platform {s.platform} in platform variants")
+                raise EngineError(f'duplicate platform "{s.platform}"')
             seen.add(s.platform)
+        if not states:
+            raise EngineError("no containers to export")
         return states
 
     def f_export(self, path: str, platformVariants=(), **kw) -> str:
@@ -694,14 +800,16 @@ class Container(Obj):
         return str(dest)
 
     def f_asTarball(self, platformVariants=(), **kw) -> File:
+        """A file ``container.tar``, 0600, made now (core/schema/container.go
+        asTarball, core/container_image.go AsTarball)."""
         _unsupported(kw, forcedCompression=None, mediaTypes="OCIMediaTypes")
 
         def thunk():
             with tempfile.TemporaryDirectory(dir=self.engine.state_dir) as tmp:
-                out = Path(tmp, "image.tar")
+                out = Path(tmp, "container.tar")
                 self.engine.images.write_tarball(self._variants(platformVariants), out)
                 digest, size = self.engine.store.put_file(out)
-            return "image.tar", Entry("file", 0o644, digest, size)
+            return "container.tar", Entry("file", 0o600, digest, size, mtime=fs.now())
 
         return self.child(File, "asTarball", {"v": platformVariants}, thunk)
 
@@ -709,13 +817,12 @@ class Container(Obj):
         src = self.engine.load(source, File)
 
         def fn(s: ContainerState) -> ContainerState:
-            return self.engine.images.import_tarball(src, s.platform)
+            return self.engine.images.import_tarball(src, s, tag)
 
         return self._derive("import", {"source": source, "tag": tag}, fn)
 
     def f_publish(self, address: str, platformVariants=(), **kw) -> str:
         _unsupported(kw, forcedCompression=None, mediaTypes="OCIMediaTypes", registryService=None)
-        validate_reference(address, "address")
         states = self._variants(platformVariants)
         return self.engine.images.publish(states, address)
 
@@ -752,8 +859,76 @@ class Query(Obj):
             Secret, "setSecret", {"name": name, "f": fingerprint}, lambda: (name, plaintext)
         )
 
-    def f_git(self, url: str, keepGitDir: bool = True, **kw) -> GitRepository:
-        return self.child(GitRepository, "git", {"url": url}, lambda: url)
+    def f_git(
+        self,
+        url: str,
+        keepGitDir: bool | None = None,
+        httpAuthUsername: str = "",
+        httpAuthToken: str | None = None,
+        httpAuthHeader: str | None = None,
+        sshKnownHosts: str = "",
+        **kw,
+    ) -> GitRepository:
+        """core/schema/git.go git: parse the URL (util/gitutil/url.go), then list
+        the remote's refs with the host's git, once per session."""
+        _unsupported(kw, sshAuthSocket=None, experimentalServiceHost=None)
+        auth_args = (httpAuthUsername, httpAuthToken, httpAuthHeader)
+        try:
+            remote = parse_git_url(url)
+        except GitError as exc:
+            if exc.kind != "unknown-protocol":
+                raise EngineError(f"failed to parse Git URL: {exc}") from None
+            return self._git_guess_scheme(url, keepGitDir, auth_args)
+        try:
+            return self._git(remote, keepGitDir, auth_args)
+        except GitError as exc:
+            raise EngineError(str(exc)) from None
+
+    def _git_guess_scheme(self, url: str, keep_git_dir, auth_args) -> GitRepository:
+        """A URL without a scheme is tried as https://, then ssh://, moving on
+        only when authentication fails (gitutil.ParseCloneURL)."""
+        candidates = []
+        for proto in ("https", "ssh"):
+            try:
+                candidates.append(parse_git_url(f"{proto}://{url}"))
+            except GitError:
+                continue
+        if not candidates:
+            raise EngineError(f"failed to parse Git URL: unknown protocol: {json.dumps(url)}")
+        for candidate in candidates:
+            try:
+                return self._git(candidate, keep_git_dir, auth_args)
+            except GitError as exc:
+                if exc.kind == "auth":
+                    continue
+                raise EngineError(str(exc)) from None
+        raise EngineError("failed to determine Git URL protocol")
+
+    def _git(self, remote: GitURL, keep_git_dir, auth_args) -> GitRepository:
+        username, token_id, header_id = auth_args
+        session = self.engine.session()
+        if remote.scheme == "ssh":
+            raise GitError(
+                "git authentication failed: SSH URLs are not supported without an SSH socket",
+                "auth",
+            )
+        auth = None
+        if token_id:
+            token = self.engine.load(token_id, Secret).value()[1]
+            auth = GitAuth.for_url(remote, basic_auth_header(remote, token, username))
+        elif header_id:
+            header = self.engine.load(header_id, Secret).value()[1]
+            auth = GitAuth.for_url(remote, header)
+        key = json.dumps(["ls-remote", remote.remote(), username, token_id, header_id])
+        listed = session.cached(key, lambda: self.engine.git.ls_remote(remote, auth))
+        state = GitRepoState(remote, listed, auth, keep_git_dir is False)
+        args = {
+            "url": remote.remote(),
+            "discard": state.discard_git_dir,
+            "auth": [username, token_id, header_id],
+            "session": session.id,
+        }
+        return self.child(GitRepository, "git", args, lambda: state)
 
     def f_node(self, id: str) -> Obj:
         return self.engine.load(id, Obj)
@@ -782,36 +957,17 @@ def _unsupported(given: dict[str, Any], **defaults: Any) -> None:
             )
 
 
-def keeper(include, exclude) -> Callable[[str, bool], bool]:
-    """Dagger's include/exclude patterns, matched with gitwildmatch (pathspec)."""
-    inc = pathspec.PathSpec.from_lines("gitwildmatch", include) if include else None
-    exc = pathspec.PathSpec.from_lines("gitwildmatch", exclude) if exclude else None
-
-    def keep(rel: str, is_dir: bool) -> bool:
-        probe = rel + "/" if is_dir else rel
-        if exc and exc.match_file(probe):
-            return False
-        if inc and not is_dir:
-            return inc.match_file(rel)
-        return True
-
-    return keep
-
-
 def filter_tree(tree: Tree, include, exclude) -> Tree:
+    """``withDirectory``/``filter`` include and exclude (util/layercopy/filter.go):
+    moby/patternmatcher with per-directory results, see ``patterns.select``. A
+    directory stays when it matches or when anything below it is kept."""
     if not include and not exclude:
         return tree
-    keep = keeper(include, exclude)
-    entries = {}
-    for k, e in tree.items():
-        parts = k.split("/")
-        if any(not keep("/".join(parts[: i + 1]), True) for i in range(len(parts) - 1)):
-            continue
-        if keep(k, e.kind == "dir") and (e.kind != "dir" or not include):
-            entries[k] = e
-    for k in list(entries):
-        fs.with_parents(entries, k)
-    return fs.freeze(entries)
+    try:
+        kept = patterns.select(((k, e.kind == "dir") for k, e in tree.items()), include, exclude)
+    except patterns.PatternError as exc:
+        raise EngineError(str(exc)) from None
+    return fs.freeze({k: e for k, e in tree.items() if k in kept})
 
 
 def expand_vars(text: str, env: dict[str, str]) -> str:
@@ -881,6 +1037,8 @@ class Engine:
         self.executor = Executor(self)
         self.images = Images(self)
         self._go_version: str | None = None
+        self.git = GitSources(self.state_dir, self._import_checkout)
+        self.default_session = Session(token="", workdir=self.cwd)
 
     def record_exec(self, args: list[str]) -> None:
         """Hook for the server's exec log and exec faults."""
@@ -907,9 +1065,16 @@ class Engine:
             raise EngineError(f"id is a {obj.TYPENAME}, not a {typename or cls.TYPENAME}")
         return obj
 
+    def session(self) -> Session:
+        """The session of the request being served (outside a request: one with
+        the engine's ``cwd`` as its working directory)."""
+        return current_session() or self.default_session
+
     def host_path(self, path: str) -> Path:
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else self.cwd / p
+        """A caller's path on its host: ``~`` expanded, relative paths against
+        the session's working directory (engine/client/filesync.go ~295-308)."""
+        p = os.path.expanduser(path)
+        return Path(os.path.normpath(os.path.join(self.session().workdir, p)))
 
     def go_version(self) -> str:
         if self._go_version is None:
@@ -922,35 +1087,45 @@ class Engine:
             self._go_version = out.stdout.strip() or "unknown"
         return self._go_version
 
-    def git_checkout(self, url: str, ref: str) -> tuple[str, str, Tree]:
-        """Resolve ``ref`` in the repository at ``url`` with the host's git."""
-        with tempfile.TemporaryDirectory(dir=self.state_dir) as tmp:
-            repo = Path(tmp, "repo")
-            env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ALLOW_PROTOCOL": "file"}
+    def _import_checkout(self, root: Path) -> Tree:
+        return fs.import_host_dir(self.store, root, lambda rel, is_dir: True)
 
-            def git(*args: str, cwd: Path | None = None) -> str:
-                r = subprocess.run(
-                    ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
+    def read_host_dir(self, base: Path, rel: str, include, exclude, gitignore: bool) -> Tree:
+        """Sync a host directory the way filesync does: ``base`` walked with the
+        include/exclude patterns (and ``.gitignore`` files when asked), the result
+        re-rooted at ``rel``."""
+        target = base / rel if rel != "." else base
+        if not target.exists():
+            raise EngineError(
+                f"failed to get snapshot: resolve {target}: lstat {target}: "
+                "no such file or directory"
+            )
+        if not target.is_dir():
+            raise EngineError(f"failed to get snapshot: stat {target}: not a directory")
+        try:
+            flt = patterns.PathFilter(
+                include, exclude, patterns.GitIgnore(base) if gitignore else None
+            )
+        except patterns.PatternError as exc:
+            raise EngineError(f"failed to get snapshot: {exc}") from None
+        entries: dict[str, Entry] = {}
+        for key, kind, full in patterns.walk_host(base, flt):
+            if kind == "file":
+                entries[key] = fs.host_file_entry(self.store, full)
+                continue
+            st = full.lstat()
+            if kind == "symlink":
+                entries[key] = Entry(
+                    "symlink", 0o777, target=os.readlink(full), mtime=int(st.st_mtime)
                 )
-                if r.returncode != 0:
-                    raise EngineError(f"git {args[0]} {url}: {r.stderr.strip()}")
-                return r.stdout.strip()
-
-            git("clone", "--quiet", "--no-checkout", url, str(repo))
-            candidates = [ref] if ref == "HEAD" else [f"origin/{ref}", ref]
-            commit = ""
-            for cand in candidates:
-                try:
-                    commit = git("rev-parse", "--verify", "--quiet", f"{cand}^{{commit}}", cwd=repo)
-                    break
-                except EngineError:
-                    continue
-            if not commit:
-                raise EngineError(f"git ref {ref!r} not found in {url}")
-            git("checkout", "--quiet", "--detach", commit, cwd=repo)
-            shutil.rmtree(repo / ".git")
-            tree = fs.import_host_dir(self.store, repo, lambda rel, is_dir: True)
-        return commit, ref, tree
+            else:
+                entries[key] = Entry("dir", stat.S_IMODE(st.st_mode), mtime=int(st.st_mtime))
+        tree = fs.freeze(entries)
+        if rel != ".":
+            if rel not in tree or tree[rel].kind != "dir":
+                raise EngineError(f"{rel}: no such file or directory")
+            tree = fs.subtree(tree, rel)
+        return tree
 
 
 @dataclass

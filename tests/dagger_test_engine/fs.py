@@ -14,7 +14,8 @@ import os
 import shutil
 import stat
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Literal
@@ -25,13 +26,20 @@ EntryKind = Literal["file", "dir", "symlink"]
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One path in a snapshot: a regular file (``blob`` is its sha256), a directory,
-    or a symlink (``target``)."""
+    or a symlink (``target``).
+
+    ``mtime`` is the modification time in whole Unix seconds (what a layer tar keeps:
+    containerd truncates it, ``pkg/archive/tar.go``), or None where nothing set it;
+    the real engine keeps host files' mtimes (``engine/client/filesync.go`` resets
+    only uid/gid/xattrs) and files made in the engine get the time they were made.
+    It is metadata: ``tree_digest`` ignores it, as exec cache keys must."""
 
     kind: EntryKind
     mode: int = 0o644
     blob: str = ""
     size: int = 0
     target: str = ""
+    mtime: int | None = None
 
 
 Tree = MappingProxyType  # read-only dict[str, Entry]; keys are relative, no leading "/"
@@ -102,9 +110,23 @@ class BlobStore:
         return self.path(digest).read_bytes()
 
 
-def file_entry(store: BlobStore, data: bytes, mode: int = 0o644) -> Entry:
+def file_entry(store: BlobStore, data: bytes, mode: int = 0o644, mtime: int | None = None) -> Entry:
+    """A new file; made now unless ``mtime`` says otherwise (``withNewFile``)."""
     digest, size = store.put_bytes(data)
-    return Entry("file", mode & 0o7777, digest, size)
+    return Entry("file", mode & 0o7777, digest, size, mtime=now() if mtime is None else mtime)
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def with_timestamps(tree: Tree, unix: int) -> Tree:
+    """``Directory.withTimestamps``: every file and directory gets ``unix`` as its
+    mtime (``core/directory.go`` ~2601-2645 walks the tree with ``os.Chtimes``,
+    which follows symlinks, so a symlink's own time is left alone)."""
+    return freeze(
+        {k: e if e.kind == "symlink" else replace(e, mtime=int(unix)) for k, e in tree.items()}
+    )
 
 
 def with_parents(entries: dict[str, Entry], key: str) -> None:
@@ -176,11 +198,12 @@ def import_host_dir(store: BlobStore, root: Path, keep) -> Tree:
             full = Path(dirpath, d)
             if full.is_symlink():
                 if keep(rel, False):
-                    entries[rel] = Entry("symlink", 0o777, target=os.readlink(full))
+                    entries[rel] = _host_symlink(full)
                 continue
             if keep(rel, True):
                 kept_dirs.append(d)
-                entries[rel] = Entry("dir", stat.S_IMODE(full.stat().st_mode))
+                st = full.stat()
+                entries[rel] = Entry("dir", stat.S_IMODE(st.st_mode), mtime=int(st.st_mtime))
         dirnames[:] = kept_dirs
         for f in sorted(filenames):
             rel = f"{rel_dir}/{f}" if rel_dir else f
@@ -188,19 +211,29 @@ def import_host_dir(store: BlobStore, root: Path, keep) -> Tree:
                 continue
             full = Path(dirpath, f)
             if full.is_symlink():
-                entries[rel] = Entry("symlink", 0o777, target=os.readlink(full))
+                entries[rel] = _host_symlink(full)
                 continue
-            st = full.stat()
-            digest, size = store.put_file(full)
-            entries[rel] = Entry("file", stat.S_IMODE(st.st_mode), digest, size)
+            entries[rel] = host_file_entry(store, full)
     # Directories that only matched because a file inside them matched.
     for key in list(entries):
         with_parents(entries, key)
     return freeze(entries)
 
 
+def host_file_entry(store: BlobStore, path: Path) -> Entry:
+    """A host file as the engine syncs it: content, permission bits and mtime."""
+    st = path.stat()
+    digest, size = store.put_file(path)
+    return Entry("file", stat.S_IMODE(st.st_mode), digest, size, mtime=int(st.st_mtime))
+
+
+def _host_symlink(path: Path) -> Entry:
+    return Entry("symlink", 0o777, target=os.readlink(path), mtime=int(path.lstat().st_mtime))
+
+
 def materialize(store: BlobStore, tree: Tree, dest: Path) -> None:
-    """Write a snapshot out as real files (for exec and for export)."""
+    """Write a snapshot out as real files (for exec and for export), with their
+    mtimes where known, so files an exec does not touch keep theirs."""
     dest.mkdir(parents=True, exist_ok=True)
     for key in sorted(tree):
         e = tree[key]
@@ -218,7 +251,13 @@ def materialize(store: BlobStore, tree: Tree, dest: Path) -> None:
                 target.unlink()
             shutil.copyfile(store.path(e.blob), target)
             os.chmod(target, e.mode)
+            if e.mtime is not None:
+                os.utime(target, (e.mtime, e.mtime))
     for key in sorted(tree, reverse=True):
         e = tree[key]
+        if e.kind == "symlink" and e.mtime is not None:
+            os.utime(dest / key, (e.mtime, e.mtime), follow_symlinks=False)
         if e.kind == "dir":
             os.chmod(dest / key, e.mode | 0o700)
+            if e.mtime is not None:
+                os.utime(dest / key, (e.mtime, e.mtime))

@@ -1,18 +1,33 @@
-"""OCI image layouts for the Dagger test engine.
+"""OCI image layouts for the Dagger test engine, shaped like the real engine's.
 
-The real engine exports containers as OCI image-layout tarballs (``Container.export``,
-``Platform``-variant exports) and pushes the same blobs to registries. This test double
-must produce *real* layouts, not a private format, because the project's tests feed
-them to independent readers (``skopeo``, ``umoci``) and because the digest of an image
-is what the flows report and compare: a build that changed nothing has to give the
-same digest again. Hence everything here is deterministic: sorted tar entries, fixed
-timestamps and owners, gzip without a timestamp, and JSON with sorted keys and
-compact separators.
+The real engine (dagger/dagger v0.21.8) exports containers as OCI image-layout
+tarballs and pushes the same blobs to registries. This double writes *real*
+layouts (the tests read them with ``skopeo`` and ``umoci`` too) that follow the
+engine where it matters to a reader:
 
-An image here is one layer on top of a base that is only *recorded* (as the
-``org.opencontainers.image.base.name`` annotation), never copied: the test engine
-has no registry to pull the base from, and the flows only care that the reference
-is carried through.
+- ``engine/engineutil/imageexport/writer.go`` (~117-146, ~160-210): one platform is
+  exported as its manifest, whose descriptor has no ``platform``; several as an
+  image index whose manifest descriptors carry ``platform``. Manifest and index
+  blobs are ``json.MarshalIndent``-ed, the config is compact with sorted top-level
+  keys, ``created`` and ``history`` come from the layers' snapshot times (never the
+  epoch), history entries carry ``comment: buildkit.exporter.image.v0``. Manifests
+  and their descriptors carry the container's annotations and nothing else.
+- ``engine/engineutil/containerimage.go`` (~67-69): the platforms are sorted by
+  their platform string before the index is written.
+- containerd's ``core/images/archive/exporter.go``: ``index.json`` holds the root
+  descriptor as is (no ``org.opencontainers.image.ref.name``: the engine passes no
+  name), a one-platform archive also has a Docker ``manifest.json``, blobs are
+  0444, ``index.json``/``manifest.json`` 0644, ``oci-layout`` 0444.
+- containerd's ``pkg/archive/tar.go`` (~585-610): layer entries are PAX, uid/gid 0
+  (host files are synced with uid/gid reset), mtimes truncated to seconds,
+  directories end in ``/``, in directory-walk order.
+- ``core/container.go`` ``resolveIndex`` (~6896-6950) and containerd/platforms
+  ``Only`` (``compare.go`` ``platformVector``, ``platforms.go`` ``Normalize``,
+  ``database.go`` ``normalizeArch``): how ``Container.import`` picks a manifest.
+
+What is not real: an image here is a single layer holding the files the pipeline
+put in the rootfs. The test engine has no registry to pull base images from, so
+a base image contributes its config (Env, Cmd, WorkingDir) but no layers.
 """
 
 from __future__ import annotations
@@ -25,6 +40,8 @@ import os
 import re
 import tarfile
 import tempfile
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,11 +60,15 @@ MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
-ANNOTATION_BASE_NAME = "org.opencontainers.image.base.name"
 
-# The epoch as an RFC 3339 timestamp: a fixed "created" keeps digests reproducible
-# (what SOURCE_DATE_EPOCH=0 gives with real BuildKit).
+# The epoch as an RFC 3339 timestamp. Only the default of ImageSpec.created, for
+# layouts built outside an engine (unit tests); the engine always passes the time
+# its snapshot was made, as the real one does.
 EPOCH = "1970-01-01T00:00:00Z"
+# What BuildKit's writer puts in history entries it adds for layers
+# (imageexport/writer.go normalizeLayersAndHistory).
+HISTORY_COMMENT = "buildkit.exporter.image.v0"
+HISTORY_CREATED_BY = "created by buildkit"
 
 # GOOS/GOARCH values the OCI image spec names for ``platform``. Non-canonical
 # spellings (x86_64, aarch64) are rejected rather than normalised, so the platform
@@ -97,13 +118,14 @@ _VARIANT_RE = re.compile(r"^v[0-9]+(\.[0-9]+)?$")
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """One single-platform image: the layer content, the runtime config, and the
-    base it is meant to sit on."""
+    """One single-platform image: the layer content, the runtime config, the
+    container's annotations and when its snapshot was made."""
 
     platform: str  # "linux/amd64", "linux/arm64", "linux/arm/v7"
-    tree: Tree  # files added on top of the base image (the only layer content)
+    tree: Tree  # the rootfs the pipeline built (the only layer content)
     config: dict = field(default_factory=dict)  # OCI image config "config" section
-    base_ref: str = ""  # recorded as annotation org.opencontainers.image.base.name
+    annotations: Mapping[str, str] = field(default_factory=dict)  # withAnnotation
+    created: str = EPOCH  # RFC 3339; also the mtime of entries that have none
 
     def __post_init__(self) -> None:
         # Fail where the mistake is made, not later inside a tarball writer.
@@ -143,21 +165,80 @@ def format_platform(platform: dict[str, Any]) -> str:
     return text
 
 
-def canonical_json(obj: Any) -> bytes:
-    """JSON with sorted keys and no whitespace: the digest must depend only on content."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+_GO_ESCAPES = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+
+
+def go_json(obj: Any, indent: bool = False) -> bytes:
+    """JSON as Go's encoding/json writes it: keys in the order given (struct field
+    order, built by the callers), UTF-8, HTML-safe escapes; ``indent`` is
+    ``json.MarshalIndent(v, "", "  ")``, which the writer uses for manifests and
+    indexes."""
+    if indent:
+        text = json.dumps(obj, ensure_ascii=False, indent=2)
+    else:
+        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    for char, escaped in _GO_ESCAPES.items():
+        text = text.replace(char, escaped)  # these only ever occur inside strings
+    return text.encode()
+
+
+def rfc3339(unix_ns: int) -> str:
+    """A UTC time as Go's time.Time marshals it (RFC 3339, trailing zeros cut)."""
+    seconds, nanos = divmod(unix_ns, 1_000_000_000)
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    if nanos:
+        text += f".{nanos:09d}".rstrip("0")
+    return text + "Z"
+
+
+def rfc3339_seconds(text: str) -> int:
+    """Whole Unix seconds of an RFC 3339 UTC time written by :func:`rfc3339`."""
+    import calendar
+
+    head = text.rstrip("Z").split(".")[0]
+    return calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
 
 
 def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _descriptor(media_type: str, data: bytes) -> dict[str, Any]:
-    return {"mediaType": media_type, "digest": sha256_digest(data), "size": len(data)}
+def _platform_json(platform: Mapping[str, Any]) -> dict[str, Any]:
+    """An OCI platform object in the image-spec's field order, empty fields omitted."""
+    out: dict[str, Any] = {}
+    for key in ("architecture", "os", "os.version", "os.features", "variant"):
+        if platform.get(key):
+            out[key] = platform[key]
+    return out
+
+
+def _descriptor(
+    media_type: str,
+    data: bytes,
+    annotations: Mapping[str, str] | None = None,
+    platform: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A descriptor in the image-spec's field order; empty annotations are omitted."""
+    desc: dict[str, Any] = {
+        "mediaType": media_type,
+        "digest": sha256_digest(data),
+        "size": len(data),
+    }
+    if annotations:
+        desc["annotations"] = dict(sorted(annotations.items()))
+    if platform:
+        desc["platform"] = _platform_json(platform)
+    return desc
 
 
 def _tarinfo(
-    name: str, kind: bytes, mode: int, size: int = 0, linkname: str = ""
+    name: str, kind: bytes, mode: int, size: int = 0, linkname: str = "", mtime: int = 0
 ) -> tarfile.TarInfo:
     """A tar header with every field that varies between machines pinned down."""
     info = tarfile.TarInfo(name)
@@ -165,38 +246,46 @@ def _tarinfo(
     info.mode = mode & 0o7777
     info.size = size
     info.linkname = linkname
-    info.mtime = 0
+    info.mtime = mtime
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     return info
 
 
-def layer_tar(store: BlobStore, tree: Tree) -> bytes:
-    """The uncompressed layer: every entry of ``tree`` in sorted order.
+def walk_order(key: str) -> list[str]:
+    """Sort key for directory-walk order: a directory, then everything inside it,
+    then its next sibling ("a", "a/b", "a-b"), as containerd's diff walks."""
+    return key.split("/")
+
+
+def layer_tar(store: BlobStore, tree: Tree, default_mtime: int = 0) -> bytes:
+    """The uncompressed layer: every entry of ``tree`` in directory-walk order.
 
     Parent directories missing from ``tree`` are added (0o755) because unpackers
-    such as umoci expect a directory header before its contents. Sorting puts each
-    directory before everything inside it ("a" < "a-b" < "a/b").
+    such as umoci expect a directory header before its contents. Entries keep their
+    mtime; those without one (parents nobody made explicitly) get ``default_mtime``,
+    the snapshot's time.
     """
     entries = dict(tree)
     for key in list(entries):
         fs.with_parents(entries, key)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for key in sorted(entries):
+        for key in sorted(entries, key=walk_order):
             name = fs.norm(key)
             if not name:
                 continue  # the root itself belongs to the base image
             e = entries[key]
+            mtime = default_mtime if e.mtime is None else e.mtime
             if e.kind == "dir":
-                tar.addfile(_tarinfo(name, tarfile.DIRTYPE, e.mode))
+                tar.addfile(_tarinfo(name, tarfile.DIRTYPE, e.mode, mtime=mtime))
             elif e.kind == "symlink":
-                tar.addfile(_tarinfo(name, tarfile.SYMTYPE, 0o777, linkname=e.target))
+                tar.addfile(_tarinfo(name, tarfile.SYMTYPE, 0o777, linkname=e.target, mtime=mtime))
             elif e.kind == "file":
                 path = store.path(e.blob)
                 size = path.stat().st_size
                 with open(path, "rb") as fh:
-                    tar.addfile(_tarinfo(name, tarfile.REGTYPE, e.mode, size), fh)
+                    tar.addfile(_tarinfo(name, tarfile.REGTYPE, e.mode, size, mtime=mtime), fh)
             else:
                 raise ValueError(f"cannot put {e.kind!r} entry {key!r} in a layer")
     return buf.getvalue()
@@ -210,39 +299,69 @@ def gzip_bytes(data: bytes) -> bytes:
     return buf.getvalue()
 
 
+# Field order of the image config's "config" section: ocispec ImageConfig, then
+# moby's DockerOCIImageConfigExt (what the engine marshals).
+_CONFIG_FIELDS = (
+    "User",
+    "ExposedPorts",
+    "Env",
+    "Entrypoint",
+    "Cmd",
+    "Volumes",
+    "WorkingDir",
+    "Labels",
+    "StopSignal",
+    "ArgsEscaped",
+    "Healthcheck",
+    "OnBuild",
+    "Shell",
+)
+
+
+def _config_section(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The "config" section as Go writes it: struct order, ``omitempty``, maps sorted."""
+    out: dict[str, Any] = {}
+    for key in [*_CONFIG_FIELDS, *sorted(set(config) - set(_CONFIG_FIELDS))]:
+        value = config.get(key)
+        if value in (None, "", [], {}, False):
+            continue
+        out[key] = dict(sorted(value.items())) if isinstance(value, dict) else value
+    return out
+
+
 def build_image(store: BlobStore, spec: ImageSpec) -> tuple[dict, dict[str, bytes]]:
     """Build layer, config and manifest blobs for one image.
 
-    Returns the manifest descriptor (with ``platform``, as it appears in an image
-    index) and ``{"sha256:...": bytes}`` for the three blobs.
+    Returns the manifest descriptor (without ``platform``: the index writer adds it)
+    and ``{"sha256:...": bytes}`` for the three blobs.
     """
     platform = parse_platform(spec.platform)
-    raw = layer_tar(store, spec.tree)
+    raw = layer_tar(store, spec.tree, default_mtime=rfc3339_seconds(spec.created))
     layer = gzip_bytes(raw)
+    # patchImageConfig re-marshals the config as a map: top-level keys sorted.
     config_obj: dict[str, Any] = {
-        **platform,
-        "config": dict(spec.config),
-        "created": EPOCH,
+        "architecture": platform["architecture"],
+        "config": _config_section(spec.config),
+        "created": spec.created,
         "history": [
-            {
-                "created": EPOCH,
-                "created_by": "dagger-test-engine: add layer"
-                + (f" on {spec.base_ref}" if spec.base_ref else ""),
-            }
+            {"created": spec.created, "created_by": HISTORY_CREATED_BY, "comment": HISTORY_COMMENT}
         ],
+        "os": platform["os"],
         "rootfs": {"type": "layers", "diff_ids": [sha256_digest(raw)]},
     }
-    config = canonical_json(config_obj)
+    if platform.get("variant"):
+        config_obj["variant"] = platform["variant"]
+    config = go_json(config_obj)
     manifest_obj: dict[str, Any] = {
         "schemaVersion": 2,
         "mediaType": MEDIA_MANIFEST,
         "config": _descriptor(MEDIA_CONFIG, config),
         "layers": [_descriptor(MEDIA_LAYER_GZIP, layer)],
     }
-    if spec.base_ref:
-        manifest_obj["annotations"] = {ANNOTATION_BASE_NAME: spec.base_ref}
-    manifest = canonical_json(manifest_obj)
-    descriptor = {**_descriptor(MEDIA_MANIFEST, manifest), "platform": platform}
+    if spec.annotations:
+        manifest_obj["annotations"] = dict(sorted(spec.annotations.items()))
+    manifest = go_json(manifest_obj, indent=True)
+    descriptor = _descriptor(MEDIA_MANIFEST, manifest, annotations=spec.annotations)
     blobs = {
         sha256_digest(layer): layer,
         sha256_digest(config): config,
@@ -252,22 +371,22 @@ def build_image(store: BlobStore, spec: ImageSpec) -> tuple[dict, dict[str, byte
 
 
 def image_blobs(store: BlobStore, images: list[ImageSpec]) -> tuple[dict, dict[str, bytes]]:
-    """The top-level descriptor and every blob of ``images``.
+    """The root descriptor and every blob of ``images``.
 
-    One image is published as its manifest; several as an image index over their
-    manifests, which is what registries and ``docker pull`` understand as a
-    multi-arch image. Shared by the layout writer and (later) a registry push, so
-    both give the same digest.
+    One image is exported as its manifest, and its descriptor names no platform
+    (writer.go ~117-146); several as an image index over their manifests, sorted
+    by platform string (containerimage.go ~67-69), each descriptor with its
+    ``platform`` (writer.go ~180). Shared by the layout writer and the registry
+    push, so both give the same digest.
     """
     if not images:
-        raise ValueError("no images to write")
+        raise ValueError("no containers to export")
     seen: set[str] = set()
     for spec in images:
         if spec.platform in seen:
-            raise ValueError(
-                f"duplicate platform {spec.platform!r}: an index needs one per platform"
-            )
+            raise ValueError(f"duplicate platform {go_quote(spec.platform)}")
         seen.add(spec.platform)
+    images = sorted(images, key=lambda spec: spec.platform)
     blobs: dict[str, bytes] = {}
     manifests: list[dict] = []
     for spec in images:
@@ -276,35 +395,58 @@ def image_blobs(store: BlobStore, images: list[ImageSpec]) -> tuple[dict, dict[s
         blobs.update(image)
     if len(manifests) == 1:
         return manifests[0], blobs
-    index = canonical_json(
-        {"schemaVersion": 2, "mediaType": MEDIA_LAYOUT_INDEX, "manifests": manifests}
+    for desc, spec in zip(manifests, images, strict=True):
+        desc["platform"] = _platform_json(parse_platform(spec.platform))
+    index = go_json(
+        {"schemaVersion": 2, "mediaType": MEDIA_LAYOUT_INDEX, "manifests": manifests}, indent=True
     )
     blobs[sha256_digest(index)] = index
     return _descriptor(MEDIA_LAYOUT_INDEX, index), blobs
 
 
-def write_oci_tarball(
-    store: BlobStore, images: list[ImageSpec], dest: Path, ref_name: str = "latest"
-) -> str:
-    """Write an OCI image layout as a tar file at ``dest``.
+def go_quote(text: str) -> str:
+    """Go's ``%q`` for the plain strings used in messages here."""
+    return json.dumps(text, ensure_ascii=False)
 
-    Returns the digest of the top-level manifest (one image) or image index (several
-    images). ``index.json`` lists that one descriptor with the ref-name annotation, so
-    ``skopeo ... oci-archive:FILE`` and ``umoci ... --image DIR:ref`` find it and a
-    multi-arch image resolves to the caller's platform. The file is written to a
-    temporary name and renamed, so a reader never sees half a tarball.
+
+def write_oci_tarball(store: BlobStore, images: list[ImageSpec], dest: Path) -> str:
+    """Write an OCI image-layout tarball at ``dest``, as the engine's export does.
+
+    Returns the digest of the root descriptor: the manifest (one image) or the image
+    index (several). ``index.json`` lists that one descriptor unchanged, without a
+    ref name; a one-image archive also gets a Docker ``manifest.json`` (so ``docker
+    load`` takes it), a multi-platform one does not (containerd's archive exporter).
+    The file is 0600, as the engine creates it (core/container_image.go AsTarball),
+    and is written to a temporary name and renamed, so a reader never sees half a
+    tarball.
     """
     top, blobs = image_blobs(store, images)
-    top = {**top, "annotations": {ANNOTATION_REF_NAME: ref_name}}
-    files: dict[str, bytes] = {
-        "oci-layout": canonical_json({"imageLayoutVersion": "1.0.0"}),
-        "index.json": canonical_json(
-            {"schemaVersion": 2, "mediaType": MEDIA_LAYOUT_INDEX, "manifests": [top]}
+    # (name, bytes or None for a directory, mode)
+    records: list[tuple[str, bytes | None, int]] = [
+        ("oci-layout", go_json({"imageLayoutVersion": "1.0.0"}), 0o444),
+        (
+            "index.json",
+            go_json({"schemaVersion": 2, "mediaType": MEDIA_LAYOUT_INDEX, "manifests": [top]}),
+            0o644,
         ),
-    }
+        ("blobs/", None, 0o755),
+        ("blobs/sha256/", None, 0o755),
+    ]
+    if top["mediaType"] == MEDIA_MANIFEST:
+        manifest = json.loads(blobs[top["digest"]])
+        docker = [
+            {
+                "Config": "blobs/sha256/" + manifest["config"]["digest"].removeprefix("sha256:"),
+                "RepoTags": None,
+                "Layers": [
+                    "blobs/sha256/" + layer["digest"].removeprefix("sha256:")
+                    for layer in manifest["layers"]
+                ],
+            }
+        ]
+        records.append(("manifest.json", go_json(docker), 0o644))
     for digest, data in blobs.items():
-        files["blobs/sha256/" + digest.removeprefix("sha256:")] = data
-    dirs = ["blobs", "blobs/sha256"]
+        records.append(("blobs/sha256/" + digest.removeprefix("sha256:"), data, 0o444))
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
@@ -313,13 +455,12 @@ def write_oci_tarball(
             os.fdopen(fd, "wb") as fh,
             tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar,
         ):
-            for name in sorted([*dirs, *files]):
-                if name in files:
-                    data = files[name]
-                    tar.addfile(_tarinfo(name, tarfile.REGTYPE, 0o644, len(data)), io.BytesIO(data))
+            for name, data, mode in sorted(records, key=lambda record: record[0]):
+                if data is None:
+                    tar.addfile(_tarinfo(name, tarfile.DIRTYPE, mode))
                 else:
-                    tar.addfile(_tarinfo(name, tarfile.DIRTYPE, 0o755))
-        os.chmod(tmp, 0o644)
+                    tar.addfile(_tarinfo(name, tarfile.REGTYPE, mode, len(data)), io.BytesIO(data))
+        os.chmod(tmp, 0o600)
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -389,17 +530,18 @@ def _apply_layer(store: BlobStore, lower: dict[str, Entry], layer: tarfile.TarFi
             deleted.append(f"{parent}/{base[4:]}" if parent else base[4:])
             continue
         mode = member.mode & 0o7777
+        mtime = int(member.mtime)
         if member.isdir():
-            upper[key] = Entry("dir", mode)
+            upper[key] = Entry("dir", mode, mtime=mtime)
         elif member.issym():
-            upper[key] = Entry("symlink", 0o777, target=member.linkname)
+            upper[key] = Entry("symlink", 0o777, target=member.linkname, mtime=mtime)
         elif member.islnk():
             hardlinks.append((key, fs.norm(member.linkname), mode))
         elif member.isfile():
             fh = layer.extractfile(member)
             assert fh is not None
             digest, size = store.put_bytes(fh.read())
-            upper[key] = Entry("file", mode, digest, size)
+            upper[key] = Entry("file", mode, digest, size, mtime=mtime)
         # Devices and FIFOs have no place in a snapshot; a Go service image has none.
 
     def drop(path: str, keep_self: bool) -> None:
@@ -449,13 +591,32 @@ def _manifests(layout: _Layout, descriptors: list[dict]) -> list[tuple[dict, dic
     return found
 
 
+def _image_spec(store: BlobStore, layout: _Layout, manifest: dict, platform: str) -> ImageSpec:
+    """The image a manifest describes: its layers applied in order, its config."""
+    config = layout.json(manifest["config"]["digest"])
+    entries: dict[str, Entry] = {}
+    for layer_desc in manifest.get("layers", []):
+        data = layout.blob(layer_desc["digest"])
+        with _open_layer(data, layer_desc.get("mediaType", "")) as layer:
+            _apply_layer(store, entries, layer)
+    return ImageSpec(
+        platform=platform,
+        tree=fs.freeze(entries),
+        config=dict(config.get("config") or {}),
+        annotations=dict(manifest.get("annotations") or {}),
+        created=config.get("created") or EPOCH,
+    )
+
+
 def read_oci_tarball(store: BlobStore, src: Path) -> list[ImageSpec]:
-    """Read an OCI image-layout tarball back into one ImageSpec per platform.
+    """Read an OCI image-layout tarball back into one ImageSpec per image.
 
     Works for what :func:`write_oci_tarball` writes and for other layouts with gzip
     or plain tar layers: the tree is the union of all layers applied in order (with
     whiteouts), so a multi-layer image from another tool compares as its final
-    filesystem. ``base_ref`` comes from the manifest annotation when present.
+    filesystem. The platform is the descriptor's, else the config's (a one-image
+    export's descriptor has none). This reads everything; ``Container.import``
+    picks one image with :func:`import_image` instead.
     """
     images: list[ImageSpec] = []
     with tarfile.open(src, mode="r:*") as tar:
@@ -465,19 +626,211 @@ def read_oci_tarball(store: BlobStore, src: Path) -> list[ImageSpec]:
             raise ValueError(f"{src}: unsupported imageLayoutVersion {version!r}")
         index = json.loads(layout.file("index.json"))
         for desc, manifest in _manifests(layout, index.get("manifests", [])):
-            config = layout.json(manifest["config"]["digest"])
-            platform = desc.get("platform") or config
-            entries: dict[str, Entry] = {}
-            for layer_desc in manifest.get("layers", []):
-                data = layout.blob(layer_desc["digest"])
-                with _open_layer(data, layer_desc.get("mediaType", "")) as layer:
-                    _apply_layer(store, entries, layer)
-            images.append(
-                ImageSpec(
-                    platform=format_platform(platform),
-                    tree=fs.freeze(entries),
-                    config=dict(config.get("config") or {}),
-                    base_ref=(manifest.get("annotations") or {}).get(ANNOTATION_BASE_NAME, ""),
-                )
-            )
+            platform = desc.get("platform") or layout.json(manifest["config"]["digest"])
+            images.append(_image_spec(store, layout, manifest, format_platform(platform)))
     return images
+
+
+# --------------------------------------------------------------------------- platforms
+# containerd/platforms v1.0.0-rc.2 (the version dagger v0.21.8 pins), rewritten:
+# Normalize (platforms.go), normalizeOS/normalizeArch (database.go), Parse/Format
+# (platforms.go), platformVector/Only (compare.go).
+
+ENGINE_GOOS = "linux"  # runtime.GOOS of the engine: what an empty OS normalises to
+
+_ARM64_VERSIONS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "v8": ((8,), (0,)),
+    "v8.0": ((8,), (0,)),
+    **{f"v8.{m}": ((8,), (m,)) for m in range(1, 10)},
+    "v9": ((9, 8), (0, 5)),
+    "v9.0": ((9, 8), (0, 5)),
+    **{f"v9.{m}": ((9, 8), (m, min(m + 5, 9))) for m in range(1, 8)},
+}
+
+
+def normalize_arch(arch: str, variant: str) -> tuple[str, str]:
+    arch, variant = arch.lower(), variant.lower()
+    if arch == "i386":
+        return "386", ""
+    if arch in ("x86_64", "x86-64", "amd64"):
+        return "amd64", "" if variant == "v1" else variant
+    if arch in ("aarch64", "arm64"):
+        if variant in ("8", "v8", "v8.0"):
+            variant = ""
+        elif variant in ("9", "9.0", "v9.0"):
+            variant = "v9"
+        return "arm64", variant
+    if arch == "armhf":
+        return "arm", "v7"
+    if arch == "armel":
+        return "arm", "v6"
+    if arch == "arm":
+        if variant in ("", "7"):
+            variant = "v7"
+        elif variant in ("5", "6", "8"):
+            variant = "v" + variant
+    return arch, variant
+
+
+def normalize_platform(platform: Mapping[str, Any]) -> dict[str, str]:
+    arch = platform.get("architecture") or ""
+    arch, variant = normalize_arch(arch, platform.get("variant") or "")
+    os_name = (platform.get("os") or ENGINE_GOOS).lower()
+    return {
+        "os": "darwin" if os_name == "macos" else os_name,
+        "os.version": platform.get("os.version") or "",
+        "architecture": arch,
+        "variant": variant,
+    }
+
+
+def parse_specifier(specifier: str) -> dict[str, str]:
+    """containerd's ``platforms.Parse`` for ``os/arch`` and ``os/arch/variant``
+    (what a Dagger ``Platform`` holds: core/platform.go DecodeInput)."""
+    parts = specifier.split("/", 3)
+    if len(parts) not in (2, 3):
+        raise ValueError(f"{specifier!r}: cannot parse platform specifier")
+    arch, variant = normalize_arch(parts[1], parts[2] if len(parts) == 3 else "")
+    if len(parts) == 2 and arch == "arm" and variant == "v7":
+        variant = ""
+    if len(parts) == 3 and arch == "arm64" and not variant:
+        variant = "v8"
+    return {"os": (parts[0] or ENGINE_GOOS).lower(), "architecture": arch, "variant": variant}
+
+
+def format_spec(platform: Mapping[str, Any]) -> str:
+    """``platforms.Format``: path.Join(os, arch, variant)."""
+    if not platform.get("os"):
+        return "unknown"
+    parts = [platform.get("os"), platform.get("architecture"), platform.get("variant")]
+    return "/".join(p for p in parts if p)
+
+
+def _go_atoi(text: str) -> int | None:
+    return int(text) if re.fullmatch(r"[+-]?[0-9]+", text) else None
+
+
+def platform_vector(platform: dict[str, str]) -> list[dict[str, str]]:
+    """The platforms ``Only(platform)`` accepts, most preferred first."""
+    vector = [platform]
+    arch, variant = platform["architecture"], platform["variant"]
+    if arch == "amd64":
+        version = _go_atoi(variant.removeprefix("v"))
+        if version is not None and version > 1:
+            vector += [{**platform, "variant": f"v{v}"} for v in range(version - 1, 0, -1)]
+        vector.append({**platform, "architecture": "386", "variant": ""})
+    elif arch == "arm":
+        version = _go_atoi(variant.removeprefix("v"))
+        if version is not None and version > 5:
+            vector += [{**platform, "variant": f"v{v}"} for v in range(version - 1, 4, -1)]
+    elif arch == "arm64":
+        variant = variant or "v8"
+        vector = []  # the loop below adds the platform itself first
+        versions = _ARM64_VERSIONS.get(variant)
+        if versions is None:
+            return vector  # an unknown arm64 variant matches nothing
+        for major, top_minor in zip(*versions, strict=True):
+            for minor in range(top_minor, -1, -1):
+                name = f"v{major}" if minor == 0 else f"v{major}.{minor}"
+                vector.append({**platform, "architecture": "arm64", "variant": name})
+        if variant.startswith(("v8", "v9")):
+            variant = "v8"  # every arm64 runs 32-bit arm up to v8
+        vector += platform_vector({**platform, "architecture": "arm", "variant": variant})
+    return vector
+
+
+def only(platform: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], bool]:
+    """``platforms.Only``: a matcher for ``platform`` and what it can also run
+    (amd64 runs 386; arm/vN runs arm/v5..vN; arm64 runs arm64 v8.x and arm v5..v8).
+    Each candidate is compared normalised on OS, architecture and variant."""
+    wanted = [normalize_platform(p) for p in platform_vector(normalize_platform(platform))]
+    keys = {(p["os"], p["architecture"], p["variant"]) for p in wanted}
+
+    def match(candidate: Mapping[str, Any]) -> bool:
+        n = normalize_platform(candidate)
+        return (n["os"], n["architecture"], n["variant"]) in keys
+
+    return match
+
+
+# --------------------------------------------------------------------------- import
+
+
+class ImageImportError(ValueError):
+    """An import failure, worded like the engine's."""
+
+
+def _resolve_index(
+    layout: _Layout,
+    desc: dict,
+    index: dict,
+    match: Callable[[Mapping[str, Any]], bool],
+    platform_text: str,
+    tag: str,
+) -> dict:
+    """``resolveIndex`` (core/container.go ~6896-6950): the FIRST descriptor, in
+    index order, whose platform (if it has one) ``Only`` accepts and, when ``tag``
+    is given, whose ref-name annotation equals it; a nested index is searched the
+    same way and its answer is final."""
+    if desc.get("mediaType") != MEDIA_LAYOUT_INDEX:
+        raise ImageImportError(f"expected index, got {desc.get('mediaType', '')}")
+    for m in index.get("manifests") or []:
+        if m.get("platform") is not None and not match(m["platform"]):
+            continue
+        if tag and (m.get("annotations") or {}).get(ANNOTATION_REF_NAME) != tag:
+            continue
+        media = m.get("mediaType", "")
+        if media in (MEDIA_MANIFEST, MEDIA_DOCKER_MANIFEST):
+            return m
+        if media in (MEDIA_LAYOUT_INDEX, MEDIA_DOCKER_LIST):
+            return _resolve_index(layout, m, layout.json(m["digest"]), match, platform_text, tag)
+        raise ImageImportError(f"expected manifest or index, got {media}")
+    raise ImageImportError(f"no manifest for platform {platform_text} and tag {tag}")
+
+
+def import_image(store: BlobStore, src: Path, platform: str, tag: str = "") -> ImageSpec:
+    """``Container.import`` of an image tarball for a container of ``platform``
+    (core/container_image.go Import/FromOCIStore, ~190-260).
+
+    The archive's ``index.json`` is read as an image index (containerd's
+    ``ImportIndex``) and resolved with :func:`_resolve_index`. The image's platform
+    is its CONFIG's, normalised (a config without ``os`` leaves ``platform``): a
+    one-image tarball imports into a container of any platform as what it is.
+    """
+    container = parse_specifier(platform)
+    with tarfile.open(src, mode="r:*") as tar:
+        layout = _Layout(tar)
+        try:
+            if "oci-layout" not in layout.members:
+                if "manifest.json" in layout.members:
+                    raise ImageImportError(
+                        "docker-archive tarballs (manifest.json without oci-layout) are "
+                        "not implemented by the dagger test engine"
+                    )
+                raise ImageImportError("unrecognized image format")
+            version = json.loads(layout.file("oci-layout")).get("imageLayoutVersion")
+            if version != "1.0.0":
+                raise ImageImportError(f"unsupported OCI version {version}")
+            if "index.json" not in layout.members:
+                raise ImageImportError("missing index.json in OCI layout 1.0.0")
+            index_bytes = layout.file("index.json")
+        except ImageImportError as exc:
+            raise ImageImportError(f"image archive import: {exc}") from None
+        root = {"mediaType": MEDIA_LAYOUT_INDEX, "digest": sha256_digest(index_bytes)}
+        try:
+            desc = _resolve_index(
+                layout, root, json.loads(index_bytes), only(container), format_spec(container), tag
+            )
+        except ImageImportError as exc:
+            raise ImageImportError(f"resolve imported image manifest: {exc}") from None
+        manifest = layout.json(desc["digest"])
+        config = layout.json(manifest["config"]["digest"])
+        layers = manifest.get("layers") or []
+        diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+        if len(layers) != len(diff_ids):
+            raise ImageImportError(
+                "mismatched image rootfs and manifest layers: "
+                f"{len(diff_ids)} diffIDs vs {len(layers)} layers"
+            )
+        chosen = normalize_platform(config) if config.get("os") else container
+        return _image_spec(store, layout, manifest, format_spec(chosen))

@@ -1,10 +1,24 @@
-"""GraphQL-over-HTTP front of the Dagger test engine, with a query log and faults.
+"""GraphQL-over-HTTP front of the Dagger test engine, with sessions, a query log
+and faults.
 
 The real dagger-io SDK finds an engine through ``DAGGER_SESSION_PORT`` and
 ``DAGGER_SESSION_TOKEN`` and posts queries to ``/query`` with the token as the
 Basic-auth user. This server answers those exactly as the engine would
-(introspection, lazy objects, EXEC_ERROR extensions), and adds two test-only
-endpoints under ``/_test/`` (same token): the query log, and fault rules.
+(introspection, lazy objects, EXEC_ERROR extensions).
+
+Like one real engine it serves several client sessions, each with its own token,
+working directory and registry credentials (``sessions.py``); caches and results
+are shared. A session ends when its connection is dropped (the ``drop`` fault) or
+when its CLI process ends: every later request with its token then gets its
+connection closed without an answer, which the SDK reports as a
+``TransportError``, as it does for a real session that is gone. The session
+created with the engine (``token``, ``env``) stands for ``dagger run``; more come
+from ``POST /_test/sessions``, which the ``dagger session`` stand-in (``cli.py``)
+calls for the SDK.
+
+Test-only endpoints live under ``/_test/`` and take the engine's admin token
+(``admin_token``, which is also the first session's token): the query log, fault
+rules, published images, and sessions.
 """
 
 from __future__ import annotations
@@ -12,6 +26,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import secrets
 import socket
 import threading
@@ -31,6 +46,7 @@ from graphql import (
 
 from . import schema as schema_mod
 from .engine import Engine, EngineError, ExecError, FaultRule, Obj
+from .sessions import Session, reset_current, set_current
 
 
 class HTTPFault(Exception):
@@ -50,9 +66,9 @@ class QueryLog:
         self.calls: dict[str, int] = {}
         self.execs: list[list[str]] = []
 
-    def add_request(self, paths: list[str]) -> None:
+    def add_request(self, paths: list[str], session: str = "") -> None:
         with self._lock:
-            self.requests.append({"time": time.time(), "paths": paths})
+            self.requests.append({"time": time.time(), "paths": paths, "session": session})
 
     def add_call(self, name: str) -> int:
         with self._lock:
@@ -105,10 +121,24 @@ class TestEngine:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, state_dir: Path, *, token: str | None = None, port: int = 0) -> None:
-        self.engine = Engine(state_dir)
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        token: str | None = None,
+        port: int = 0,
+        workdir: Path | str | None = None,
+    ) -> None:
+        # The first session's working directory: its client's (``dagger run``'s)
+        # directory, fixed now; relative host paths never follow this process's cwd.
+        self.workdir = Path(os.path.abspath(workdir or os.getcwd()))
+        self.engine = Engine(state_dir, cwd=self.workdir)
         self.engine.record_exec = self._record_exec  # type: ignore[method-assign]
-        self.token = token or secrets.token_urlsafe(24)
+        self.admin_token = token or secrets.token_urlsafe(24)
+        self.token = self.admin_token  # controls; and the first session's token
+        self.sessions: dict[str, Session] = {}
+        self._sessions_lock = threading.Lock()
+        self.default_session = self.new_session(self.workdir, token=self.admin_token)
         self.log = QueryLog()
         self.faults: list[FaultRule] = []
         self._faults_lock = threading.Lock()
@@ -131,7 +161,45 @@ class TestEngine:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"DAGGER_SESSION_PORT": str(self.port), "DAGGER_SESSION_TOKEN": self.token}
+        """How the SDK reaches the default session (as under ``dagger run``); if a
+        dropped connection ended it, a new default session is started first."""
+        if not self.default_session.alive:
+            self.renew_default_session()
+        return {
+            "DAGGER_SESSION_PORT": str(self.port),
+            "DAGGER_SESSION_TOKEN": self.default_session.token,
+        }
+
+    # -- sessions
+    def new_session(
+        self, workdir: Path | str | None = None, *, labels=(), token: str | None = None
+    ) -> Session:
+        """A new client session of this engine (what ``dagger session`` starts)."""
+        session = Session(
+            token=token or secrets.token_urlsafe(24),
+            workdir=Path(os.path.abspath(workdir or self.workdir)),
+            labels=tuple(labels),
+        )
+        with self._sessions_lock:
+            self.sessions[session.token] = session
+        return session
+
+    def end_session(self, session: Session) -> None:
+        """The session is gone: its token stops working, its state is dropped."""
+        with self._sessions_lock:
+            session.alive = False
+            session.cache.clear()
+
+    def renew_default_session(self) -> Session:
+        """End the default session and start another one (a new ``dagger run``)."""
+        old = self.default_session
+        self.default_session = self.new_session(self.workdir)
+        self.end_session(old)
+        return self.default_session
+
+    def live_sessions(self) -> list[Session]:
+        with self._sessions_lock:
+            return [s for s in self.sessions.values() if s.alive]
 
     # -- controls
     def add_fault(self, field: str, kind: str, *, nth: int = 1, times: int = 1, **extra) -> None:
@@ -180,23 +248,30 @@ class TestEngine:
             raise EngineError(f"{name} is not implemented by the dagger test engine")
         return method(**args)
 
-    def run_query(self, query: str, variables: dict | None = None) -> dict[str, Any]:
+    def run_query(
+        self, query: str, variables: dict | None = None, session: Session | None = None
+    ) -> dict[str, Any]:
+        session = session or self.default_session
         try:
             doc = parse(query)
         except GraphQLError as e:
             return {"data": None, "errors": [e.formatted]}
-        self.log.add_request(field_paths(doc))
+        self.log.add_request(field_paths(doc), session.id)
         errors = validate(self.schema, doc)
         if errors:
             return {"data": None, "errors": [e.formatted for e in errors]}
-        result = execute(
-            self.schema,
-            doc,
-            root_value=self.engine.root,
-            variable_values=variables,
-            field_resolver=self.resolve,
-            type_resolver=lambda value, _info, _t: value.TYPENAME,
-        )
+        ctx = set_current(session)
+        try:
+            result = execute(
+                self.schema,
+                doc,
+                root_value=self.engine.root,
+                variable_values=variables,
+                field_resolver=self.resolve,
+                type_resolver=lambda value, _info, _t: value.TYPENAME,
+            )
+        finally:
+            reset_current(ctx)
         out: dict[str, Any] = {"data": result.data}
         if result.errors:
             for err in result.errors:
@@ -213,15 +288,24 @@ def _make_handler(te: TestEngine):
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-        def _authorized(self) -> bool:
+        def _user(self) -> str:
             header = self.headers.get("Authorization", "")
             if not header.startswith("Basic "):
-                return False
+                return ""
             try:
-                user = base64.b64decode(header[6:]).decode().split(":", 1)[0]
+                return base64.b64decode(header[6:]).decode().split(":", 1)[0]
             except ValueError:
-                return False
-            return secrets.compare_digest(user, te.token)
+                return ""
+
+        def _authorized(self) -> bool:
+            """The admin token, for the /_test/ controls."""
+            return secrets.compare_digest(self._user(), te.admin_token)
+
+        def _hang_up(self) -> None:
+            """Close the connection without an answer: the session is gone."""
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
 
         def _send(self, code: int, body: dict[str, Any] | str) -> None:
             data = (json.dumps(body) if isinstance(body, dict) else body).encode()
@@ -244,15 +328,31 @@ def _make_handler(te: TestEngine):
             if self.path == "/_test/published":
                 pubs = [p.__dict__ for p in te.engine.images.published]
                 return self._send(200, {"published": pubs})
+            if self.path == "/_test/sessions":
+                return self._send(200, {"sessions": [_describe(s) for s in te.live_sessions()]})
             return self._send(404, {"error": "not found"})
 
         def do_POST(self) -> None:
+            if self.path == "/query":
+                return self._query()
             if not self._authorized():
                 return self._send(401, {"error": "unauthorized"})
             try:
                 body = self._body()
             except ValueError:
                 return self._send(400, {"error": "invalid JSON"})
+            if self.path == "/_test/sessions":
+                session = te.new_session(body.get("workdir"), labels=body.get("labels") or ())
+                return self._send(
+                    200,
+                    {"port": te.port, "session_token": session.token, **_describe(session)},
+                )
+            if self.path == "/_test/sessions/end":
+                ended = te.sessions.get(str(body.get("session_token", "")))
+                if ended is None:
+                    return self._send(404, {"error": "no such session"})
+                te.end_session(ended)
+                return self._send(200, {"ok": True})
             if self.path == "/_test/faults":
                 try:
                     te.add_fault(**body)
@@ -263,17 +363,39 @@ def _make_handler(te: TestEngine):
                 te.clear_faults()
                 te.log.clear()
                 return self._send(200, {"ok": True})
-            if self.path != "/query":
-                return self._send(404, {"error": "not found"})
+            return self._send(404, {"error": "not found"})
+
+        def _query(self) -> None:
             try:
-                result = te.run_query(body.get("query", ""), body.get("variables"))
+                body = self._body()
+            except ValueError:
+                body = None
+            session = te.sessions.get(self._user())
+            if session is None:
+                return self._send(401, {"error": "unauthorized"})
+            if not session.alive:
+                return self._hang_up()
+            if body is None:
+                return self._send(400, {"error": "invalid JSON"})
+            try:
+                result = te.run_query(body.get("query", ""), body.get("variables"), session)
             except HTTPFault as fault:
                 if fault.kind == "drop":
-                    self.close_connection = True
-                    with contextlib.suppress(OSError):
-                        self.connection.shutdown(socket.SHUT_RDWR)
-                    return None
+                    te.end_session(session)  # a real session does not survive its connection
+                    return self._hang_up()
                 return self._send(500, fault.args[0])
+            if not session.alive:  # ended while this request ran
+                return self._hang_up()
             return self._send(200, result)
 
     return Handler
+
+
+def _describe(session: Session) -> dict[str, Any]:
+    """A session for the controls (never its token)."""
+    return {
+        "id": session.id,
+        "workdir": str(session.workdir),
+        "labels": list(session.labels),
+        "alive": session.alive,
+    }
