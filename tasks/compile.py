@@ -45,11 +45,28 @@ class CompiledBinary(BaseModel):
     data: bytes
 
 
-def builder(src: dagger.Directory, params: BuildParams) -> dagger.Container:
+# What `go mod download` needs, for every module in the source: replace
+# directives and go.work workspaces point at sibling modules.
+MODULE_FILES = ["**/go.mod", "**/go.sum", "go.work", "go.work.sum"]
+
+
+def module_path(params: BuildParams) -> str:
+    """The module's directory in the builder."""
+    return SRC if params.module_dir in ("", ".") else f"{SRC}/{params.module_dir}"
+
+
+def builder(
+    src: dagger.Directory, params: BuildParams, *, vendored: bool = False
+) -> dagger.Container:
     """The golang stage up to (and including) the optional vet + test gate.
 
     It does not depend on the target platform, so all platforms share it and the
-    engine runs the gate once.
+    engine runs the gate once. A vendored module (``vendor/modules.txt``) builds
+    from ``vendor/`` with no download, as plain ``go build`` does there (Go's
+    default for go >= 1.14 modules); otherwise the modules are downloaded from the
+    go.mod/go.sum files alone before the rest of the source is copied, so the
+    download is cached apart from code changes, and ``-mod=readonly`` keeps a
+    stale go.sum from being rewritten silently.
     """
     ctr = (
         dag.container()
@@ -59,16 +76,24 @@ def builder(src: dagger.Directory, params: BuildParams) -> dagger.Container:
         .with_env_variable("GOMODCACHE", GOMODCACHE)
         .with_env_variable("GOCACHE", GOCACHE)
         .with_env_variable("CGO_ENABLED", "0")
-        .with_env_variable("GOFLAGS", "-mod=readonly")
-        .with_workdir(SRC)
-        .with_directory(SRC, src, include=["go.mod", "go.sum"])
-        .with_exec(["go", "mod", "download"])
-        .with_directory(SRC, src)
+        .with_env_variable("GOFLAGS", "-mod=vendor" if vendored else "-mod=readonly")
+        .with_workdir(module_path(params))
     )
+    if not vendored:
+        ctr = ctr.with_directory(SRC, src, include=MODULE_FILES).with_exec(
+            ["go", "mod", "download"]
+        )
+    ctr = ctr.with_directory(SRC, src)
     if params.run_checks:
         tags = ["-tags", ",".join(params.build_tags)] if params.build_tags else []
         ctr = ctr.with_exec(["go", "vet", *tags, "./..."]).with_exec(["go", "test", *tags, "./..."])
     return ctr
+
+
+async def is_vendored(src: dagger.Directory, params: BuildParams) -> bool:
+    """Whether the module as the engine received it has ``vendor/modules.txt``."""
+    base = "" if params.module_dir in ("", ".") else params.module_dir + "/"
+    return await src.exists(f"{base}vendor/modules.txt")
 
 
 def build_args(params: BuildParams, version: str, output: str) -> list[str]:
@@ -124,6 +149,7 @@ def compile_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> st
         **params.model_dump(
             include={
                 "builder_image",
+                "module_dir",
                 "main_package",
                 "version_variable",
                 "ldflags",
@@ -149,7 +175,8 @@ async def compile_binary(
 ) -> CompiledBinary:
     await engine_ready()
     token = await git_token(params) if source.kind == "git" else None
-    builder_ctr = builder(source_directory(source, token), params)
+    src = source_directory(source, token)
+    builder_ctr = builder(src, params, vendored=await is_vendored(src, params))
     with tempfile.TemporaryDirectory(prefix="gobuild-") as tmp:
         path = Path(tmp, params.resolved_app_name())
         await binary(builder_ctr, params, platform, version).export(str(path))

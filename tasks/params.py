@@ -168,8 +168,18 @@ def _check_local_source(source: str) -> None:
         )
     if not path.is_dir():
         raise ValueError(f"{show(source)} is not a directory")
-    if not (path / "go.mod").is_file():
-        raise ValueError(f"{show(source)} has no go.mod (expected the root of a Go module)")
+
+
+def _relative_dir(value: str, what: str) -> str:
+    """A clean ``a/b`` path inside the source, or ``.``; never outside it."""
+    if value.startswith("/") or "\\" in value or re.match(r"[A-Za-z]:", value):
+        raise ValueError(f"{show(value)} must be a path relative to the {what}")
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValueError(f"{show(value)} must not contain whitespace")
+    segments = [seg for seg in value.split("/") if seg not in ("", ".")]
+    if ".." in segments:
+        raise ValueError(f"{show(value)} must not contain '..' (stay inside the {what})")
+    return "/".join(segments) or "."
 
 
 def _sanitize_name(raw: str) -> str:
@@ -269,10 +279,20 @@ class BuildParams(BaseModel):
             "characters. Empty derives it from the source directory or repository name."
         ),
     )
+    module_dir: str = Field(
+        default=".",
+        title="Module directory",
+        description=(
+            "Directory of the Go module (its go.mod) inside the source, for monorepos, e.g. "
+            "'services/api'. The whole source is sent, so replace directives and go.work "
+            "workspaces can reach sibling modules."
+        ),
+    )
     main_package: str = Field(
         default=".",
         title="Main package",
-        description="Go package to build, relative to the module root, e.g. '.' or './cmd/server'.",
+        description="Go package to build, relative to the module directory, e.g. '.' or "
+        "'./cmd/server'.",
     )
     version: str = Field(
         default="",
@@ -427,6 +447,20 @@ class BuildParams(BaseModel):
                 f"{show(value)} must be 1-63 lowercase letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"
             )
+        return value
+
+    @field_validator("module_dir")
+    @classmethod
+    def _valid_module_dir(cls, value: str, info: ValidationInfo) -> str:
+        value = _relative_dir(value or ".", "source")
+        source = info.data.get("source")
+        if source is None or is_git_url(source):
+            return value  # a git tree is only known to the engine
+        module = Path(source).expanduser() / value
+        if not (module / "go.mod").is_file():
+            where = f"source {show(source)}" + (f", directory {value!r}," if value != "." else "")
+            hint = "" if value != "." else "; for a module in a subdirectory set module_dir"
+            raise ValueError(f"{where} has no go.mod (expected the root of a Go module{hint})")
         return value
 
     @field_validator("main_package")
@@ -624,7 +658,12 @@ class BuildParams(BaseModel):
         return Path(self.source).expanduser().resolve()
 
     def resolved_app_name(self) -> str:
-        return self.app_name or _derive_app_name(self.source)
+        """The app name, or the module directory's name in a monorepo, or the source's."""
+        if self.app_name:
+            return self.app_name
+        if self.module_dir not in ("", "."):
+            return _sanitize_name(self.module_dir.rsplit("/", 1)[-1])
+        return _derive_app_name(self.source)
 
     def resolved_version(self) -> str:
         """The version to stamp; never raises, because a missing tag must not fail a build.

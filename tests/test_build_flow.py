@@ -57,16 +57,20 @@ def artifacts(flow_run_id) -> list:
         )
 
 
-def events(name: str, expect: int = 1, timeout: float = 30.0) -> list:
-    """Events are sent asynchronously; wait until ``expect`` of them arrived."""
+def events(name: str, payload: dict[str, Any], timeout: float = 30.0) -> list:
+    """The events called ``name`` whose payload has the items of ``payload``.
+
+    Events are sent asynchronously, and earlier tests sent events of the same
+    name, so wait until one of ours arrived."""
     deadline = time.monotonic() + timeout
     while True:
         with get_client(sync_client=True) as client:
             page = client.read_events(
                 filter=EventFilter(event=EventNameFilter(name=[name])), limit=50
             )
-        if len(page.events) >= expect or time.monotonic() > deadline:
-            return page.events
+        ours = [e for e in page.events if payload.items() <= dict(e.payload).items()]
+        if ours or time.monotonic() > deadline:
+            return ours
         time.sleep(0.5)
 
 
@@ -132,7 +136,7 @@ def test_two_platforms_build_concurrently_with_reports(
     rows = table.data if isinstance(table.data, list) else __import__("json").loads(table.data)
     assert {r["platform"] for r in rows} == {"linux/amd64", "linux/arm64"}
     assert all(r["binary_size"] > 100_000 for r in rows)
-    exported = [e for e in events("gobuild.image.exported") if e.payload["digest"] == result.digest]
+    exported = events("gobuild.image.exported", {"digest": result.digest})
     assert exported and exported[0].resource.id == "gobuild.image.hello-go"
 
 
@@ -251,6 +255,57 @@ def test_transient_failures_are_retried_then_succeed(
     assert len(sessions) == 3, sessions
 
 
+def test_module_download_network_failure_is_retried(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, hello_go: Path, tmp_path: Path
+) -> None:
+    # The engine's first exec fails the way `go mod download` does when the module
+    # proxy cannot be resolved: a network failure, so compile retries and passes.
+    dagger_engine.add_fault(
+        "exec",
+        "exec",
+        cmd=["go", "mod", "download"],
+        message=(
+            "go: github.com/google/uuid@v1.6.0: Get "
+            '"https://proxy.golang.org/github.com/google/uuid/@v/v1.6.0.zip": '
+            "dial tcp: lookup proxy.golang.org on 127.0.0.53:53: no such host"
+        ),
+    )
+    state = build(
+        source=str(hello_go),
+        version="6.0.0-net",
+        output=str(tmp_path / "n.tar"),
+        run_checks=False,
+        force_rebuild=True,
+    )
+    assert state.is_completed(), state.message
+    assert dagger_engine.faults[0].fired == 1
+    runs = {r.name: r for r in task_runs(state.state_details.flow_run_id)}
+    assert runs["compile linux/amd64"].run_count == 2
+
+
+def test_failing_go_test_is_reported_with_its_stdout(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, hello_go: Path, tmp_path: Path
+) -> None:
+    # `go test` prints a failing test's message on stdout, not stderr.
+    app = tmp_path / "flaky-app"
+    shutil.copytree(hello_go, app)
+    (app / "fail_test.go").write_text(
+        'package main\n\nimport "testing"\n\n'
+        'func TestAlwaysFails(t *testing.T) { t.Fatal("boom-marker-1234") }\n'
+    )
+    state = build(source=str(app), output=str(tmp_path / "f.tar"))
+    assert state.is_failed()
+    exc = state.result(raise_on_failure=False)
+    assert isinstance(exc, dagger.ExecError) and exc.command[:2] == ["go", "test"]
+    assert "boom-marker-1234" in exc.stdout
+    runs = {r.name: r for r in task_runs(state.state_details.flow_run_id)}
+    assert runs["compile linux/amd64"].run_count == 1  # a failing test is never retried
+    arts = {a.key: a for a in artifacts(state.state_details.flow_run_id) if a.key}
+    assert "boom-marker-1234" in arts["build-flaky-app-failure"].data
+    failed = events("gobuild.build.failed", {"app": "flaky-app"})
+    assert failed and "boom-marker-1234" in failed[0].payload["stdout_tail"]
+
+
 def test_compile_error_fails_once_with_failure_artifact_and_event(
     prefect_api: PrefectAPI, dagger_engine: TestEngine, hello_go: Path, tmp_path: Path
 ) -> None:
@@ -271,7 +326,7 @@ def test_compile_error_fails_once_with_failure_artifact_and_event(
     md = arts["build-broken-app-failure"].data
     assert "go build -trimpath" in md
     assert "undefined: undefinedThing" in md
-    failed = [e for e in events("gobuild.build.failed") if e.payload.get("app") == "broken-app"]
+    failed = events("gobuild.build.failed", {"app": "broken-app"})
     assert failed and failed[0].payload["command"][:2] == ["go", "build"]
 
 

@@ -16,13 +16,11 @@ from typing import Any
 
 import pytest
 from prefect.blocks.system import Secret
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
 
 from flows.build import multistage_build
 from tests.dagger_test_engine.server import TestEngine
 from tests.gitrepo import commit_all
+from tests.leaks import assert_not_leaked
 from tests.oci_check import ELF_AARCH64, elf_machine, extract_file, inspect_config, inspect_raw
 from tests.prefect_fixtures import PrefectAPI
 from tests.registry_fixtures import FaultProxy, Registry, free_port
@@ -123,31 +121,7 @@ def test_push_index_with_extra_tags_using_secret_block_and_no_leaks(
         assert sum(f"{repo}:{tag}@{digest}]({url})" in a.data for a in links) == 1
 
     # No leaks: Prefect's database, logs, artifacts, results, engine log, output.
-    db_url = PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
-    db_file = Path(db_url.split("///", 1)[1])
-    assert db_file.exists()
-    haystacks = {"database": b"".join(p.read_bytes() for p in db_file.parent.glob("*.db*"))}
-    with get_client(sync_client=True) as client:
-        logs = client.read_logs(
-            log_filter=LogFilter(
-                flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
-            )
-        )
-        all_artifacts = client.read_artifacts()
-    assert logs, "expected the run's logs in the API"
-    haystacks["logs"] = "\n".join(entry.message for entry in logs).encode()
-    haystacks["artifacts"] = "\n".join(
-        str(a.data) + str(a.description) for a in all_artifacts
-    ).encode()
-    haystacks["results"] = b"".join(
-        p.read_bytes() for p in prefect_api.results.rglob("*") if p.is_file()
-    )
-    haystacks["engine log"] = str(dagger_engine.log.snapshot()).encode()
-    captured = capfd.readouterr()
-    haystacks["output"] = (captured.out + captured.err).encode()
-    haystacks["flow state"] = str(state).encode() + repr(result).encode()
-    for name, data in haystacks.items():
-        assert password.encode() not in data, f"password found in {name}"
+    assert_not_leaked(password, state, prefect_api, dagger_engine, capfd)
 
 
 def test_env_credentials_and_wrong_password_fails_at_once(
