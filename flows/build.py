@@ -22,6 +22,7 @@ import asyncio
 import inspect
 from typing import Any
 
+import dagger
 from prefect import flow
 from pydantic import Field
 from pydantic.fields import FieldInfo
@@ -31,7 +32,7 @@ from tasks.compile import compile_binary
 from tasks.params import BuildParams, ParamsError, parse_params
 from tasks.preflight import EngineUnavailable, preflight
 from tasks.publish import publish_image
-from tasks.report import BuildResult, Stages, report_failure, report_success
+from tasks.report import BuildResult, Stages, output_tail, report_failure, report_success
 from tasks.session import EngineScope
 from tasks.source import load_source
 
@@ -69,6 +70,9 @@ async def multistage_build(**parameters: Any) -> BuildResult:
     result = BuildResult.collect(params, version, source, binaries, image, published, stages)
     await report_success(result)
     return result
+
+
+CLI_TAIL_LINES = 20
 
 
 def _defaults_resolved(parameters: dict[str, Any]) -> dict[str, Any]:
@@ -113,6 +117,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--tag", dest="image_refs", action="append", help="reference to publish")
     ap.add_argument("--output", help="OCI tarball path (default build/<app>.oci.tar)")
     ap.add_argument("--app-name")
+    ap.add_argument("--module-dir", help="directory of the Go module inside the source")
     ap.add_argument("--main-package")
     ap.add_argument("--version")
     ap.add_argument("--builder-image")
@@ -136,6 +141,20 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     return {k: v for k, v in ns.items() if v is not None}
 
 
+def failure_summary(exc: BaseException) -> str:
+    """The last thing a terminal user reads: the reason, and for a failed command
+    the end of what it printed (the compiler's or the test's own words), which
+    Prefect's tracebacks above would otherwise bury."""
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    lines = [f"error: build failed: {message}"]
+    if isinstance(exc, dagger.ExecError):
+        for name, text in (("stdout", exc.stdout), ("stderr", exc.stderr)):
+            tail, _ = output_tail(text, CLI_TAIL_LINES)
+            if tail:
+                lines += [f"--- last lines of {name} ---", tail]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     values = parse_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -147,8 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     state = asyncio.run(multistage_build(**values, return_state=True))
     if not state.is_completed():
         exc = state.result(raise_on_failure=False)
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"error: build failed: {message}", file=sys.stderr)
+        print(failure_summary(exc), file=sys.stderr)
         return 1
     result: BuildResult = state.result()
     for ref in result.references:

@@ -2,6 +2,9 @@
 
 With ``FORBID_SKIPS=1`` (set by ``.ci/run``) a run that skipped any test fails, so a
 missing tool on CI cannot quietly turn tests into skips.
+
+``GOBUILD_TEST_ENGINE=real`` (or ``--engine=real``) runs only the tests marked
+``real_engine``, against a real Dagger engine (``tests/real_engine.py``).
 """
 
 from __future__ import annotations
@@ -57,5 +60,11 @@ from tests.dagger_test_engine.pytest_plugin import (  # noqa: E402, F401 - fixtu
 )
 from tests.git_servers import git_daemon, git_http, git_http_auth  # noqa: E402, F401 - fixtures
 from tests.prefect_fixtures import prefect_api  # noqa: E402, F401 - fixtures
+from tests.real_engine import (  # noqa: E402, F401 - the real-engine lane's hooks
+    pytest_addoption,
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_runtestloop,
+)
 from tests.registry_fixtures import auth_registry, fault_proxy, registry  # noqa: E402, F401
 from tests.server_fixtures import engine_process, prefect_server, served  # noqa: E402, F401

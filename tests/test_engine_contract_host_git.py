@@ -27,6 +27,7 @@ from tests.dagger_test_engine.patterns import PatternError, PatternMatcher
 from tests.dagger_test_engine.server import TestEngine
 from tests.git_servers import GitDaemon, GitHTTPServer
 from tests.gitrepo import commit_all, git
+from tests.real_engine import Engine
 from tests.registry_fixtures import Registry
 
 ALPINE = "alpine:3.22.2"
@@ -178,7 +179,8 @@ def _abc_tree(root: Path) -> Path:
     )
 
 
-def test_host_directory_exclude_include(dagger_engine: TestEngine, tmp_path: Path) -> None:
+@pytest.mark.real_engine
+def test_host_directory_exclude_include(dagger_engine: Engine, tmp_path: Path) -> None:
     """core/integration/host_test.go TestDirectoryExcludeInclude: exclude wins
     over include; patterns are anchored at the directory (``*.rar`` does not
     reach ``subdir/f.txt.rar``)."""
@@ -204,8 +206,9 @@ def test_host_directory_exclude_include(dagger_engine: TestEngine, tmp_path: Pat
     ]
 
 
+@pytest.mark.real_engine
 def test_workdir_relative_paths_and_exclude_include(
-    dagger_cli_engine: TestEngine, tmp_path: Path
+    dagger_cli_engine: Engine, tmp_path: Path
 ) -> None:
     """core/integration/host_test.go TestWorkdirExcludeInclude, TestDirectoryRelative,
     TestDirectoryAbsolute: with ``Config(workdir=…)`` the SDK runs ``dagger session
@@ -283,7 +286,28 @@ def test_relative_host_paths_follow_the_session_not_the_process(
     assert run(read) == ["process-wd.txt"]  # no --workdir: the CLI's cwd, i.e. ours
 
 
-def test_dockerignore_semantics(dagger_engine: TestEngine, tmp_path: Path) -> None:
+@pytest.mark.real_engine
+def test_relative_host_paths_are_the_clis_workdir_or_cwd(
+    dagger_cli_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """engine/client/filesync.go ~295-308 (``pathutil.Abs`` in the CLI, which
+    ``chdir``ed to its workdir, cmd/dagger/main.go ~244-250): a session the SDK
+    starts through the CLI resolves relative host paths against
+    ``Config(workdir=…)`` (``dagger session --workdir``), else against the
+    CLI's working directory, which is the SDK process's."""
+    for name in ("process-wd", "config-wd"):
+        write(tmp_path / name, {f"d/{name}.txt": name})
+    monkeypatch.chdir(tmp_path / "process-wd")
+
+    async def read():
+        return names(await dag.host().directory("d").entries())
+
+    assert run(read, workdir=str(tmp_path / "config-wd")) == ["config-wd.txt"]
+    assert run(read) == ["process-wd.txt"]
+
+
+@pytest.mark.real_engine
+def test_dockerignore_semantics(dagger_engine: Engine, tmp_path: Path) -> None:
     """internal/fsutil/filter.go ~126 with moby/patternmatcher: anchored at the
     root (``dist`` is ``./dist`` only), ``*`` stops at ``/``, ``**`` crosses it,
     ``!`` re-includes, a matched directory takes its contents, a trailing ``/``
@@ -326,7 +350,8 @@ def test_dockerignore_semantics(dagger_engine: TestEngine, tmp_path: Path) -> No
     assert got["include-dir"] == ["pkg", "pkg/a.go", "pkg/sub", "pkg/sub/b.go"]
 
 
-def test_non_local_patterns_are_silently_dropped(dagger_engine: TestEngine, tmp_path: Path) -> None:
+@pytest.mark.real_engine
+def test_non_local_patterns_are_silently_dropped(dagger_engine: Engine, tmp_path: Path) -> None:
     """core/schema/host.go ~225-260: one leading ``!`` set aside, then patterns
     failing ``filepath.IsLocal`` (absolute, ``..`` escaping, empty) are skipped
     without an error; the rest are joined to the root and cleaned; ``.`` is ``*``."""
@@ -358,13 +383,15 @@ def test_non_local_patterns_are_silently_dropped(dagger_engine: TestEngine, tmp_
     ]
 
 
+@pytest.mark.real_engine
 def test_host_directory_is_read_once_per_session_unless_no_cache(
-    dagger_engine: TestEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dagger_cli_engine: Engine, tmp_path: Path
 ) -> None:
     """core/integration/host_test.go TestDirectoryCacheBehavior, TestFileCacheBehavior
     and TestWorkdir ("does NOT re-sync on each call"): within a session a host
     directory or file is synced once; ``no_cache`` syncs on every call; a synced
-    ID keeps its snapshot; a new session syncs again."""
+    ID keeps its snapshot; a new session (each connection through the CLI is one)
+    syncs again."""
     src = write(tmp_path / "src", {"file1.txt": "1"})
 
     async def first():
@@ -405,16 +432,14 @@ def test_host_directory_is_read_once_per_session_unless_no_cache(
         "12",
     ]
 
-    dagger_engine.renew_default_session()  # a new `dagger run`
-    monkeypatch.setenv("DAGGER_SESSION_TOKEN", dagger_engine.env["DAGGER_SESSION_TOKEN"])
-
-    async def second():
+    async def second():  # a new connection: a new session
         return names(await dag.host().directory(str(src)).entries())
 
     assert run(second) == ["file1.txt", "file2.txt"]
 
 
-def test_host_directory_gitignore(dagger_engine: TestEngine, tmp_path: Path) -> None:
+@pytest.mark.real_engine
+def test_host_directory_gitignore(dagger_engine: Engine, tmp_path: Path) -> None:
     """core/integration/host_test.go TestDirectoryGitIgnore: off by default;
     ``gitignore=True`` reads every ``.gitignore`` from the repository root (found
     up from the path, core/schema/host.go ~186-210) down, go-git's rules
@@ -493,8 +518,9 @@ def test_host_directory_gitignore(dagger_engine: TestEngine, tmp_path: Path) -> 
     assert "bar: no such file or directory" in err
 
 
+@pytest.mark.real_engine
 def test_with_directory_patterns_are_not_dropped_or_joined(
-    dagger_engine: TestEngine, tmp_path: Path
+    dagger_engine: Engine, tmp_path: Path
 ) -> None:
     """util/layercopy/filter.go: ``withDirectory`` hands include/exclude straight
     to moby/patternmatcher (no host.go preprocessing); a directory matching an
@@ -551,11 +577,17 @@ def sample_repo(tmp_path: Path) -> dict[str, str]:
     return {"path": str(repo), "first": first, "second": second}
 
 
-def test_git_url_schemes(dagger_engine: TestEngine, git_daemon: GitDaemon, sample_repo) -> None:
+@pytest.mark.real_engine
+def test_git_url_schemes(
+    dagger_engine: Engine, git_daemon: GitDaemon, sample_repo, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """util/gitutil/url.go ~25-30, ~120-140 and core/schema/git.go ~237-351:
     ``http``, ``https``, ``ssh`` and ``git`` only; ``file://`` is refused when
     the field resolves; ``user@host:path`` is SSH, which needs an SSH agent
-    socket (~474-545); the engine, not the client, fetches."""
+    socket (~474-545; the CLI passes the client's ``SSH_AUTH_SOCK``,
+    engine/client/client.go ~1394, so there is none here); the engine, not the
+    client, fetches."""
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     url = git_daemon.add_repo("schemes.git", Path(sample_repo["path"]))
 
     async def attempt(u: str) -> str:
@@ -587,7 +619,8 @@ def test_git_url_schemes(dagger_engine: TestEngine, git_daemon: GitDaemon, sampl
     assert got_url == url
 
 
-def test_git_refs_and_trees(dagger_engine: TestEngine, git_daemon: GitDaemon, sample_repo) -> None:
+@pytest.mark.real_engine
+def test_git_refs_and_trees(dagger_engine: Engine, git_daemon: GitDaemon, sample_repo) -> None:
     """util/gitutil/ls_remote.go Lookup (~177-235) and core/schema/git.go
     commit/branch/tag (~1005-1050), as core/integration/git_test.go
     requireSampleGitRepo checks them: strict refs, branches preferred over tags,
@@ -664,8 +697,9 @@ def test_git_refs_and_trees(dagger_engine: TestEngine, git_daemon: GitDaemon, sa
     assert discarded == kept_false == ["VERSION", "main.go"]
 
 
+@pytest.mark.real_engine
 def test_git_over_http_with_token_and_header(
-    dagger_engine: TestEngine,
+    dagger_engine: Engine,
     git_http: GitHTTPServer,
     git_http_auth: GitHTTPServer,
     sample_repo,
@@ -726,13 +760,14 @@ def test_git_over_http_with_token_and_header(
     assert any(r[3] == "x-access-token" for r in git_http_auth.requests)
 
 
+@pytest.mark.real_engine
 def test_git_remote_is_listed_once_per_session(
-    dagger_engine: TestEngine, git_daemon: GitDaemon, sample_repo, monkeypatch
+    dagger_cli_engine: Engine, git_daemon: GitDaemon, sample_repo
 ) -> None:
     """core/git_remote.go ~64-113 (``git`` is a per-client call, its ls-remote
     cached under the session ID): a branch pushed to after the first listing
     still resolves to the old commit in the same session, and to the new one in
-    the next session."""
+    the next session (each connection through the CLI is one)."""
     src = Path(sample_repo["path"])
     url = git_daemon.add_repo("moving.git", src)
 
@@ -751,8 +786,6 @@ def test_git_remote_is_listed_once_per_session(
 
     before, after = run(pipeline)
     assert before == after == sample_repo["second"]
-    dagger_engine.renew_default_session()
-    monkeypatch.setenv("DAGGER_SESSION_TOKEN", dagger_engine.env["DAGGER_SESSION_TOKEN"])
     assert run(main_commit) == third
 
 
@@ -830,13 +863,15 @@ def test_new_connection_through_the_cli_opens_a_new_session(
     assert {r["session"] for r in log} >= {s.id for s in new}
 
 
+@pytest.mark.real_engine
 def test_registry_auth_belongs_to_the_session(
-    dagger_engine: TestEngine, auth_registry: Registry, monkeypatch
+    dagger_cli_engine: Engine, auth_registry: Registry
 ) -> None:
     """core/schema/container.go ~3998-4028 and auth/registry.go: withRegistryAuth
     stores the credential in the SESSION's auth provider under the registry host
-    when it resolves; a publish from another container of that session uses it,
-    a publish in another session does not."""
+    when it resolves; a publish from another container of that session uses it
+    (the registry refuses anonymous pushes), a publish in another session (each
+    connection through the CLI is one) does not."""
     target = f"{auth_registry.host}/team/session-auth"
 
     async def with_auth():
@@ -855,9 +890,6 @@ def test_registry_auth_belongs_to_the_session(
         return await dag.container().from_(ALPINE).with_label("n", "2").publish(f"{target}:2")
 
     assert run(with_auth).startswith(f"{target}:1@sha256:")
-    assert dagger_engine.engine.images.published[-1].auth_user == auth_registry.username
-    dagger_engine.renew_default_session()
-    monkeypatch.setenv("DAGGER_SESSION_TOKEN", dagger_engine.env["DAGGER_SESSION_TOKEN"])
     with pytest.raises(dagger.QueryError):
         run(without_auth)
     assert auth_registry.tags("team/session-auth") == ["1"]

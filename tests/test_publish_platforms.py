@@ -72,6 +72,7 @@ def platform_of(config: dict) -> str:
     )
 
 
+@pytest.mark.real_engine
 @pytest.mark.parametrize(
     "platforms",
     [

@@ -293,3 +293,19 @@ def test_failure_report_of_other_errors() -> None:
     assert "RuntimeError: registry said no" in md
     payload = failure_payload(params(), "publish", RuntimeError("registry said no\nmore"))
     assert payload == {"app": "hello-go", "stage": "publish", "error": "registry said no"}
+
+
+def test_cli_failure_summary_ends_with_the_commands_own_words() -> None:
+    from flows.build import failure_summary
+
+    exc = exec_error(
+        ["go", "vet", "./..."],
+        "",
+        "# example.com/app\n" + "noise\n" * 30 + "./main.go:9:2: fmt.Printf format %d has arg x\n",
+    )
+    text = failure_summary(exc)
+    assert text.splitlines()[0].startswith('error: build failed: process "go vet ./..."')
+    assert text.rstrip().endswith("./main.go:9:2: fmt.Printf format %d has arg x")
+    assert "--- last lines of stderr ---" in text and "stdout ---" not in text
+    assert len(text.splitlines()) <= 2 + 20
+    assert failure_summary(ValueError("bad\nsecond")) == "error: build failed: bad"

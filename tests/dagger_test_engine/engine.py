@@ -34,8 +34,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import pathspec
-
 from . import fs, patterns
 from .fs import BlobStore, Entry, Tree
 from .gitsource import (
@@ -286,15 +284,32 @@ class Directory(Obj):
         return self.child(Directory, fieldname, args, lambda: fn(self.tree()))
 
     def f_entries(self, path: str = "") -> list[str]:
+        """Names in ``path``, directories with a trailing ``/`` (clients of v0.17.0
+        and later), in ``os.ReadDir`` order (core/directory.go ``Entries``)."""
         sub = fs.subtree(self.tree(), path) if path else self.tree()
         key = fs.norm(path)
         if key and key not in self.tree():
             raise EngineError(f"{path}: no such file or directory")
-        return sorted({k.split("/")[0] for k in sub})
+        names: dict[str, bool] = {}
+        for k, e in sub.items():
+            top, _, rest = k.partition("/")
+            names[top] = names.get(top, False) or bool(rest) or e.kind == "dir"
+        return [n + "/" if is_dir else n for n, is_dir in sorted(names.items())]
 
     def f_glob(self, pattern: str) -> list[str]:
-        spec = pathspec.PathSpec.from_lines("gitwildmatch", [pattern])
-        return sorted(k for k in self.tree() if spec.match_file(k))
+        """Paths matching one moby/patternmatcher pattern, in ``filepath.WalkDir``
+        order, directories with a trailing ``/`` (core/directory.go ``Glob``)."""
+        matcher = patterns.PatternMatcher([pattern])
+        if not matcher.patterns:
+            return []
+        pat = matcher.patterns[0]
+        tree = self.tree()
+        dirs = {k.rsplit("/", 1)[0] for k in tree if "/" in k}
+        out = []
+        for k in sorted(tree, key=lambda k: k.split("/")):
+            if k and pat.match(k):
+                out.append(k + "/" if tree[k].kind == "dir" or k in dirs else k)
+        return out
 
     def f_digest(self) -> str:
         return fs.tree_digest(self.tree())

@@ -13,6 +13,11 @@ between tests, and a test whose session was dropped does not break the next.
 ``_EXPERIMENTAL_DAGGER_CLI_BIN`` (``dagger_cli_bin``, a wrapper around ``cli.py``):
 every ``dagger.connection()`` then opens a new session, as with the real CLI, so
 a retry after a dropped session can reconnect.
+
+With ``GOBUILD_TEST_ENGINE=real`` (``tests/real_engine.py``) both give a
+``RealEngine`` instead and the SDK reaches the real engine; the fixtures of the
+test double itself (``test_engine_session``, ``dagger_cli_bin``) then fail the
+test that asks for them.
 """
 
 from __future__ import annotations
@@ -24,11 +29,20 @@ from pathlib import Path
 
 import pytest
 
+from tests.real_engine import RealEngine, real_lane, without_session_vars
+
 from .server import TestEngine
 
 
 @pytest.fixture(scope="session")
-def test_engine_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestEngine]:
+def test_engine_session(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestEngine]:
+    if real_lane(request.config):
+        pytest.fail(
+            "GOBUILD_TEST_ENGINE=real: this test uses the Dagger test engine itself; "
+            "a test marked real_engine may use only the SDK and dagger_engine/dagger_cli_engine"
+        )
     te = TestEngine(tmp_path_factory.mktemp("dagger-test-engine"), workdir=Path.cwd()).start()
     yield te
     te.stop()
@@ -36,10 +50,16 @@ def test_engine_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Te
 
 @pytest.fixture
 def dagger_engine(
-    test_engine_session: TestEngine, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[TestEngine]:
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TestEngine | RealEngine]:
     """The running test engine and a new session of it, with
-    DAGGER_SESSION_PORT/TOKEN set for the SDK (``dagger_engine.env``)."""
+    DAGGER_SESSION_PORT/TOKEN set for the SDK (``dagger_engine.env``); in the
+    real lane a ``RealEngine``, and nothing set for the SDK."""
+    if real_lane(request.config):
+        with without_session_vars(monkeypatch):
+            yield RealEngine()
+        return
+    test_engine_session: TestEngine = request.getfixturevalue("test_engine_session")
     test_engine_session.renew_default_session()
     monkeypatch.delenv("_EXPERIMENTAL_DAGGER_CLI_BIN", raising=False)
     for key, value in test_engine_session.env.items():
@@ -77,14 +97,20 @@ def dagger_cli_bin(
 
 @pytest.fixture
 def dagger_cli_engine(
-    test_engine_session: TestEngine, dagger_cli_bin: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[TestEngine]:
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TestEngine | RealEngine]:
     """The running test engine, reached the way the SDK reaches a real one
     without ``dagger run``: ``_EXPERIMENTAL_DAGGER_CLI_BIN`` is set and the
     session variables are not, so each ``dagger.connection()`` starts a new
-    session (``dagger session`` with the client's working directory)."""
+    session (``dagger session`` with the client's working directory). In the
+    real lane a ``RealEngine``: the SDK's own CLI does exactly that."""
     monkeypatch.delenv("DAGGER_SESSION_PORT", raising=False)
     monkeypatch.delenv("DAGGER_SESSION_TOKEN", raising=False)
+    if real_lane(request.config):
+        yield RealEngine()
+        return
+    test_engine_session: TestEngine = request.getfixturevalue("test_engine_session")
+    dagger_cli_bin: Path = request.getfixturevalue("dagger_cli_bin")
     monkeypatch.setenv("_EXPERIMENTAL_DAGGER_CLI_BIN", str(dagger_cli_bin))
     test_engine_session.clear_faults()
     test_engine_session.log.clear()

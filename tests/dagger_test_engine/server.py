@@ -120,6 +120,7 @@ class TestEngine:
     """The engine, its HTTP server and the test controls, in one object."""
 
     __test__ = False  # not a pytest test class
+    is_real = False  # tests/real_engine.py RealEngine: the real engine's stand-in for tests
 
     def __init__(
         self,
