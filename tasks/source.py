@@ -1,15 +1,15 @@
 """Stage 1, load source: what will be sent to the engine, and a digest of it.
 
 The digest is what makes a build do nothing when nothing changed: it keys the
-compile cache. So it covers exactly the files the engine receives: the same
-exclude patterns are applied here (with ``pathspec``, a maintained
-implementation of gitignore matching) and handed to ``host().directory``. For git
-sources the engine resolves the ref and digests the tree it checked out.
+compile cache. So it covers exactly the files the engine receives:
+``tasks.context`` decides that list (git's view of a checkout, ``.dockerignore``
+with Docker's rules) and the exclude patterns that make ``host().directory`` send
+exactly it. For git sources the engine resolves the ref and digests the tree it
+checked out.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -19,18 +19,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dagger
-import pathspec
 from dagger import dag
 from prefect import task
 from pydantic import BaseModel
 
+from tasks.context import BuildContext, build_context
 from tasks.params import BuildParams
 from tasks.retries import retry_options
 from tasks.secrets import Credentials, load_secret_block, parse_git_token
 from tasks.session import engine_ready
 
-ALWAYS_EXCLUDE = [".git/"]
-IGNORE_FILES = (".dockerignore", ".gitignore")
 _FULL_SHA = re.compile(r"[0-9a-f]{40}")
 SMALL_FILE = 1 << 20
 
@@ -50,74 +48,32 @@ class SourceInfo(BaseModel):
     created: str = ""  # RFC 3339, from the commit or the newest file: stable across runs
 
 
-def exclude_patterns(root: Path, output: Path | None = None) -> list[str]:
-    """``.git``, the patterns of ``.dockerignore`` and ``.gitignore``, and the
-    output tarball when it lies inside the source (it would change the digest)."""
-    patterns = list(ALWAYS_EXCLUDE)
-    for name in IGNORE_FILES:
-        f = root / name
-        if f.is_file():
-            for line in f.read_text(errors="replace").splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    patterns.append(line)
-    if output is not None:
-        with contextlib.suppress(ValueError):
-            # Relative, not "/…": the engine silently drops patterns that are not
-            # local paths (core/schema/host.go), and would then send the tarball.
-            patterns.append(output.resolve().relative_to(root.resolve()).as_posix())
-    return patterns
-
-
-def digest_tree(root: Path, patterns: list[str]) -> tuple[str, int, int, int, float]:
-    """-> (sha256 digest, files, bytes kept, bytes excluded, newest mtime).
+def digest_tree(context: BuildContext) -> tuple[str, int, int, int, float]:
+    """-> (sha256 digest, files, bytes kept, bytes excluded, newest mtime) of the
+    files the engine will receive (``context.entries``, already walked and
+    lstat'ed: one pass over the tree, then one read per file).
 
     Names, the executable bit and contents go into the digest; timestamps do not,
-    so a fresh checkout of the same commit gives the same digest.
+    so a fresh checkout of the same commit gives the same digest. Files are taken
+    in path order, so the digest does not depend on the walk.
     """
-    spec = pathspec.GitIgnoreSpec.from_lines(patterns)
     h = hashlib.sha256()
-    files = kept = excluded = 0
+    kept = 0
     newest = 0.0
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root)
-        rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
-        keep_dirs = []
-        for d in sorted(dirnames):
-            if spec.match_file(rel_dir + d + "/"):
-                excluded += _du(Path(dirpath, d))
-            else:
-                keep_dirs.append(d)
-        dirnames[:] = keep_dirs
-        for name in sorted(filenames):
-            rel = rel_dir + name
-            full = os.path.join(dirpath, name)
-            st = os.lstat(full)
-            if spec.match_file(rel):
-                excluded += st.st_size
-                continue
-            files += 1
-            kept += st.st_size
-            newest = max(newest, st.st_mtime)
-            if stat.S_ISLNK(st.st_mode):
-                content = hashlib.sha256(os.readlink(full).encode()).hexdigest()
-            elif st.st_size <= SMALL_FILE:  # one read: file_digest's buffer costs more here
-                with open(full, "rb", buffering=0) as fh:
-                    content = hashlib.sha256(fh.read()).hexdigest()
-            else:
-                with open(full, "rb") as fh:
-                    content = hashlib.file_digest(fh, "sha256").hexdigest()
-            h.update(f"{rel}\0{st.st_mode & 0o111:o}\0{content}\n".encode())
-    return "sha256:" + h.hexdigest(), files, kept, excluded, newest
-
-
-def _du(path: Path) -> int:
-    total = 0
-    for dirpath, _dirs, filenames in os.walk(path):
-        for name in filenames:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total
+    for rel, st in sorted(context.entries, key=lambda entry: entry[0]):
+        full = os.path.join(context.root, rel)
+        kept += st.st_size
+        newest = max(newest, st.st_mtime)
+        if stat.S_ISLNK(st.st_mode):
+            content = hashlib.sha256(os.readlink(full).encode()).hexdigest()
+        elif st.st_size <= SMALL_FILE:  # one read: file_digest's buffer costs more here
+            with open(full, "rb", buffering=0) as fh:
+                content = hashlib.sha256(fh.read()).hexdigest()
+        else:
+            with open(full, "rb") as fh:
+                content = hashlib.file_digest(fh, "sha256").hexdigest()
+        h.update(f"{rel}\0{st.st_mode & 0o111:o}\0{content}\n".encode())
+    return "sha256:" + h.hexdigest(), len(context.entries), kept, context.bytes_excluded, newest
 
 
 def _git(root: Path, *args: str) -> str:
@@ -163,8 +119,8 @@ async def git_token(params: BuildParams) -> Credentials | None:
 def describe_local(params: BuildParams) -> SourceInfo:
     root = params.local_source()
     assert root is not None
-    patterns = exclude_patterns(root, params.resolved_output())
-    digest, files, kept, excluded, newest = digest_tree(root, patterns)
+    context = build_context(root, params.resolved_output())
+    digest, files, kept, excluded, newest = digest_tree(context)
     commit = _git(root, "rev-parse", "HEAD")  # also when the source is a subdirectory
     created = _git(root, "log", "-1", "--format=%cI") if commit else ""
     if not created:
@@ -177,9 +133,13 @@ def describe_local(params: BuildParams) -> SourceInfo:
         files=files,
         bytes_sent=kept,
         bytes_excluded=excluded,
-        excludes=patterns,
+        excludes=context.excludes,
         created=created,
     )
+
+
+class GitAccessDenied(PermissionError):
+    """The git server wants credentials the build did not give; a retry cannot help."""
 
 
 async def describe_git(params: BuildParams) -> SourceInfo:
@@ -193,7 +153,15 @@ async def describe_git(params: BuildParams) -> SourceInfo:
         ref = repo.commit(params.git_ref)
     else:
         ref = repo.ref(params.git_ref) if params.git_ref else repo.head()
-    commit = await ref.commit()
+    try:
+        commit = await ref.commit()
+    except dagger.QueryError as exc:
+        if "authentication failed" not in str(exc) or params.git_secret_block:
+            raise
+        raise GitAccessDenied(
+            f"source: {params.source} refused access ({exc}); name a Prefect Secret block "
+            "holding a token for it in git_secret_block"
+        ) from None
     digest = await repo.commit(commit).tree(discard_git_dir=True).digest()
     return SourceInfo(
         kind="git",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tasks.source import digest_tree, exclude_patterns
+from tasks.context import build_context
+from tasks.source import digest_tree
 
 
 def make_tree(root: Path) -> None:
@@ -24,7 +25,7 @@ def make_tree(root: Path) -> None:
 
 
 def digest(root: Path, output: Path | None = None) -> tuple:
-    return digest_tree(root, exclude_patterns(root, output))
+    return digest_tree(build_context(root, output))
 
 
 def test_digest_covers_exactly_the_sent_files(tmp_path: Path) -> None:
@@ -59,8 +60,9 @@ def test_output_inside_the_source_is_excluded(tmp_path: Path) -> None:
     out.write_bytes(b"tarball")
     assert digest(tmp_path, out)[0] == before
     # Relative: the engine drops patterns that are not local paths, such as "/build/…".
-    assert "build/app.oci.tar" in exclude_patterns(tmp_path, out)
-    assert not any(p.startswith("/") for p in exclude_patterns(tmp_path, out))
+    excludes = build_context(tmp_path, out).excludes
+    assert "build/app.oci.tar" in excludes
+    assert not any(p.startswith("/") for p in excludes)
 
 
 def test_symlinks_are_digested_by_target(tmp_path: Path) -> None:
@@ -70,3 +72,25 @@ def test_symlinks_are_digested_by_target(tmp_path: Path) -> None:
     (tmp_path / "link.go").unlink()
     (tmp_path / "link.go").symlink_to("cmd/tool.go")
     assert digest(tmp_path)[0] != d
+
+
+def test_a_symlink_to_a_directory_is_a_symlink(tmp_path: Path) -> None:
+    """The engine sends the link, not the directory behind it; so the digest
+    covers the link's target and does not follow it."""
+    make_tree(tmp_path)
+    (tmp_path / "alias").symlink_to("cmd")
+    d, files, *_ = digest(tmp_path)
+    assert files == 6
+    (tmp_path / "alias").unlink()
+    (tmp_path / "alias").symlink_to("node_modules")
+    assert digest(tmp_path)[0] != d
+
+
+def test_patterns_are_anchored_at_the_root(tmp_path: Path) -> None:
+    """``*.log`` in .dockerignore is ``./*.log`` (Docker, the engine): a log file
+    deeper down is sent, and digested."""
+    make_tree(tmp_path)
+    d, files, *_ = digest(tmp_path)
+    (tmp_path / "cmd" / "trace.log").write_text("sent\n")
+    d2, files2, *_ = digest(tmp_path)
+    assert (files2, d2 != d) == (files + 1, True)

@@ -198,7 +198,9 @@ def go_match(pat: str, name: str) -> bool:
 # --------------------------------------------------------------------------- patternmatcher
 
 
-_REGEX_ESCAPES = set(".+()|{}$")
+# Not "|{}": moby's code means to escape them too, but its bit test shifts them
+# out, so in Docker and the engine they keep their regexp meaning.
+_REGEX_ESCAPES = set(".+()$")
 
 
 @dataclass
@@ -264,7 +266,7 @@ class Pattern:
         self.kind = kind
         if kind == "regexp":
             try:
-                self.regex = re.compile("".join(rx), re.DOTALL)
+                self.regex = re.compile("".join(rx))  # Go: "." does not match a newline
             except re.error as exc:
                 raise PatternError(BAD_PATTERN) from exc
 
