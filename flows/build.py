@@ -27,7 +27,7 @@ from prefect import flow
 from pydantic import Field
 from pydantic.fields import FieldInfo
 
-from tasks.assemble import assemble_image, served_from_cache, still_valid
+from tasks.assemble import assemble_image, place_output, served_from_cache, still_valid
 from tasks.compile import compile_binary
 from tasks.params import BuildParams, ParamsError, parse_params
 from tasks.preflight import EngineUnavailable, preflight
@@ -63,6 +63,7 @@ async def multistage_build(**parameters: Any) -> BuildResult:
                 version,
                 valid=still_valid,
             )
+            place_output(image, params.resolved_output())
             published = await stages.run("publish", publish_image, params, image, source)
     except BaseException as exc:
         await report_failure(params, stages.current, exc)

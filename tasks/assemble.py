@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +29,9 @@ from prefect import task
 from prefect.context import TaskRunContext
 from pydantic import BaseModel
 
+from tasks import image_store
 from tasks.compile import CompiledBinary
+from tasks.image_store import file_sha256
 from tasks.oci_layout import image_digests
 from tasks.params import BuildParams
 from tasks.retries import retry_options
@@ -94,11 +95,6 @@ def source_epoch(source: SourceInfo) -> int:
         return 0
 
 
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def assemble_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     params: BuildParams = parameters["params"]
     binaries: list[CompiledBinary] = parameters["binaries"]
@@ -115,7 +111,8 @@ def assemble_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> s
 
 
 def still_valid(image: ImageArtifact) -> bool:
-    """A cached artifact is only as good as the file it names."""
+    """A cached artifact is only as good as the file it names (the stored tarball,
+    named by its content, so it can only have been removed, not replaced)."""
     path = Path(image.path)
     return path.is_file() and file_sha256(path) == image.tarball_sha256
 
@@ -140,21 +137,32 @@ async def assemble_image(
             # same binary, so registries share it between builds.
             binary = dag.host().file(str(bin_path)).with_timestamps(source_epoch(source))
             variants.append(runtime(binary, params, b.platform, labels))
-        # Write next to the output and rename: a failed export never leaves half a tarball.
-        partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
+        # Export into the image store under a unique name, then keep it under its
+        # content hash: a failed export leaves nothing, and concurrent builds of
+        # one app never overwrite each other's tarball (tasks/image_store.py).
+        partial = image_store.new_partial(output)
         try:
             await variants[0].export(str(partial), platform_variants=variants[1:])
-            os.replace(partial, output)
+            stored, sha = image_store.keep(partial, output)
         finally:
             partial.unlink(missing_ok=True)
-    digest, platforms = image_digests(output)
-    return ImageArtifact(
-        path=str(output),
-        tarball_sha256=file_sha256(output),
+    digest, platforms = image_digests(stored)
+    image = ImageArtifact(
+        path=str(stored),
+        tarball_sha256=sha,
         digest=digest,
         platforms=platforms,
-        size=output.stat().st_size,
+        size=stored.stat().st_size,
     )
+    place_output(image, output)
+    image_store.prune(output, stored)
+    return image
+
+
+def place_output(image: ImageArtifact, output: Path) -> None:
+    """Point the requested output path at this run's image (also when the image
+    came from cache, so the path holds what the run reports)."""
+    image_store.point(output, Path(image.path))
 
 
 async def served_from_cache(params: BuildParams, source: SourceInfo, version: str) -> bool:

@@ -82,6 +82,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tasks.image_store import store_dir
+
 DOCKERIGNORE = ".dockerignore"
 GIT_DIR = ".git"
 # Always sent as excludes after the .dockerignore patterns: .git at any depth (a
@@ -642,11 +644,14 @@ def build_context(root: Path, output: Path | None = None) -> BuildContext:
     dockerignore, matcher = read_dockerignore(root)
     walk = _Walk(root, matcher, git_listing(root))
     if output is not None:
-        with contextlib.suppress(ValueError):
-            # Relative, not "/…": the engine silently drops patterns that are not
-            # local paths (core/schema/host.go), and would then send the tarball.
-            walk.output = output.resolve().relative_to(root.resolve()).as_posix()
-            walk.tail.append(literal(walk.output))
+        # The output tarball and the image store beside it, when inside the source.
+        # Relative, not "/…": the engine silently drops patterns that are not local
+        # paths (core/schema/host.go), and would then send them.
+        for path, is_dir in ((output, False), (store_dir(output), True)):
+            with contextlib.suppress(ValueError):
+                rel = path.resolve().relative_to(root.resolve()).as_posix()
+                walk.skip.add(rel)
+                walk.tail += [literal(rel), literal(rel) + "/**"] if is_dir else [literal(rel)]
     walk.visit("", str(root), (), whole=False)
     return BuildContext(
         root=root,
@@ -667,7 +672,7 @@ class _Walk:
     root: Path
     dock: PatternMatcher
     git: _GitListing | None
-    output: str | None = None
+    skip: set[str] = field(default_factory=set)  # our own outputs
     kept: list[tuple[str, os.stat_result]] = field(default_factory=list)
     tail: list[str] = field(default_factory=list)  # literal excludes after the fixed ones
     excluded: int = 0
@@ -691,7 +696,7 @@ class _Walk:
             rel = rel_dir + entry.name
             st = entry.stat(follow_symlinks=False)
             is_dir = stat.S_ISDIR(st.st_mode)
-            if entry.name == GIT_DIR or rel == self.output:
+            if entry.name == GIT_DIR or rel in self.skip:
                 self._skip(entry.path, st, is_dir)
                 continue
             sub_whole = whole

@@ -91,7 +91,8 @@ class BuildResult(BaseModel):
 
     app: str
     version: str
-    tarball: str
+    tarball: str  # the run's own tarball in the image store: it holds this image only
+    output: str = ""  # the requested path, pointed at the newest build's tarball
     digest: str
     platforms: dict[str, str]
     binaries: dict[str, int]
@@ -131,6 +132,7 @@ class BuildResult(BaseModel):
             app=params.resolved_app_name(),
             version=version,
             tarball=image.path,
+            output=str(params.resolved_output()),
             digest=image.digest,
             platforms=image.platforms,
             binaries={b.platform: b.size for b in binaries},
@@ -281,7 +283,8 @@ def success_markdown(result: BuildResult) -> str:
     lines += [
         "",
         f"- image digest (tarball): `{result.digest}`",
-        f"- OCI tarball: `{result.tarball}`",
+        f"- OCI tarball: `{result.tarball}`"
+        + (f" (also at `{result.output}` until a newer build)" if result.output else ""),
         f"- source digest: `{result.source_digest}`",
         f"- commit: `{result.commit or 'n/a'}`",
         f"- Go version: {result.go_version}",

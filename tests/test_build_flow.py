@@ -203,8 +203,18 @@ def test_force_rebuild_bypasses_the_cache(
     calls = dagger_engine.log.snapshot()["calls"]
     assert calls.get("File.export") == 1 and calls.get("Container.export") == 1
 
-    # A cached result naming a tarball that is gone is rebuilt, not reported.
-    Path(params["output"]).unlink()
+    # The requested path deleted: served from cache, and put back.
+    output = Path(params["output"])
+    stored = Path(forced.result().tarball)
+    assert stored != output and stored.read_bytes() == output.read_bytes()
+    output.unlink()
+    dagger_engine.log.clear()
+    restored = build(**params)
+    assert restored.is_completed() and output.read_bytes() == stored.read_bytes()
+    assert dagger_engine.log.snapshot()["requests"] == []
+
+    # A cached result naming a stored tarball that is gone is rebuilt, not reported.
+    stored.unlink()
     dagger_engine.log.clear()
     healed = build(**params)
     assert healed.is_completed()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tasks.context import build_context
+from tasks.context import build_context, context_files
 from tasks.source import digest_tree
 
 
@@ -58,10 +58,15 @@ def test_output_inside_the_source_is_excluded(tmp_path: Path) -> None:
     before = digest(tmp_path, out)[0]
     out.parent.mkdir()
     out.write_bytes(b"tarball")
+    stored = out.parent / ".gobuild-images" / "app.oci-0123456789abcdef.tar"
+    stored.parent.mkdir()
+    stored.write_bytes(b"stored tarball")  # the image store beside the output
     assert digest(tmp_path, out)[0] == before
+    assert "build/.gobuild-images/app.oci-0123456789abcdef.tar" not in context_files(tmp_path, out)
     # Relative: the engine drops patterns that are not local paths, such as "/build/…".
     excludes = build_context(tmp_path, out).excludes
     assert "build/app.oci.tar" in excludes
+    assert "build/.gobuild-images/**" in excludes
     assert not any(p.startswith("/") for p in excludes)
 
 

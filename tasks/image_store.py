@@ -1,0 +1,89 @@
+"""Where exported tarballs live, so that no build loses another's output.
+
+Builds of one app run at the same time (a nightly, a push, a hand-started run)
+and all ask for the same ``build/<app>.oci.tar``. Each export is therefore kept
+under its own content hash in a store next to that path
+(``build/.gobuild-images/<app>.oci-<sha256 prefix>.tar``): a stored file is never
+rewritten with another image, so every report and event names a file that holds
+the image it reports. The requested path is then pointed at the newest stored
+image atomically (a hard link renamed over it, or a copy where links fail), so a
+reader never sees half a tarball and always sees one whole image.
+
+The store keeps the newest few images per requested path; older ones are pruned.
+A cached build whose stored tarball was pruned is rebuilt (``still_valid``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+STORE_DIR = ".gobuild-images"
+KEEP = 5
+
+
+def store_dir(output: Path) -> Path:
+    return output.parent / STORE_DIR
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def new_partial(output: Path) -> Path:
+    """A fresh, unique path in the store for an export in progress."""
+    store = store_dir(output)
+    store.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial", dir=store)
+    os.close(fd)
+    return Path(name)
+
+
+def keep(partial: Path, output: Path) -> tuple[Path, str]:
+    """Move a finished export into the store under its content hash.
+
+    -> (stored path, sha256 of the file). The same bytes exported twice end up in
+    the same stored file; different bytes never share one.
+    """
+    sha = file_sha256(partial)
+    stem = output.name.removesuffix(".tar")
+    stored = store_dir(output) / f"{stem}-{sha.removeprefix('sha256:')[:16]}.tar"
+    os.replace(partial, stored)
+    os.utime(stored)  # newest first when pruning, also when the bytes were seen before
+    return stored, sha
+
+
+def point(output: Path, stored: Path) -> None:
+    """Make ``output`` hold the image in ``stored``, replacing it in one rename."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        tmp.unlink()
+        try:
+            os.link(stored, tmp)
+        except OSError:  # no hard links here (another filesystem, some mounts)
+            shutil.copyfile(stored, tmp)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def prune(output: Path, current: Path, keep_newest: int = KEEP) -> None:
+    """Drop all but the newest stored images of ``output`` (never ``current``)."""
+    stem = output.name.removesuffix(".tar")
+    stored = sorted(
+        store_dir(output).glob(f"{stem}-*.tar"),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for path in stored[keep_newest:]:
+        if path != current:
+            with contextlib.suppress(OSError):
+                path.unlink()

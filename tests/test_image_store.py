@@ -1,0 +1,58 @@
+"""The image store: one file per image, the requested path pointed at the newest."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tasks import image_store
+
+
+def export(output: Path, data: bytes) -> Path:
+    partial = image_store.new_partial(output)
+    partial.write_bytes(data)
+    stored, sha = image_store.keep(partial, output)
+    assert not partial.exists() and sha == image_store.file_sha256(stored)
+    return stored
+
+
+def test_same_bytes_share_a_file_and_different_bytes_never_do(tmp_path: Path) -> None:
+    out = tmp_path / "build" / "app.oci.tar"
+    a, again, b = export(out, b"image A"), export(out, b"image A"), export(out, b"image B")
+    assert a == again and a != b
+    assert a.read_bytes() == b"image A" and b.read_bytes() == b"image B"
+    assert a.parent == out.parent / ".gobuild-images" and a.name.startswith("app.oci-")
+
+
+def test_point_replaces_the_requested_path_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "app.oci.tar"
+    a, b = export(out, b"image A"), export(out, b"image B")
+    image_store.point(out, a)
+    assert out.read_bytes() == b"image A"
+    image_store.point(out, b)
+    assert out.read_bytes() == b"image B" and a.read_bytes() == b"image A"
+
+    def no_links(*_: object) -> None:
+        raise OSError("hard links not supported here")
+
+    monkeypatch.setattr(os, "link", no_links)  # another filesystem: copied instead
+    image_store.point(out, a)
+    assert out.read_bytes() == b"image A"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".gobuild-images", "app.oci.tar"]
+
+
+def test_prune_keeps_the_newest_and_the_current(tmp_path: Path) -> None:
+    out = tmp_path / "app.oci.tar"
+    stored = []
+    for i in range(8):
+        path = export(out, f"image {i}".encode())
+        os.utime(path, (1000 + i, 1000 + i))
+        stored.append(path)
+    other = export(tmp_path / "other.oci.tar", b"another app")
+    image_store.prune(out, current=stored[0], keep_newest=3)
+    left = {p for p in (tmp_path / ".gobuild-images").iterdir()}
+    assert left == {*stored[5:], stored[0], other}
