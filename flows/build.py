@@ -20,6 +20,7 @@ if __name__ == "__main__":  # before Prefect is imported: its settings read the 
 import argparse
 import asyncio
 import inspect
+import logging
 from typing import Any
 
 import dagger
@@ -66,6 +67,7 @@ async def multistage_build(**parameters: Any) -> BuildResult:
             place_output(image, params.resolved_output())
             published = await stages.run("publish", publish_image, params, image, source)
     except BaseException as exc:
+        exc.gobuild_stage = stages.current  # type: ignore[attr-defined]  # for the CLI
         await report_failure(params, stages.current, exc)
         raise
     result = BuildResult.collect(params, version, source, binaries, image, published, stages)
@@ -127,19 +129,60 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--label", dest="labels", action="append", help="KEY=VALUE, repeatable")
     ap.add_argument("--registry-secret-block")
     ap.add_argument("--git-secret-block", help="Secret block with a token for a private git URL")
+    ap.add_argument(
+        "--go-env",
+        action="append",
+        help="KEY=VALUE, repeatable: GOPROXY, GOPRIVATE, GONOPROXY, GONOSUMDB, GOSUMDB, "
+        "GOINSECURE, GOFLAGS, GOVCS",
+    )
+    ap.add_argument(
+        "--go-auth-secret-block", help="Secret block with a .netrc for private Go modules"
+    )
     ap.add_argument("--tag-commit", action="store_true", default=None)
     ap.add_argument("--tag-nightly", action="store_true", default=None)
     ap.add_argument("--tag-latest", action="store_true", default=None)
     ap.add_argument("--no-checks", dest="run_checks", action="store_false", default=None)
     ap.add_argument("--force", dest="force_rebuild", action="store_true", default=None)
     ns = vars(ap.parse_args(argv))
-    if ns.get("labels"):
-        pairs = [item.partition("=") for item in ns["labels"]]
-        bad = [k for k, sep, _ in pairs if not sep]
-        if bad:
-            ap.error(f"--label {bad[0]!r}: expected KEY=VALUE")
-        ns["labels"] = {k: v for k, _, v in pairs}
+    for name, flag in (("labels", "--label"), ("go_env", "--go-env")):
+        if ns.get(name):
+            pairs = [item.partition("=") for item in ns[name]]
+            bad = [k for k, sep, _ in pairs if not sep]
+            if bad:
+                ap.error(f"{flag} {bad[0]!r}: expected KEY=VALUE")
+            ns[name] = {k: v for k, _, v in pairs}
     return {k: v for k, v in ns.items() if v is not None}
+
+
+class _WithoutTraceback(logging.Formatter):
+    """Formats a record as ``inner`` does, minus its traceback."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def quiet_console_tracebacks() -> None:
+    """Keep Python tracebacks off the terminal: a failed build ends with
+    :func:`failure_summary`, and the tracebacks stay in the run's logs in the
+    Prefect API and UI (only the console handlers' formatting changes)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler) and not isinstance(
+                handler.formatter, _WithoutTraceback
+            ):
+                handler.setFormatter(_WithoutTraceback(handler.formatter or logging.Formatter()))
 
 
 def failure_summary(exc: BaseException) -> str:
@@ -147,7 +190,8 @@ def failure_summary(exc: BaseException) -> str:
     the end of what it printed (the compiler's or the test's own words), which
     Prefect's tracebacks above would otherwise bury."""
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    lines = [f"error: build failed: {message}"]
+    stage = getattr(exc, "gobuild_stage", "")
+    lines = [f"error: build failed{f' in {stage}' if stage else ''}: {message}"]
     if isinstance(exc, dagger.ExecError):
         for name, text in (("stdout", exc.stdout), ("stderr", exc.stderr)):
             tail, _ = output_tail(text, CLI_TAIL_LINES)
@@ -164,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ParamsError, EngineUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    quiet_console_tracebacks()
     state = asyncio.run(multistage_build(**values, return_state=True))
     if not state.is_completed():
         exc = state.result(raise_on_failure=False)

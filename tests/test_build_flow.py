@@ -453,3 +453,24 @@ def test_git_source_at_a_tag_records_the_commit(
     assert cfg["Labels"]["org.opencontainers.image.created"] == "1970-01-01T00:00:00Z"
     md = {a.key: a for a in artifacts(state.state_details.flow_run_id) if a.key}["build-hello-repo"]
     assert tagged in md.data
+
+
+def test_cli_failure_is_one_line_with_stage_and_output_and_no_traceback(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, hello_go: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken-cli"
+    shutil.copytree(hello_go, broken)
+    with (broken / "main.go").open("a") as fh:
+        fh.write("\nfunc broken() { undefinedCliThing() }\n")
+    env = {**os.environ, **prefect_api.env, **dagger_engine.env}
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.build", str(broken), "--output", str(tmp_path / "c.tar")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out, out[-3000:]
+    summary = proc.stderr[proc.stderr.index("error: build failed") :].splitlines()
+    assert summary[0].startswith('error: build failed in compile linux/amd64: process "go')
+    assert "--- last lines of stderr ---" in summary
+    assert summary[-1].endswith("undefined: undefinedCliThing")

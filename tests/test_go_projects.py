@@ -1,8 +1,8 @@
-"""Real Go project shapes: vendored modules, monorepos with replace directives,
-go.work workspaces.
+"""A corpus of synthetic Go projects, in the shapes real services come in.
 
-The test engine runs go with ``GOPROXY=off`` (no network here), so a build that
-tries to download a module fails; these projects must build from what the
+Each project is generated here (no third-party code), built through the flow for
+linux/amd64 and linux/arm64, and its amd64 binary is run. The test engine runs
+go with ``GOPROXY=off`` (no network here), so a project must build from what the
 source holds, as plain ``go build`` does in the same checkout.
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import platform
 import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,8 @@ import pytest
 from flows.build import multistage_build
 from tasks.params import ParamsError, parse_params
 from tests.dagger_test_engine.server import TestEngine
-from tests.oci_check import extract_file
+from tests.gitrepo import commit_all
+from tests.oci_check import ELF_AARCH64, elf_machine, extract_file
 from tests.prefect_fixtures import PrefectAPI
 
 pytestmark = pytest.mark.skipif(
@@ -49,6 +52,7 @@ func TestGreeting(t *testing.T) {
 \t}
 }
 """
+GOMOD = "module {name}\n\ngo 1.22\n"
 
 
 def write(root: Path, files: dict[str, str]) -> Path:
@@ -59,78 +63,180 @@ def write(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
-def build(**params: Any):
-    return asyncio.run(multistage_build(**params, return_state=True))
+@dataclass
+class Project:
+    """A generated project: its files, the build parameters it needs, the app's
+    name, what its binary prints, and an optional step after writing (git)."""
+
+    files: dict[str, str]
+    output: str
+    params: dict[str, Any] = field(default_factory=dict)
+    app: str = ""
+    after: Callable[[Path], None] | None = None
 
 
-def run_image(tarball: Path, app: str, tmp: Path) -> str:
-    binary = extract_file(f"oci-archive:{tarball}", f"/usr/local/bin/{app}", tmp / f"{app}.bin")
-    return subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout
+def main_printing(text: str, imports: str = "", body: str = "") -> str:
+    imports = "\n".join(f'\t"{i}"' for i in ["fmt", *imports.split()] if i)
+    return (
+        f"package main\n\nimport (\n{imports}\n)\n\nvar version = \"dev\"\n\n"
+        f"func main() {{\n{body}\tfmt.Println({text}, version)\n}}\n"
+    )
 
 
-def test_vendored_module_builds_offline_from_vendor(
-    prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path
-) -> None:
-    src = write(
-        tmp_path / "vendored",
-        {
-            "go.mod": "module example.com/app\n\ngo 1.22\n\nrequire example.com/lib v1.0.0\n",
-            "go.sum": "",
+def tagged(constraint: str, flavour: str) -> str:
+    return f'//go:build {constraint}\n\npackage main\n\nconst flavour = "{flavour}"\n'
+
+
+CORPUS: dict[str, Project] = {
+    "vendored": Project(
+        files={
+            "go.mod": GOMOD.format(name="example.com/app") + "\nrequire example.com/lib v1.0.0\n",
             "main.go": MAIN,
             "vendor/modules.txt": "# example.com/lib v1.0.0\n## explicit\nexample.com/lib\n",
             "vendor/example.com/lib/lib.go": LIB,
         },
-    )
-    out = tmp_path / "v.tar"
-    state = build(source=str(src), version="1.0.0", output=str(out))
-    assert state.is_completed(), state.message
-    assert run_image(out, "vendored", tmp_path) == "hello from lib 1.0.0\n"
-    execs = dagger_engine.log.snapshot()["execs"]
-    assert ["go", "mod", "download"] not in execs  # nothing to download
-    assert {tuple(e[:2]) for e in execs} >= {("go", "vet"), ("go", "test"), ("go", "build")}
-
-
-def test_monorepo_module_with_replace_to_a_sibling(
-    prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path
-) -> None:
-    repo = write(
-        tmp_path / "mono",
-        {
-            "lib/go.mod": "module example.com/lib\n\ngo 1.22\n",
+        output="hello from lib",
+    ),
+    "embed": Project(
+        files={
+            "go.mod": GOMOD.format(name="example.com/embedder"),
+            "main.go": (
+                'package main\n\nimport (\n\t_ "embed"\n\t"fmt"\n\t"strings"\n)\n\n'
+                "//go:embed assets/greeting.txt\nvar greeting string\n\n"
+                'var version = "dev"\n\n'
+                "func main() { fmt.Println(strings.TrimSpace(greeting), version) }\n"
+            ),
+            "assets/greeting.txt": "embedded hello\n",
+        },
+        output="embedded hello",
+    ),
+    "cmd-layout-internal": Project(
+        files={
+            "go.mod": GOMOD.format(name="example.com/svc"),
+            "cmd/svc/main.go": main_printing(
+                "config.Name()", imports="example.com/svc/internal/config"
+            ),
+            "internal/config/config.go": 'package config\n\nfunc Name() string { return "svc" }\n',
+            "internal/config/config_test.go": (
+                'package config\n\nimport "testing"\n\n'
+                'func TestName(t *testing.T) { if Name() != "svc" { t.Fatal(Name()) } }\n'
+            ),
+        },
+        params={"main_package": "./cmd/svc", "app_name": "svc"},
+        output="svc",
+        app="svc",
+        after=lambda root: commit_and_add_untracked_binary(root),
+    ),
+    "build-tags": Project(
+        files={
+            "go.mod": GOMOD.format(name="example.com/tagged"),
+            "main.go": main_printing("flavour"),
+            "flavour_default.go": tagged("!premium", "basic"),
+            "flavour_premium.go": tagged("premium", "premium"),
+        },
+        params={"build_tags": ["premium"]},
+        output="premium",
+    ),
+    "sibling-replace": Project(
+        files={
+            "lib/go.mod": GOMOD.format(name="example.com/lib"),
             "lib/lib.go": LIB,
             "lib/lib_test.go": LIB_TEST,
             "services/api/go.mod": (
-                "module example.com/api\n\ngo 1.22\n\nrequire example.com/lib v0.0.0\n\n"
-                "replace example.com/lib => ../../lib\n"
+                GOMOD.format(name="example.com/api")
+                + "\nrequire example.com/lib v0.0.0\n\nreplace example.com/lib => ../../lib\n"
             ),
             "services/api/main.go": MAIN,
             "README.md": "monorepo root, no go.mod here\n",
         },
-    )
-    out = tmp_path / "m.tar"
-    state = build(source=str(repo), module_dir="services/api", version="2.0.0", output=str(out))
-    assert state.is_completed(), state.message
-    assert state.result().app == "api"  # named after the module directory
-    assert run_image(out, "api", tmp_path) == "hello from lib 2.0.0\n"
-
-
-def test_go_work_workspace(
-    prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path
-) -> None:
-    repo = write(
-        tmp_path / "ws",
-        {
+        params={"module_dir": "services/api"},
+        output="hello from lib",
+        app="api",  # named after the module directory
+    ),
+    "go-work": Project(
+        files={
             "go.work": "go 1.22\n\nuse (\n\t./app\n\t./lib\n)\n",
-            "lib/go.mod": "module example.com/lib\n\ngo 1.22\n",
+            "lib/go.mod": GOMOD.format(name="example.com/lib"),
             "lib/lib.go": LIB,
-            "app/go.mod": "module example.com/app\n\ngo 1.22\n",
+            "app/go.mod": GOMOD.format(name="example.com/app"),
             "app/main.go": MAIN,
         },
+        params={"module_dir": "app"},
+        output="hello from lib",
+        app="app",
+    ),
+    "dockerignore-nested-negated": Project(
+        files={
+            "go.mod": GOMOD.format(name="example.com/ctx"),
+            "main.go": main_printing("msg"),
+            "msg.go": 'package main\n\nconst msg = "context ok"\n',
+            # docs/ at the root is excluded, internal/docs is not (anchored);
+            # everything under testdata/ but the one re-included file.
+            ".dockerignore": "# build context\ndocs\ntestdata/**\n!testdata/keep.txt\n**/*.tmp\n",
+            "docs/broken.go": "package main\n\nthis does not compile\n",
+            "internal/docs/doc.go": "package docs\n\nconst Doc = 1\n",
+            "scratch/notes.tmp": "x\n",
+            "testdata/big.bin": "x" * 1000,
+            "testdata/keep.txt": "kept\n",
+        },
+        output="context ok",
+    ),
+}
+
+
+def commit_and_add_untracked_binary(root: Path) -> None:
+    """The tracked package cmd/svc, then the usual .gitignore line naming the binary
+    (``svc``, which also names the tracked directory), then a local build."""
+    commit_all(root, "init")
+    (root / ".gitignore").write_text("svc\n/bin/\n")
+    commit_all(root, "ignore the binary")
+    (root / "svc").write_bytes(b"\x7fELF a stale local build\n")  # untracked, ignored
+
+
+def build(**params: Any):
+    return asyncio.run(multistage_build(**params, return_state=True))
+
+
+def extract(tarball: Path, app: str, arch: str, dest: Path) -> Path:
+    return extract_file(f"oci-archive:{tarball}", f"/usr/local/bin/{app}", dest, arch)
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_corpus_project_builds_for_amd64_and_arm64_and_runs(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path, name: str
+) -> None:
+    project = CORPUS[name]
+    root = write(tmp_path / name, project.files)
+    if project.after:
+        project.after(root)
+    out = tmp_path / f"{name}.tar"
+    state = build(
+        source=str(root),
+        version="1.0.0",
+        output=str(out),
+        platforms=["linux/amd64", "linux/arm64"],
+        **project.params,
     )
-    out = tmp_path / "w.tar"
-    state = build(source=str(repo), module_dir="app", version="3.0.0", output=str(out))
     assert state.is_completed(), state.message
-    assert run_image(out, "app", tmp_path) == "hello from lib 3.0.0\n"
+    app = project.app or name
+    assert state.result().app == app
+    amd64 = extract(out, app, "amd64", tmp_path / "amd64.bin")
+    printed = subprocess.run([str(amd64)], capture_output=True, text=True, check=True).stdout
+    assert printed == f"{project.output} 1.0.0\n"
+    assert elf_machine(extract(out, app, "arm64", tmp_path / "arm64.bin")) == ELF_AARCH64
+
+
+def test_vendored_build_downloads_nothing_and_still_vets_and_tests(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path
+) -> None:
+    # A source of its own, so the engine's exec cache cannot answer for go vet/test.
+    files = {**CORPUS["vendored"].files, "extra.go": "package main\n\nconst extra = 1\n"}
+    root = write(tmp_path / "vendored", files)
+    state = build(source=str(root), version="1.0.1", output=str(tmp_path / "v.tar"))
+    assert state.is_completed(), state.message
+    execs = dagger_engine.log.snapshot()["execs"]
+    assert ["go", "mod", "download"] not in execs  # nothing to download
+    assert {tuple(e[:2]) for e in execs} >= {("go", "vet"), ("go", "test"), ("go", "build")}
 
 
 def test_module_dir_is_checked_before_any_engine_work(tmp_path: Path) -> None:
