@@ -21,10 +21,15 @@ from tasks.preflight import ENGINE_HELP, EngineUnavailable, preflight
 ENGINE_LIMIT_DEFAULT = 2
 
 
-async def ensure_engine_limit(name: str) -> None:
+ENGINE_LEASE_SECONDS_DEFAULT = 60.0  # the least the Prefect server accepts
+
+
+async def ensure_engine_limit(name: str) -> tuple[int, int]:
     """Create the global concurrency limit on first use (Prefect ignores a missing
     one, which would silently mean "unlimited"). An existing limit is left as it
-    is, so operators can resize it with ``prefect gcl update`` or the UI."""
+    is, so operators can resize it with ``prefect gcl update`` or the UI.
+
+    -> (slots in use, slots in all), for telling the user why a run waits."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -32,24 +37,39 @@ async def ensure_engine_limit(name: str) -> None:
     limit = int(os.environ.get("GOBUILD_ENGINE_CONCURRENCY", ENGINE_LIMIT_DEFAULT))
     async with get_client() as client:
         try:
-            await client.read_global_concurrency_limit_by_name(name)
+            found = await client.read_global_concurrency_limit_by_name(name)
+            return found.active_slots, found.limit
         except ObjectNotFound:
             with contextlib.suppress(ObjectAlreadyExists):  # another run created it first
                 await client.create_global_concurrency_limit(
                     GlobalConcurrencyLimitCreate(name=name, limit=limit)
                 )
+            return 0, limit
 
 
 @asynccontextmanager
 async def engine_slot() -> AsyncIterator[None]:
     """Hold one slot of the ``gobuild-engine`` global concurrency limit (name from
     ``GOBUILD_ENGINE_LIMIT``) while a build uses the engine and the registry, so that
-    simultaneous triggers queue instead of overloading one engine."""
+    simultaneous triggers queue instead of overloading one engine.
+
+    The slot is a lease the run renews while it lives (``GOBUILD_ENGINE_LEASE_SECONDS``,
+    default 60 s, the least the Prefect server accepts): when the process holding
+    it dies, the server takes the slot back once the lease runs out (plus its
+    repossessor's 15 s loop), instead of after Prefect's default of five minutes.
+    """
     from prefect.concurrency.asyncio import concurrency
+    from prefect.logging import get_run_logger
 
     name = os.environ.get("GOBUILD_ENGINE_LIMIT", "gobuild-engine")
-    await ensure_engine_limit(name)
-    async with concurrency(name, occupy=1, strict=True):
+    in_use, slots = await ensure_engine_limit(name)
+    if in_use >= slots:
+        with contextlib.suppress(Exception):  # outside a run there is no run logger
+            get_run_logger().info(
+                "waiting for an engine slot (%d of %d in use; limit %r)", in_use, slots, name
+            )
+    lease = float(os.environ.get("GOBUILD_ENGINE_LEASE_SECONDS", ENGINE_LEASE_SECONDS_DEFAULT))
+    async with concurrency(name, occupy=1, strict=True, lease_duration=lease):
         yield
 
 

@@ -474,3 +474,45 @@ def test_cli_failure_is_one_line_with_stage_and_output_and_no_traceback(
     assert summary[0].startswith('error: build failed in compile linux/amd64: process "go')
     assert "--- last lines of stderr ---" in summary
     assert summary[-1].endswith("undefined: undefinedCliThing")
+
+
+def test_a_run_waiting_for_an_engine_slot_says_so(
+    prefect_api: PrefectAPI,
+    dagger_engine: TestEngine,
+    hello_go: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.concurrency.asyncio import concurrency
+
+    from tasks.session import ensure_engine_limit
+
+    monkeypatch.setenv("GOBUILD_ENGINE_LIMIT", "gobuild-wait-test")
+    monkeypatch.setenv("GOBUILD_ENGINE_CONCURRENCY", "1")
+
+    async def scenario():
+        await ensure_engine_limit("gobuild-wait-test")
+        async with concurrency("gobuild-wait-test", occupy=1, strict=True):  # another build
+            run = asyncio.create_task(
+                multistage_build(
+                    source=str(hello_go),
+                    version="8.0.0",
+                    output=str(tmp_path / "w.tar"),
+                    run_checks=False,
+                    return_state=True,
+                )
+            )
+            await asyncio.sleep(4)
+            assert not run.done()  # it waits for the slot
+        return await run
+
+    state = asyncio.run(scenario())
+    assert state.is_completed(), state.message
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(
+                flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    assert any("waiting for an engine slot (1 of 1 in use" in entry.message for entry in logs)
