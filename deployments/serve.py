@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from deployments.config import ConfigError, NightlyConfig, load_nightly_config
 
@@ -101,6 +101,8 @@ def build_deployments(
         **common,
     )
     deployments = [nightly, on_demand, on_push]
+    for deployment in deployments:
+        closed_parameters(deployment)
     if test_interval_seconds:
         # TEST ONLY: the nightly parameters on a short interval, so that tests can
         # watch scheduled runs happen without waiting for 02:00. It starts paused, so
@@ -120,6 +122,21 @@ def build_deployments(
             )
         )
     return deployments
+
+
+def closed_parameters(deployment: Any) -> None:
+    """Give the deployment's parameter schema ``additionalProperties: false``, so
+    that the server refuses a run with a misspelled parameter name (409) when it is
+    created, instead of accepting a run that crashes when the flow is called."""
+    from prefect.utilities.callables import ParameterSchema
+
+    class ClosedParameterSchema(ParameterSchema):
+        additionalProperties: bool = False  # the JSON-schema keyword
+
+    schema = deployment._parameter_openapi_schema
+    deployment._parameter_openapi_schema = ClosedParameterSchema(
+        **schema.model_dump(exclude_unset=True), additionalProperties=False
+    )
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -9,6 +9,14 @@ caches are cache volumes that outlive each build.
 The task's result is the binary's bytes, persisted by Prefect under a key made of
 everything that determines them, so a later run with the same inputs is served
 from Prefect's result storage even when the engine's own cache is gone.
+
+Module proxies and private modules: ``go_env`` (GOPROXY, GOPRIVATE, ...) is set in
+the builder before ``go mod download``; credentials from ``go_auth_secret_block``
+are mounted as a Dagger secret file, ``/root/.netrc``, which the go command (and
+git, for direct fetches) reads. A secret mount is not part of the container's
+filesystem (core/container.go keeps it in ``Secrets``, beside the rootfs, and
+mounts it per exec), so the binary exported from the builder and the runtime
+image built from that binary never contain it.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from pydantic import BaseModel
 
 from tasks.params import BuildParams, goenv
 from tasks.retries import retry_options
+from tasks.secrets import GoAuth, load_secret_block, parse_go_auth
 from tasks.session import engine_ready
 from tasks.source import SourceInfo, git_token, source_directory
 
@@ -34,6 +43,13 @@ GOMODCACHE = "/go/pkg/mod"
 GOCACHE = "/root/.cache/go-build"
 SRC = "/src"
 OUT = "/out"
+# HOME of the golang images' root user: where go (GOAUTH's default, netrc) and git
+# look for credentials.
+NETRC = "/root/.netrc"
+# Each password alone, also mounted as a secret: the engine scrubs a secret's
+# value from exec output only whole (engine/engineutil/secret_scrub.go), so the
+# .netrc's text as one value would not cover a password printed on its own.
+SCRUB_DIR = "/run/secrets/gobuild-go-auth"
 _CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
 
@@ -55,8 +71,32 @@ def module_path(params: BuildParams) -> str:
     return SRC if params.module_dir in ("", ".") else f"{SRC}/{params.module_dir}"
 
 
+def go_flags(params: BuildParams, *, vendored: bool) -> str:
+    """The build's ``-mod`` flag, then the user's GOFLAGS (which may not set -mod)."""
+    mod = "-mod=vendor" if vendored else "-mod=readonly"
+    return " ".join([mod, *params.go_env.get("GOFLAGS", "").split()])
+
+
+def with_go_auth(ctr: dagger.Container, auth: GoAuth) -> dagger.Container:
+    """Mount the credentials as Dagger secrets: the .netrc, and each password alone
+    so that the engine scrubs it from the output of every exec that follows.
+
+    Secret names are fixed words, never derived from the values: a name is not
+    secret, and the engine shows it in its traces.
+    """
+    ctr = ctr.with_mounted_secret(NETRC, dag.set_secret("gobuild-go-netrc", auth.netrc()))
+    for n, entry in enumerate(auth.entries):
+        name = f"gobuild-go-auth-{n}"
+        ctr = ctr.with_mounted_secret(f"{SCRUB_DIR}/{n}", dag.set_secret(name, entry.password))
+    return ctr
+
+
 def builder(
-    src: dagger.Directory, params: BuildParams, *, vendored: bool = False
+    src: dagger.Directory,
+    params: BuildParams,
+    *,
+    vendored: bool = False,
+    auth: GoAuth | None = None,
 ) -> dagger.Container:
     """The golang stage up to (and including) the optional vet + test gate.
 
@@ -67,6 +107,11 @@ def builder(
     go.mod/go.sum files alone before the rest of the source is copied, so the
     download is cached apart from code changes, and ``-mod=readonly`` keeps a
     stale go.sum from being rewritten silently.
+
+    ``params.go_env`` is set before the download. The credentials in ``auth`` stay
+    mounted for vet, test and build too, since any later go command fetches what
+    ``go mod download`` did not cover; they are secret mounts, so they are in no
+    layer of the builder and in nothing exported from it.
     """
     ctr = (
         dag.container()
@@ -76,9 +121,14 @@ def builder(
         .with_env_variable("GOMODCACHE", GOMODCACHE)
         .with_env_variable("GOCACHE", GOCACHE)
         .with_env_variable("CGO_ENABLED", "0")
-        .with_env_variable("GOFLAGS", "-mod=vendor" if vendored else "-mod=readonly")
-        .with_workdir(module_path(params))
+        .with_env_variable("GOFLAGS", go_flags(params, vendored=vendored))
     )
+    for key, value in sorted(params.go_env.items()):
+        if key != "GOFLAGS":
+            ctr = ctr.with_env_variable(key, value)
+    if auth is not None:
+        ctr = with_go_auth(ctr, auth)
+    ctr = ctr.with_workdir(module_path(params))
     if not vendored:
         ctr = ctr.with_directory(SRC, src, include=MODULE_FILES).with_exec(
             ["go", "mod", "download"]
@@ -137,7 +187,13 @@ def go_build_version(binary_data: bytes) -> str:
 
 
 def compile_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Everything that determines the binary, and this module's code."""
+    """Everything that determines the binary, and this module's code.
+
+    ``go_env`` is in it: a proxy may serve other code for a version go.sum does not
+    pin yet, and GOFLAGS can change the build. The credentials are not: go.sum
+    (in the source digest) pins every module's content, so who may download it
+    does not change the binary; neither does the Secret block's name.
+    """
     source: SourceInfo = parameters["source"]
     params: BuildParams = parameters["params"]
     determinants = {
@@ -156,11 +212,20 @@ def compile_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> st
                 "build_tags",
                 "run_checks",
                 "app_name",
+                "go_env",
             }
         ),
         "app": params.resolved_app_name(),
     }
     return hashlib.sha256(json.dumps(determinants, sort_keys=True).encode()).hexdigest()
+
+
+async def go_auth(params: BuildParams) -> GoAuth | None:
+    """The module credentials of ``go_auth_secret_block``, read at run time."""
+    if not params.go_auth_secret_block:
+        return None
+    value = await load_secret_block(params.go_auth_secret_block, "go_auth_secret_block")
+    return parse_go_auth(value, params.go_auth_secret_block)
 
 
 @task(
@@ -175,8 +240,9 @@ async def compile_binary(
 ) -> CompiledBinary:
     await engine_ready()
     token = await git_token(params) if source.kind == "git" else None
+    auth = await go_auth(params)
     src = source_directory(source, token)
-    builder_ctr = builder(src, params, vendored=await is_vendored(src, params))
+    builder_ctr = builder(src, params, vendored=await is_vendored(src, params), auth=auth)
     with tempfile.TemporaryDirectory(prefix="gobuild-") as tmp:
         path = Path(tmp, params.resolved_app_name())
         await binary(builder_ctr, params, platform, version).export(str(path))

@@ -41,6 +41,7 @@ from tasks.imageref import ImageRef, check_pinned_image, parse_image_ref, show
 __all__ = [
     "DEFAULT_BUILDER_IMAGE",
     "DEFAULT_RUNTIME_IMAGE",
+    "GO_ENV_KEYS",
     "SUPPORTED_PLATFORMS",
     "BuildParams",
     "ImageRef",
@@ -107,6 +108,25 @@ _GIT_SCHEMES = ("https", "http", "ssh", "git")
 _SHORT_SHA_RE = re.compile(r"[0-9a-f]{4,39}")
 _GIT_REF_FORBIDDEN = set(" ~^:?*[\\")
 _MAX_LABELS = 64
+# The Go settings a build may set: those that decide where and how modules are
+# fetched and verified (`go help environment`, `go help module-private`). The
+# build owns the rest (GOOS/GOARCH per platform, CGO_ENABLED, GOMODCACHE...).
+# GOAUTH is not here: it may run commands, and credentials come from
+# go_auth_secret_block as a mounted .netrc, which GOAUTH's default reads.
+GO_ENV_KEYS: tuple[str, ...] = (
+    "GOPROXY",
+    "GOPRIVATE",
+    "GONOPROXY",
+    "GONOSUMDB",
+    "GOSUMDB",
+    "GOINSECURE",
+    "GOFLAGS",
+    "GOVCS",
+)
+# Values that are lists of patterns or hosts: Go splits them on ',' (and GOPROXY
+# on '|'), never on spaces. GOFLAGS and GOSUMDB ("name+key url") take spaces.
+_GO_ENV_SPACED = {"GOFLAGS", "GOSUMDB"}
+_URL_IN_TEXT_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s,|]+")
 
 
 class ParamsError(ValueError):
@@ -168,6 +188,52 @@ def _check_local_source(source: str) -> None:
         )
     if not path.is_dir():
         raise ValueError(f"{show(source)} is not a directory")
+
+
+def _check_go_env_item(key: str, value: str) -> None:
+    """One go_env entry: a known key, a one-line value, no credentials."""
+    if key not in GO_ENV_KEYS:
+        if key == "GONOSUMCHECK":
+            hint = " (not a Go setting; use GONOSUMDB=<patterns> or GOSUMDB=off)"
+        elif key.upper() in GO_ENV_KEYS:
+            hint = f" (did you mean {key.upper()!r}?)"
+        elif key == "GOAUTH":
+            hint = " (credentials come from go_auth_secret_block, as a .netrc)"
+        else:
+            hint = ""
+        raise ValueError(
+            f"key {show(key)} is not allowed{hint}; allowed: {', '.join(GO_ENV_KEYS)}"
+        )
+    if any(not ch.isprintable() for ch in value):
+        raise ValueError(f"value of {key} must be one line without control characters")
+    if key not in _GO_ENV_SPACED and any(ch.isspace() for ch in value):
+        raise ValueError(f"value of {key} must not contain spaces (Go separates items with ',')")
+    for url in _URL_IN_TEXT_RE.findall(value):
+        try:
+            parts = urlsplit(url)
+            has_credentials = parts.username is not None or parts.password is not None
+        except ValueError:
+            raise ValueError(f"value of {key} has a malformed URL") from None
+        if has_credentials:
+            # Never echoed: the value holds a password. Parameters are stored in
+            # Prefect and shown in the UI; credentials go in a Secret block.
+            raise ValueError(
+                f"value of {key} embeds credentials in a URL (host {parts.hostname!r}); "
+                "remove them and name a Prefect Secret block holding a .netrc in "
+                "go_auth_secret_block"
+            )
+    if key == "GOFLAGS":
+        for flag in value.split():
+            if not flag.startswith("-"):
+                raise ValueError(
+                    f"GOFLAGS entry {show(flag)} is not a flag; each entry must be a "
+                    "standalone -flag or -flag=value"
+                )
+            if flag.lstrip("-").split("=", 1)[0] == "mod":
+                raise ValueError(
+                    f"GOFLAGS must not set {show(flag)}: the build sets -mod itself "
+                    "(-mod=readonly, or -mod=vendor for a vendored module)"
+                )
 
 
 def _relative_dir(value: str, what: str) -> str:
@@ -344,6 +410,27 @@ class BuildParams(BaseModel):
         default=True,
         title="Run checks",
         description="Run go vet and go test before building, and stop if they fail.",
+    )
+    go_env: dict[str, str] = Field(
+        default={},
+        title="Go environment",
+        description=(
+            "Go settings for fetching modules, set in the builder before `go mod download`: "
+            + ", ".join(GO_ENV_KEYS)
+            + ". E.g. {\"GOPROXY\": \"https://goproxy.corp.example\", "
+            "\"GOPRIVATE\": \"corp.example/*\"}. GOFLAGS is added to the build's own "
+            "-mod flag. No credentials here: use go_auth_secret_block."
+        ),
+    )
+    go_auth_secret_block: str = Field(
+        default="",
+        title="Go module credentials",
+        description=(
+            "Name of a Prefect Secret block with credentials for private modules: .netrc text "
+            "('machine HOST[:PORT] login USER password TOKEN'), or JSON {\"machine\", "
+            "\"login\", \"password\"} (or a list of them). Mounted in the builder as a "
+            "Dagger secret at /root/.netrc; Go sends it over HTTPS only."
+        ),
     )
     image_refs: list[str] = Field(
         default=[],
@@ -600,13 +687,20 @@ class BuildParams(BaseModel):
             raise ValueError(f"given, but source {show(source)} is not a git URL")
         return value
 
-    @field_validator("registry_secret_block")
+    @field_validator("registry_secret_block", "go_auth_secret_block")
     @classmethod
     def _valid_block_name(cls, value: str) -> str:
         if value and not _BLOCK_NAME_RE.fullmatch(value):
             raise ValueError(
                 f"{show(value)} is not a Prefect block name (lowercase letters, digits and '-')"
             )
+        return value
+
+    @field_validator("go_env")
+    @classmethod
+    def _valid_go_env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, text in value.items():
+            _check_go_env_item(key, text)
         return value
 
     @field_validator("output")

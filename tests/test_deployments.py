@@ -341,7 +341,7 @@ def test_cli_deployment_run_with_watch_completes(
     assert binary_version(out, "hello-go", tmp_path / "x") == "hello-go 1.0.0"
 
 
-def test_rest_create_flow_run_completes_and_wrong_types_are_rejected(
+def test_rest_create_flow_run_completes_and_wrong_types_and_names_are_rejected(
     prefect_server: PrefectServer, served: Served, tmp_path: Path
 ) -> None:
     dep = served.deployment_ids["on-demand"]
@@ -358,6 +358,7 @@ def test_rest_create_flow_run_completes_and_wrong_types_are_rejected(
             ({"run_checks": "maybe"}, "run_checks"),
             ({"platforms": "linux/amd64"}, "platforms"),
             ({"labels": ["a=b"]}, "labels"),
+            ({"platfroms": ["linux/amd64"]}, "platfroms"),  # a misspelled name
         ):
             r = api.post(
                 f"/deployments/{dep}/create_flow_run",

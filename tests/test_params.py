@@ -100,7 +100,7 @@ def test_parse_params_rejects_default_source_outside_a_module(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ParamsError, match=r"^source: '\.' has no go\.mod"):
+    with pytest.raises(ParamsError, match=r"^module_dir: source '\.' has no go\.mod"):
         parse_params({})
 
 
@@ -143,7 +143,9 @@ BAD: list[Any] = [
     pytest.param(
         lambda t: {"source": str(t / "nope")}, "source", "does not exist", id="source-missing"
     ),
-    pytest.param(lambda t: {"source": _empty_dir(t)}, "source", "has no go.mod", id="no-gomod"),
+    pytest.param(
+        lambda t: {"source": _empty_dir(t)}, "module_dir", "has no go.mod", id="no-gomod"
+    ),
     pytest.param(lambda t: {"source": _file(t)}, "source", "is not a directory", id="source-file"),
     pytest.param(
         lambda t: {"source": "file:///srv/git/app.git"},

@@ -98,6 +98,24 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class SecretMount:
+    """A secret a container's execs see (core/container.go ``ContainerSecret``):
+    a file at ``path``, or the environment variable ``env``. It lives beside the
+    rootfs, never in it: only execs see it (core/container_exec.go ~888-907
+    mounts it per exec), so exports, ``file``/``directory``/``rootfs`` never
+    contain it, and ``envVariables`` never lists it."""
+
+    secret: Secret
+    path: str = ""  # normalized container path, no leading "/"
+    env: str = ""
+    mode: int = 0o400
+
+    @property
+    def plaintext(self) -> str:
+        return self.secret.value()[1]
+
+
+@dataclass(frozen=True)
 class ContainerState:
     platform: str
     rootfs: Tree = field(default_factory=lambda: fs.EMPTY)
@@ -111,6 +129,7 @@ class ContainerState:
     exposed_ports: tuple[str, ...] = ()
     mounts: tuple[Mount, ...] = ()
     registry_auth: tuple[tuple[str, str, str], ...] = ()  # (address, username, secret id)
+    secrets: tuple[SecretMount, ...] = ()
     last_exec: tuple[str, str, int] | None = None
 
     def env_dict(self) -> dict[str, str]:
@@ -667,13 +686,55 @@ class Container(Obj):
             lambda s: replace(s, mounts=(*[m for m in s.mounts if m.path != mount.path], mount)),
         )
 
-    def f_withoutMount(self, path: str, expand: bool = False) -> Container:
-        key = fs.norm(path)
+    def f_withMountedSecret(
+        self, path: str, source: str, owner: str = "", mode: int = 0o400, expand: bool = False
+    ) -> Container:
+        """core/schema/container.go withMountedSecret -> core/container.go
+        WithMountedSecret: the secret joins ``container.Secrets`` with its path
+        (relative to the workdir) and mode (default 0400); it is not a rootfs
+        change. ``owner`` needs user lookup, which this engine does not model."""
+        _unsupported({"owner": owner, "expand": expand}, owner="", expand=False)
+        secret = self.engine.load(source, Secret)
+
+        def fn(s: ContainerState) -> ContainerState:
+            key = fs.norm(self._abs(s, path))
+            mount = SecretMount(secret, path=key, mode=mode)
+            kept = tuple(m for m in s.secrets if m.path != key)
+            return replace(s, secrets=(*kept, mount))
+
+        return self._derive("withMountedSecret", {"path": path, "source": source, "m": mode}, fn)
+
+    def f_withSecretVariable(self, name: str, secret: str) -> Container:
+        """core/container.go WithSecretVariable: an exec-time variable, replacing
+        a secret variable of the same name; never in the image config."""
+        src = self.engine.load(secret, Secret)
+
+        def fn(s: ContainerState) -> ContainerState:
+            kept = tuple(m for m in s.secrets if m.env != name)
+            return replace(s, secrets=(*kept, SecretMount(src, env=name)))
+
+        return self._derive("withSecretVariable", {"name": name, "secret": secret}, fn)
+
+    def f_withoutSecretVariable(self, name: str) -> Container:
         return self._derive(
-            "withoutMount",
-            {"path": path},
-            lambda s: replace(s, mounts=tuple(m for m in s.mounts if m.path != key)),
+            "withoutSecretVariable",
+            {"name": name},
+            lambda s: replace(s, secrets=tuple(m for m in s.secrets if m.env != name)),
         )
+
+    def f_withoutMount(self, path: str, expand: bool = False) -> Container:
+        """Removes a mount at ``path``, and a secret mounted there (core/container.go
+        WithoutMount removes from both ``Mounts`` and ``Secrets``)."""
+
+        def fn(s: ContainerState) -> ContainerState:
+            key = fs.norm(self._abs(s, path))
+            return replace(
+                s,
+                mounts=tuple(m for m in s.mounts if m.path != key),
+                secrets=tuple(m for m in s.secrets if not m.path or m.path != key),
+            )
+
+        return self._derive("withoutMount", {"path": path}, fn)
 
     def f_rootfs(self) -> Directory:
         return self.child(Directory, "rootfs", {}, lambda: self.state().rootfs)
@@ -1045,6 +1106,10 @@ class Engine:
         self.store = BlobStore(self.state_dir / "blobs")
         self.cache_dir = self.state_dir / "cache-volumes"
         self.salt = base64.b64encode(os.urandom(12)).decode()
+        # PEM certificates the engine trusts besides the system's, as a real engine
+        # configured with custom CAs does (its own /usr/local/share/ca-certificates);
+        # execs see them (execution.py), images never contain them.
+        self.custom_ca_certs: list[str] = []
         self._objects: dict[str, Obj] = {}
         self._lock = threading.Lock()
         self._fresh = itertools.count()

