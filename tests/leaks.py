@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,17 @@ def assert_not_leaked(
     db_file = Path(db_url.split("///", 1)[1])
     assert db_file.exists()
     haystacks = {"database": b"".join(p.read_bytes() for p in db_file.parent.glob("*.db*"))}
+    deadline = time.monotonic() + 20  # logs reach the API in batches, asynchronously
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(
-            log_filter=LogFilter(
-                flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
+        while True:
+            logs = client.read_logs(
+                log_filter=LogFilter(
+                    flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
+                )
             )
-        )
+            if logs or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         all_artifacts = client.read_artifacts()
     assert logs, "expected the run's logs in the API"
     haystacks["logs"] = "\n".join(entry.message for entry in logs).encode()
