@@ -36,7 +36,7 @@ from tasks.source import SourceInfo
 from tests.dagger_test_engine.server import TestEngine
 from tests.goproxy import GoModuleProxy
 from tests.leaks import assert_not_leaked
-from tests.oci_check import extract_file
+from tests.oci_check import ELF_AARCH64, elf_machine, extract_file
 from tests.prefect_fixtures import PrefectAPI
 from tests.real_engine import Engine
 from tests.test_build_flow import artifacts, task_runs
@@ -170,11 +170,18 @@ def test_private_module_from_an_authenticated_proxy_builds_and_runs(
         go_auth_secret_block="go-proxy-netrc",
         version="1.0.0",
         output=str(out),
+        platforms=["linux/amd64", "linux/arm64"],
     )
     assert state.is_completed(), state.message
-    binary = extract_file(f"oci-archive:{out}", "/usr/local/bin/modapp", tmp_path / "bin")
+    binary = extract_file(
+        f"oci-archive:{out}", "/usr/local/bin/modapp", tmp_path / "bin", "amd64"
+    )
     ran = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout
     assert ran == "hello from public and private v1.0.0 1.0.0\n"
+    arm64 = extract_file(
+        f"oci-archive:{out}", "/usr/local/bin/modapp", tmp_path / "arm64", "arm64"
+    )
+    assert elf_machine(arm64) == ELF_AARCH64
 
     # The private module was served to the credentials, and only to them.
     private = [(status, user) for _, path, status, user in goproxy.requests if PRIVATE in path]
