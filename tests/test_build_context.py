@@ -1,4 +1,4 @@
-"""The build context of a local source (``tasks/context.py``): Docker's reading of
+"""The build context (``tasks/context.py``, ``tasks/dockerignore.py``): Docker's reading of
 ``.dockerignore``, git's reading of ``.gitignore``, and the engine receiving exactly
 the files the source digest covers.
 
@@ -21,12 +21,11 @@ import dagger
 import pytest
 from dagger import dag
 
-from tasks.context import (
+from tasks.context import build_context, context_files
+from tasks.dockerignore import (
     Pattern,
     PatternError,
     PatternMatcher,
-    build_context,
-    context_files,
     for_engine,
     go_clean,
     literal,
