@@ -39,16 +39,19 @@ from tasks.source import load_source
 
 
 async def multistage_build(**parameters: Any) -> BuildResult:
-    params = parse_params(_defaults_resolved(parameters))  # one line per bad field, no engine work
-    stages = Stages(refresh=params.force_rebuild)
+    stages = Stages(current="parameters")
+    params = None
     try:
+        params = parse_params(_defaults_resolved(parameters))  # one line per bad field
+        stages.refresh = params.force_rebuild
+        stages.current = "engine slot"
         async with EngineScope() as engine:
             if params.is_git_source:
-                await engine.open()  # the engine resolves the ref
+                await stages.connect(engine)  # the engine resolves the ref
             source = await stages.run("load source", load_source, params)
             version = params.resolved_version()
             if not await served_from_cache(params, source, version):
-                await engine.open()  # a no-op build never connects
+                await stages.connect(engine)  # a no-op build never connects
             binaries = await asyncio.gather(
                 *(
                     stages.run(f"compile {p}", compile_binary, source, params, p, version)
@@ -68,7 +71,7 @@ async def multistage_build(**parameters: Any) -> BuildResult:
             published = await stages.run("publish", publish_image, params, image, source)
     except BaseException as exc:
         exc.gobuild_stage = stages.current  # type: ignore[attr-defined]  # for the CLI
-        await report_failure(params, stages.current, exc)
+        await report_failure(params or _unchecked(parameters), stages.current, exc)
         raise
     result = BuildResult.collect(params, version, source, binaries, image, published, stages)
     await report_success(result)
@@ -76,6 +79,19 @@ async def multistage_build(**parameters: Any) -> BuildResult:
 
 
 CLI_TAIL_LINES = 20
+
+
+def _unchecked(parameters: dict[str, Any]) -> BuildParams:
+    """Parameters that failed validation, as far as a failure report needs them
+    (the app's name); never used to build anything."""
+    fields = BuildParams.model_fields
+    known = {k: v for k, v in _defaults_resolved(parameters).items() if k in fields}
+    try:
+        unchecked = BuildParams.model_construct(**known)
+        unchecked.resolved_app_name()
+        return unchecked
+    except Exception:
+        return BuildParams.model_construct(app_name="unknown")
 
 
 def _defaults_resolved(parameters: dict[str, Any]) -> dict[str, Any]:

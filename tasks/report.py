@@ -179,6 +179,12 @@ class Stages:
     records: list[StageRecord] = field(default_factory=list)
     current: str = "start"
 
+    async def connect(self, engine: Any) -> None:
+        """Open the engine session, so a failure there is reported as the
+        connection's, not as the stage that ran before it."""
+        self.current = "engine connection"
+        await engine.open()
+
     async def run(
         self, name: str, task: Any, *args: Any, valid: Callable[[Any], bool] | None = None
     ) -> Any:

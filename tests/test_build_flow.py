@@ -516,3 +516,30 @@ def test_a_run_waiting_for_an_engine_slot_says_so(
             )
         )
     assert any("waiting for an engine slot (1 of 1 in use" in entry.message for entry in logs)
+
+
+def test_bad_parameters_and_a_dead_engine_are_reported_where_they_failed(
+    prefect_api: PrefectAPI,
+    dagger_engine: TestEngine,
+    hello_go: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    state = build(source=str(hello_go), app_name="badparams", platforms=["linux/sparc"])
+    assert state.is_failed()
+    arts = {a.key: a for a in artifacts(state.state_details.flow_run_id) if a.key}
+    assert "failed in parameters" in arts["build-badparams-failure"].data
+    assert "linux/sparc" in arts["build-badparams-failure"].data
+    [event] = events("gobuild.build.failed", {"app": "badparams"})
+    assert event.payload["stage"] == "parameters"
+
+    # A source no cache knows, and no engine: the connection is what failed.
+    app = tmp_path / "deadengine"
+    shutil.copytree(hello_go, app)
+    monkeypatch.setenv("DAGGER_SESSION_PORT", str(free_port()))
+    state = build(source=str(app), output=str(tmp_path / "d.tar"))
+    assert state.is_failed()
+    [event] = events("gobuild.build.failed", {"app": "deadengine"})
+    assert event.payload["stage"] == "engine connection", event.payload
+    loads = [r for r in task_runs(state.state_details.flow_run_id) if r.name.startswith("load")]
+    assert [r.state.name for r in loads] == ["Completed"]
