@@ -66,10 +66,13 @@ def build_deployments(
         "nightly",
         schedules=[Cron(config.cron, timezone=config.timezone)],
         parameters=config.parameters,
+        # No "*" but the cron's own (each between spaces): the UI renders Markdown,
+        # and a "GOBUILD_NIGHTLY_*" next to the cron turned into emphasis there.
         description=(
-            f"Nightly build ({config.cron}, {config.timezone}) of "
-            f"{config.parameters['source']}; configured in deployments/nightly.toml "
-            "or GOBUILD_NIGHTLY_* variables."
+            f"Nightly build of {config.parameters['source']}, on cron '{config.cron}' "
+            f"({config.timezone}); configured in deployments/nightly.toml or the "
+            "GOBUILD_NIGHTLY_SOURCE, GOBUILD_NIGHTLY_CRON, GOBUILD_NIGHTLY_TZ and other "
+            "GOBUILD_NIGHTLY_ variables."
         ),
         tags=["gobuild", "nightly"],
         **common,

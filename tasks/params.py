@@ -364,7 +364,7 @@ class BuildParams(BaseModel):
         default="",
         title="Version",
         description=(
-            "Version stamped into the binary. Empty uses `git describe --tags --always --dirty` "
+            "Version stamped into the binary. Empty uses 'git describe --tags --always --dirty' "
             "for a local git checkout, else 'dev'."
         ),
     )
@@ -415,7 +415,7 @@ class BuildParams(BaseModel):
         default={},
         title="Go environment",
         description=(
-            "Go settings for fetching modules, set in the builder before `go mod download`: "
+            "Go settings for fetching modules, set in the builder before 'go mod download': "
             + ", ".join(GO_ENV_KEYS)
             + ". E.g. {\"GOPROXY\": \"https://goproxy.corp.example\", "
             "\"GOPRIVATE\": \"corp.example/*\"}. GOFLAGS is added to the build's own "
@@ -444,7 +444,7 @@ class BuildParams(BaseModel):
     tag_commit: bool = Field(
         default=False,
         title="Tag with commit",
-        description="Also push each image as sha-<short commit>.",
+        description="Also push each image as sha-COMMIT (the first 7 characters of the commit).",
     )
     tag_nightly: bool = Field(
         default=False,
@@ -467,7 +467,10 @@ class BuildParams(BaseModel):
     output: str = Field(
         default="",
         title="Output tarball",
-        description="Path of the exported OCI tarball (.tar); empty: build/<app_name>.oci.tar.",
+        description=(
+            "Path of the exported OCI tarball (.tar); empty: build/APP.oci.tar, APP being "
+            "the app name."
+        ),
     )
     labels: dict[str, str] = Field(
         default={},
