@@ -105,7 +105,7 @@ def build_deployments(
     )
     deployments = [nightly, on_demand, on_push]
     for deployment in deployments:
-        closed_parameters(deployment)
+        closed_parameters(deployment, required=("source",) if deployment is on_demand else ())
     if test_interval_seconds:
         # TEST ONLY: the nightly parameters on a short interval, so that tests can
         # watch scheduled runs happen without waiting for 02:00. It starts paused, so
@@ -127,18 +127,25 @@ def build_deployments(
     return deployments
 
 
-def closed_parameters(deployment: Any) -> None:
+def closed_parameters(deployment: Any, required: tuple[str, ...] = ()) -> None:
     """Give the deployment's parameter schema ``additionalProperties: false``, so
     that the server refuses a run with a misspelled parameter name (409) when it is
-    created, instead of accepting a run that crashes when the flow is called."""
+    created, instead of accepting a run that crashes when the flow is called.
+
+    ``required`` parameters lose their default: an on-demand run must name its
+    source (the flow's default ".", the serving process's directory, is never what
+    a user clicking "Quick run" means)."""
     from prefect.utilities.callables import ParameterSchema
 
     class ClosedParameterSchema(ParameterSchema):
         additionalProperties: bool = False  # the JSON-schema keyword
 
-    schema = deployment._parameter_openapi_schema
+    schema = deployment._parameter_openapi_schema.model_dump(exclude_unset=True)
+    for name in required:
+        schema.get("properties", {}).get(name, {}).pop("default", None)
+    schema["required"] = sorted({*schema.get("required", []), *required})
     deployment._parameter_openapi_schema = ClosedParameterSchema(
-        **schema.model_dump(exclude_unset=True), additionalProperties=False
+        **schema, additionalProperties=False
     )
 
 

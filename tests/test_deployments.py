@@ -298,12 +298,15 @@ def test_parameter_schema_has_title_description_and_default_for_every_field(
             schema = dep["parameter_openapi_schema"]
             props = schema["properties"]
             assert set(props) == set(BuildParams.model_fields), name
+            required = ["source"] if name == "on-demand" else []
             for field, prop in props.items():
                 where = f"{name}: {field}"
                 assert prop.get("title") and prop["title"] != field, where
                 assert prop.get("description"), where
-                assert "default" in prop, where
-            assert not schema.get("required"), name
+                assert ("default" in prop) is (field not in required), where
+                assert not set("<>`") & set(prop["description"]), where  # renders in both UIs
+            assert schema.get("required", []) == required, name
+            assert schema.get("additionalProperties") is False, name
 
 
 def test_cli_deployment_run_with_watch_completes(
