@@ -19,6 +19,7 @@ if __name__ == "__main__":  # before Prefect is imported: its settings read the 
 
 import argparse
 import asyncio
+import contextlib
 import inspect
 import logging
 from typing import Any
@@ -70,7 +71,8 @@ async def multistage_build(**parameters: Any) -> BuildResult:
             place_output(image, params.resolved_output())
             published = await stages.run("publish", publish_image, params, image, source)
     except BaseException as exc:
-        exc.gobuild_stage = stages.current  # type: ignore[attr-defined]  # for the CLI
+        with contextlib.suppress(AttributeError):  # for the CLI's summary
+            exc.gobuild_stage = stages.current  # type: ignore[attr-defined]
         await report_failure(params or _unchecked(parameters), stages.current, exc)
         raise
     result = BuildResult.collect(params, version, source, binaries, image, published, stages)
