@@ -19,6 +19,13 @@ run in a subprocess of its own. Teams that run workers use ``prefect.yaml`` inst
 the ``gobuild-engine`` global concurrency limit (see ``tasks/session.py``), so
 simultaneous triggers queue for the engine instead of overloading it.
 
+A run whose process dies (the serving process killed, a machine lost) stops
+sending heartbeats (every 30 s here, ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``); an
+automation registered with the deployments marks such a run Crashed once none has
+come for ``GOBUILD_HEARTBEAT_GRACE_SECONDS`` (default 90 s), and its engine slot,
+a lease, returns once the lease runs out. Rerunning it resumes from the stages
+Prefect had cached.
+
 The configuration is validated before anything is registered: a bad one is a
 one-line error and exit status 2.
 """
@@ -26,6 +33,7 @@ one-line error and exit status 2.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -39,6 +47,15 @@ if TYPE_CHECKING:
 # engine slot. Each waiting run is a Python process, hence a cap; it must stay above
 # the engine limit, or the runner (not the engine limit) would decide what queues.
 DEFAULT_SERVE_LIMIT = 8
+
+HEARTBEAT_SECONDS = "30"  # Prefect's minimum; its default is 180
+HEARTBEAT_GRACE_SECONDS = 90.0
+CRASH_AUTOMATION = "gobuild: mark builds whose heartbeats stopped as Crashed"
+FLOW_NAME = "multistage-build"
+# A run that reached any of these states has ended; only heartbeats that stop
+# without one of them mean a dead process ("Cancelling" is not here: cancelling a
+# dead run must end it too).
+FINAL_EVENTS = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")}
 
 PUSH_EVENT = "git.push"
 # Jinja, rendered by the Prefect server when the automation fires. A single
@@ -149,6 +166,49 @@ def closed_parameters(deployment: Any, required: tuple[str, ...] = ()) -> None:
     )
 
 
+async def register_crash_automation(grace_seconds: float) -> None:
+    """(Re)create the automation that ends runs whose process died: a proactive
+    trigger on the absence of heartbeats (Prefect's recipe for zombie runs),
+    limited to this flow's runs, one per run."""
+    from datetime import timedelta
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    automation = AutomationCore(
+        name=CRASH_AUTOMATION,
+        description=(
+            "A multistage-build run that sent no heartbeat for "
+            f"{grace_seconds:g} s, and did not end, lost its process: mark it Crashed."
+        ),
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", *FINAL_EVENTS},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={"prefect.resource.role": "flow", "prefect.resource.name": FLOW_NAME},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=grace_seconds),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=(
+                    f"no heartbeat for {grace_seconds:g} s: the process running this build "
+                    "died; run it again to resume from its cached stages"
+                ),
+            )
+        ],
+    )
+    async with get_client() as client:
+        for old in await client.read_automations_by_name(CRASH_AUTOMATION):
+            await client.delete_automation(old.id)
+        await client.create_automation(automation)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m deployments.serve",
@@ -186,6 +246,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    # Before Prefect reads its settings; the flow-run subprocesses inherit it.
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", HEARTBEAT_SECONDS)
+    try:
+        grace = float(os.environ.get("GOBUILD_HEARTBEAT_GRACE_SECONDS", HEARTBEAT_GRACE_SECONDS))
+    except ValueError:
+        print("error: GOBUILD_HEARTBEAT_GRACE_SECONDS must be a number", file=sys.stderr)
+        return 2
     try:
         config = load_nightly_config()
     except ConfigError as exc:
@@ -209,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     except EngineUnavailable as exc:  # the engine may come up later: serve anyway
         print(f"warning: {exc}; runs fail until an engine is reachable", file=sys.stderr)
     deployments = build_deployments(config, test_interval_seconds=args.test_interval_seconds)
+    asyncio.run(register_crash_automation(grace))
     print(
         f"nightly: {config.cron} {config.timezone}, source {config.parameters['source']} "
         f"(from {config.origins.get('source', '?')})",
