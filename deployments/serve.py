@@ -60,8 +60,11 @@ FINAL_EVENTS = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancel
 PUSH_EVENT = "git.push"
 # Jinja, rendered by the Prefect server when the automation fires. A single
 # expression keeps its JSON type; a push without a ref builds the default branch.
+# A push without a repository still makes a run, which fails at once in its
+# parameters ("source: must not be empty") with a failure report: a visible trace,
+# where a template error would only leave an automation event behind.
 PUSH_PARAMETERS = {
-    "source": "{{ event.payload.repository }}",
+    "source": "{{ event.payload.repository | default('') }}",
     "git_ref": "{{ event.payload.ref | default('') }}",
 }
 

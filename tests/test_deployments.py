@@ -282,7 +282,7 @@ def test_served_deployments_schedules_parameters_and_push_trigger(
     assert push["trigger"]["expect"] == ["git.push"]
     assert push["actions"][0]["type"] == "run-deployment"
     assert push["actions"][0]["parameters"] == {
-        "source": "{{ event.payload.repository }}",
+        "source": "{{ event.payload.repository | default('') }}",
         "git_ref": "{{ event.payload.ref | default('') }}",
     }
 
@@ -441,6 +441,36 @@ def test_push_event_starts_a_run_with_templated_parameters(
     assert head not in report
     # No output parameter: the default, relative to the serving process's directory.
     assert (served.work / "build" / "pushed-app.oci.tar").is_file()
+
+    # A push event without a repository leaves a visible trace: a Failed run that
+    # names the parameter.
+    before = {r["id"] for r in triggered_all(prefect_server, dep)}
+    bad = {"ref": "refs/heads/main", "pusher": "test"}
+    proc = cli(
+        prefect_server, "event", "emit", "git.push",
+        "--resource-id", "git.repository.nameless", "--payload", json.dumps(bad), cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    def new_run() -> list[dict]:
+        return [r for r in triggered_all(prefect_server, dep) if r["id"] not in before]
+
+    [nameless] = wait_for("the run of the nameless push", new_run, timeout=120)
+    assert nameless["parameters"]["source"] == ""
+
+    def failed() -> dict | None:
+        with prefect_server.client() as api:
+            run = api.get(f"/flow_runs/{nameless['id']}").json()
+        return run if _state(run) in FINAL else None
+
+    final = wait_for("the nameless push's run to end", failed, timeout=120, procs=[served.proc])
+    assert _state(final) == "FAILED"
+    assert "source: must not be empty" in final["state"]["message"]
+
+
+def triggered_all(server: PrefectServer, deployment_id: str) -> list[dict]:
+    with server.client() as api:
+        return runs_of(api, deployment_id)
 
 
 @pytest.fixture(scope="module")
@@ -609,7 +639,8 @@ def test_worker_runs_the_prefect_yaml_deployments(
         a for a in automations if a["actions"][0].get("deployment_id") == deps["on-push"]["id"]
     ]
     assert push["trigger"]["expect"] == ["git.push"]
-    assert push["actions"][0]["parameters"]["source"] == "{{ event.payload.repository }}"
+    source = push["actions"][0]["parameters"]["source"]
+    assert source == "{{ event.payload.repository | default('') }}"
 
     worker_env = {
         **prefect_server.env(),
