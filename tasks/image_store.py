@@ -9,8 +9,10 @@ the image it reports. The requested path is then pointed at the newest stored
 image atomically (a hard link renamed over it, or a copy where links fail), so a
 reader never sees half a tarball and always sees one whole image.
 
-The store keeps the newest few images per requested path; older ones are pruned.
-A cached build whose stored tarball was pruned is rebuilt (``still_valid``).
+The store drops an image of a requested path once it is a week old
+(``GOBUILD_IMAGE_STORE_DAYS``) and five newer ones exist, so reports of recent
+builds keep naming files that exist. A cached build whose stored tarball was
+pruned is rebuilt (``still_valid``).
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 STORE_DIR = ".gobuild-images"
 KEEP = 5
+KEEP_DAYS = 7.0
 
 
 def store_dir(output: Path) -> Path:
@@ -75,8 +79,14 @@ def point(output: Path, stored: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def prune(output: Path, current: Path, keep_newest: int = KEEP) -> None:
-    """Drop all but the newest stored images of ``output`` (never ``current``)."""
+def prune(
+    output: Path, current: Path, keep_newest: int = KEEP, keep_days: float | None = None
+) -> None:
+    """Drop stored images of ``output`` older than ``keep_days`` beyond the newest
+    ``keep_newest`` (never ``current``)."""
+    if keep_days is None:
+        keep_days = float(os.environ.get("GOBUILD_IMAGE_STORE_DAYS", KEEP_DAYS))
+    cutoff = time.time() - keep_days * 86400
     stem = output.name.removesuffix(".tar")
     stored = sorted(
         store_dir(output).glob(f"{stem}-*.tar"),
@@ -84,6 +94,6 @@ def prune(output: Path, current: Path, keep_newest: int = KEEP) -> None:
         reverse=True,
     )
     for path in stored[keep_newest:]:
-        if path != current:
-            with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):
+            if path != current and path.stat().st_mtime < cutoff:
                 path.unlink()

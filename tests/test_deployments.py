@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -29,7 +30,7 @@ import pytest
 from deployments.config import ConfigError, load_nightly_config
 from tasks.params import default_platform
 from tests.git_servers import GitDaemon
-from tests.oci_check import extract_file
+from tests.oci_check import extract_file, inspect_config
 from tests.registry_fixtures import Registry
 from tests.server_fixtures import (
     PREFECT,
@@ -562,7 +563,7 @@ def test_six_simultaneous_triggers_never_run_more_than_two_builds_at_once(
                 dep,
                 {
                     "source": str(served.source),
-                    "output": str(tmp_path / f"c{i}.oci.tar"),
+                    "output": str(tmp_path / "shared.oci.tar"),  # one app, one output path
                     "version": f"6.0.{i}",  # a real link per run, not an engine cache hit
                     "run_checks": False,
                     "force_rebuild": True,
@@ -571,7 +572,20 @@ def test_six_simultaneous_triggers_never_run_more_than_two_builds_at_once(
             for i in range(6)
         ]
     runs = wait_final(prefect_server, ids, [served.proc])
-    assert all((tmp_path / f"c{i}.oci.tar").is_file() for i in range(6))
+    # No run lost its output to another: each report names a tarball of its own
+    # that holds the version that run built.
+    with prefect_server.client() as api:
+        reported = {}
+        for run in runs:
+            report = artifacts(api, run["id"])["build-hello-go"]["data"]
+            tarball = re.search(r"- OCI tarball: `([^`]+)`", report)
+            assert tarball, report
+            reported[run["parameters"]["version"]] = tarball[1]
+    assert len(set(reported.values())) == 6
+    for version, tarball in reported.items():
+        labels = inspect_config(f"oci-archive:{tarball}")["config"]["Labels"]
+        assert labels["org.opencontainers.image.version"] == version
+    assert (tmp_path / "shared.oci.tar").is_file()
     execs = engine_process.log()["execs"]
     assert sum(e[:2] == ["go", "build"] for e in execs) - builds_before == 6
 

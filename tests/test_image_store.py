@@ -45,14 +45,20 @@ def test_point_replaces_the_requested_path_whole(
     assert sorted(p.name for p in tmp_path.iterdir()) == [".gobuild-images", "app.oci.tar"]
 
 
-def test_prune_keeps_the_newest_and_the_current(tmp_path: Path) -> None:
+def test_prune_drops_only_old_images_beyond_the_newest_and_never_the_current(
+    tmp_path: Path,
+) -> None:
     out = tmp_path / "app.oci.tar"
     stored = []
     for i in range(8):
         path = export(out, f"image {i}".encode())
-        os.utime(path, (1000 + i, 1000 + i))
+        os.utime(path, (1000 + i, 1000 + i))  # long ago
         stored.append(path)
+    recent = [export(out, f"recent {i}".encode()) for i in range(3)]  # just now
     other = export(tmp_path / "other.oci.tar", b"another app")
-    image_store.prune(out, current=stored[0], keep_newest=3)
+    image_store.prune(out, current=stored[0], keep_newest=5, keep_days=1)
     left = {p for p in (tmp_path / ".gobuild-images").iterdir()}
-    assert left == {*stored[5:], stored[0], other}
+    # the 3 recent ones, the 2 newest old ones, the current one, the other app's
+    assert left == {*recent, *stored[6:], stored[0], other}
+    image_store.prune(out, current=recent[0], keep_newest=1, keep_days=1)
+    assert set(recent) <= {p for p in (tmp_path / ".gobuild-images").iterdir()}
