@@ -34,6 +34,7 @@ from tasks.dockerignore import (
 from tasks.source import digest_tree
 from tests.gitrepo import git
 from tests.real_engine import Engine
+from tests.trees import write_tree
 
 # --------------------------------------------------------------------------- patternmatcher
 
@@ -398,12 +399,6 @@ def test_literal_pattern_matches_that_path_only(name: str) -> None:
 # --------------------------------------------------------------------------- the context
 
 
-def write(root: Path, files: dict[str, str]) -> None:
-    for rel, text in files.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
-
 
 @pytest.fixture(autouse=True)
 def _plain_git(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
@@ -417,7 +412,7 @@ def _plain_git(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
 
 def checkout(root: Path, tracked: dict[str, str]) -> None:
     """A git checkout with ``tracked`` committed, ignored or not (``add -f``)."""
-    write(root, tracked)
+    write_tree(root, tracked)
     git(root, "init", "-q", "-b", "main")
     git(root, "add", "-f", "--", *tracked)
     git(root, "commit", "-q", "-m", "tracked")
@@ -430,7 +425,7 @@ def test_gitignore_never_removes_a_tracked_file(tmp_path: Path) -> None:
         tmp_path,
         {".gitignore": "svc\n*.log\n", "cmd/svc/main.go": "package main\n", "keep.log": "x"},
     )
-    write(tmp_path, {"svc": "binary", "new.go": "package x\n", "debug.log": "noise"})
+    write_tree(tmp_path, {"svc": "binary", "new.go": "package x\n", "debug.log": "noise"})
     ctx = build_context(tmp_path)
     assert ctx.from_git
     assert ctx.files == [".gitignore", "cmd/svc/main.go", "keep.log", "new.go"]
@@ -444,8 +439,8 @@ def test_untracked_ignored_directory_is_two_patterns(tmp_path: Path) -> None:
         tmp_path,
         {".gitignore": "node_modules/\n", "sub/.gitignore": "*.tmp\n!keep.tmp\n", "a.go": "a"},
     )
-    write(tmp_path, {f"node_modules/p{i}/index.js": "x" for i in range(50)})
-    write(tmp_path, {"sub/x.tmp": "x", "sub/keep.tmp": "k", "node_modules.go": "n"})
+    write_tree(tmp_path, {f"node_modules/p{i}/index.js": "x" for i in range(50)})
+    write_tree(tmp_path, {"sub/x.tmp": "x", "sub/keep.tmp": "k", "node_modules.go": "n"})
     ctx = build_context(tmp_path)
     assert ctx.files == [".gitignore", "a.go", "node_modules.go", "sub/.gitignore", "sub/keep.tmp"]
     assert ctx.excludes == ["**/.git", "**/.git/**", "node_modules", "node_modules/**", "sub/x.tmp"]
@@ -455,7 +450,8 @@ def test_untracked_ignored_directory_is_two_patterns(tmp_path: Path) -> None:
 def test_gitignore_is_not_applied_outside_a_checkout(tmp_path: Path) -> None:
     """No index, nothing is untracked: ``.gitignore`` means nothing there (nor to
     Docker, nor to the engine by default); ``.dockerignore`` does."""
-    write(tmp_path, {".gitignore": "*.go\n", ".dockerignore": "*.md\n", "a.go": "a", "b.md": "b"})
+    files = {".gitignore": "*.go\n", ".dockerignore": "*.md\n", "a.go": "a", "b.md": "b"}
+    write_tree(tmp_path, files)
     ctx = build_context(tmp_path)
     assert not ctx.from_git
     assert ctx.files == [".dockerignore", ".gitignore", "a.go"]
@@ -467,7 +463,7 @@ def test_a_subdirectory_of_a_checkout(tmp_path: Path) -> None:
     checkout's ``.gitignore`` applied; a source the checkout ignores whole is
     taken as a plain directory."""
     checkout(tmp_path, {".gitignore": "*.o\ngen/\n", "svc/main.go": "m", "svc/a.o": "tracked"})
-    write(tmp_path, {"svc/b.o": "built", "gen/x.go": "x", "gen/y.o": "y"})
+    write_tree(tmp_path, {"svc/b.o": "built", "gen/x.go": "x", "gen/y.o": "y"})
     assert context_files(tmp_path / "svc") == ["a.o", "main.go"]
     gen = build_context(tmp_path / "gen")
     assert not gen.from_git
@@ -482,7 +478,7 @@ def test_dockerignore_applies_on_top_of_git(tmp_path: Path) -> None:
 def test_malformed_dockerignore_is_refused(tmp_path: Path) -> None:
     """Docker refuses these; the engine would drop a lone ``!`` or fail its sync."""
     for text in ("!\n", "docs/[\n", "[z-a]\n"):
-        write(tmp_path, {".dockerignore": text})
+        write_tree(tmp_path, {".dockerignore": text})
         with pytest.raises(PatternError, match=r"\.dockerignore"):
             build_context(tmp_path)
 
@@ -490,7 +486,7 @@ def test_malformed_dockerignore_is_refused(tmp_path: Path) -> None:
 def test_special_files_are_excluded_by_name(tmp_path: Path) -> None:
     """A fifo or socket is not digested; an exact pattern keeps the engine from
     sending it."""
-    write(tmp_path, {"a.go": "a"})
+    write_tree(tmp_path, {"a.go": "a"})
     os.mkfifo(tmp_path / "pipe")
     ctx = build_context(tmp_path)
     assert ctx.files == ["a.go"]
@@ -601,13 +597,13 @@ def make_case(root: Path, case: dict) -> Path | None:
         checkout(root, tracked)
     else:
         root.mkdir(parents=True, exist_ok=True)
-    write(root, case["files"])
+    write_tree(root, case["files"])
     for link, target in case.get("symlinks", {}).items():
         (root / link).symlink_to(target)
     if "nested" in case:
         git(root / case["nested"], "init", "-q", "-b", "main")
     for sub, files in case.get("gitlink", {}).items():  # committed as a gitlink
-        write(root / sub, files)
+        write_tree(root / sub, files)
         git(root / sub, "init", "-q", "-b", "main")
         git(root / sub, "add", ".")
         git(root / sub, "commit", "-q", "-m", "sub")

@@ -11,24 +11,16 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import dagger
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    ArtifactFilter,
-    ArtifactFilterFlowRunId,
-    FlowRunFilter,
-    FlowRunFilterId,
-)
-from prefect.events.filters import EventFilter, EventNameFilter
 
 from flows.build import multistage_build
 from tasks.params import ParamsError
 from tests.dagger_test_engine.server import TestEngine
+from tests.flowruns import artifacts, build, events, task_runs
 from tests.git_servers import GitDaemon
 from tests.gitrepo import commit_all, git
 from tests.oci_check import ELF_AARCH64, ELF_X86_64, elf_machine, extract_file, inspect_config
@@ -38,40 +30,8 @@ from tests.registry_fixtures import Registry, free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build(**params: Any):
-    """Run the flow in this process; returns its final state."""
-    return asyncio.run(multistage_build(**params, return_state=True))
 
 
-def task_runs(flow_run_id) -> list:
-    with get_client(sync_client=True) as client:
-        return client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
-
-
-def artifacts(flow_run_id) -> list:
-    with get_client(sync_client=True) as client:
-        return client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-        )
-
-
-def events(name: str, payload: dict[str, Any], timeout: float = 30.0) -> list:
-    """The events called ``name`` whose payload has the items of ``payload``.
-
-    Events are sent asynchronously, and earlier tests sent events of the same
-    name, so wait until one of ours arrived."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with get_client(sync_client=True) as client:
-            page = client.read_events(
-                filter=EventFilter(event=EventNameFilter(name=[name])), limit=50
-            )
-        ours = [e for e in page.events if payload.items() <= dict(e.payload).items()]
-        if ours or time.monotonic() > deadline:
-            return ours
-        time.sleep(0.5)
 
 
 def test_two_platforms_build_concurrently_with_reports(

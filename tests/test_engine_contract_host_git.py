@@ -29,6 +29,7 @@ from tests.git_servers import GitDaemon, GitHTTPServer
 from tests.gitrepo import commit_all, git
 from tests.real_engine import Engine
 from tests.registry_fixtures import Registry
+from tests.trees import write_tree
 
 ALPINE = "alpine:3.22.2"
 
@@ -44,13 +45,6 @@ def run(coro_fn, *args, **config):
 def names(entries: list[str]) -> list[str]:
     return sorted(e.rstrip("/") for e in entries)
 
-
-def write(root: Path, files: dict[str, str]) -> Path:
-    for rel, text in files.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
-    return root
 
 
 def listing(root: Path) -> list[str]:
@@ -166,7 +160,7 @@ def test_pattern_matcher_rejects_malformed_patterns(pattern) -> None:
 
 
 def _abc_tree(root: Path) -> Path:
-    return write(
+    return write_tree(
         root,
         {
             "a.txt": "1",
@@ -214,7 +208,7 @@ def test_workdir_relative_paths_and_exclude_include(
     TestDirectoryAbsolute: with ``Config(workdir=…)`` the SDK runs ``dagger session
     --workdir``; relative host paths resolve against it (cmd/dagger/main.go ~244),
     ``.`` twice is the same directory, ``../`` may escape."""
-    wd = write(
+    wd = write_tree(
         tmp_path / "wd",
         {
             "a.txt": "1",
@@ -269,7 +263,7 @@ def test_relative_host_paths_follow_the_session_not_the_process(
     is the CLIENT's, fixed when its session started, whatever the engine's or the
     SDK process's working directory is later."""
     for name in ("session-wd", "process-wd", "config-wd"):
-        write(tmp_path / name, {f"d/{name}.txt": name})
+        write_tree(tmp_path / name, {f"d/{name}.txt": name})
     session = dagger_engine.new_session(tmp_path / "session-wd")
     monkeypatch.setenv("DAGGER_SESSION_TOKEN", session.token)
     monkeypatch.chdir(tmp_path / "process-wd")
@@ -296,7 +290,7 @@ def test_relative_host_paths_are_the_clis_workdir_or_cwd(
     ``Config(workdir=…)`` (``dagger session --workdir``), else against the
     CLI's working directory, which is the SDK process's."""
     for name in ("process-wd", "config-wd"):
-        write(tmp_path / name, {f"d/{name}.txt": name})
+        write_tree(tmp_path / name, {f"d/{name}.txt": name})
     monkeypatch.chdir(tmp_path / "process-wd")
 
     async def read():
@@ -312,7 +306,7 @@ def test_dockerignore_semantics(dagger_engine: Engine, tmp_path: Path) -> None:
     root (``dist`` is ``./dist`` only), ``*`` stops at ``/``, ``**`` crosses it,
     ``!`` re-includes, a matched directory takes its contents, a trailing ``/``
     is cleaned away."""
-    src = write(
+    src = write_tree(
         tmp_path / "src",
         {
             "dist/app": "x",
@@ -355,7 +349,7 @@ def test_non_local_patterns_are_silently_dropped(dagger_engine: Engine, tmp_path
     """core/schema/host.go ~225-260: one leading ``!`` set aside, then patterns
     failing ``filepath.IsLocal`` (absolute, ``..`` escaping, empty) are skipped
     without an error; the rest are joined to the root and cleaned; ``.`` is ``*``."""
-    src = write(tmp_path / "src", {"main.go": "x", "notes.md": "x", "pkg/a.go": "x"})
+    src = write_tree(tmp_path / "src", {"main.go": "x", "notes.md": "x", "pkg/a.go": "x"})
     everything = ["main.go", "notes.md", "pkg"]
 
     async def pipeline():
@@ -392,7 +386,7 @@ def test_host_directory_is_read_once_per_session_unless_no_cache(
     directory or file is synced once; ``no_cache`` syncs on every call; a synced
     ID keeps its snapshot; a new session (each connection through the CLI is one)
     syncs again."""
-    src = write(tmp_path / "src", {"file1.txt": "1"})
+    src = write_tree(tmp_path / "src", {"file1.txt": "1"})
 
     async def first():
         d = dag.host().directory(str(src))
@@ -447,7 +441,7 @@ def test_host_directory_gitignore(dagger_engine: Engine, tmp_path: Path) -> None
     parent's rules for a subdirectory, ``**/**`` matching nothing."""
     d = tmp_path / "repo"
     (d / ".git").mkdir(parents=True)
-    write(
+    write_tree(
         d,
         {
             ".gitignore": "**.txt\n.git/\n!subdir/e.txt\n*.md\ninternal/foo/",
@@ -464,14 +458,14 @@ def test_host_directory_gitignore(dagger_engine: Engine, tmp_path: Path) -> None
             "subdir2/bool.yaml": "1",
         },
     )
-    nogit = write(tmp_path / "nogit", {".gitignore": "**/**", "bar.txt": "1", "foo.go": "1"})
+    nogit = write_tree(tmp_path / "nogit", {".gitignore": "**/**", "bar.txt": "1", "foo.go": "1"})
     h2 = tmp_path / "h2"
     (h2 / ".git").mkdir(parents=True)
-    write(h2, {".gitignore": "bar/\nbaz.txt\n", "foo/foo.txt": "1", "bar/bar.txt": "1"})
-    write(h2, {"baz.txt": "1"})
+    write_tree(h2, {".gitignore": "bar/\nbaz.txt\n", "foo/foo.txt": "1", "bar/bar.txt": "1"})
+    write_tree(h2, {"baz.txt": "1"})
     h3 = tmp_path / "h3"
     (h3 / ".git").mkdir(parents=True)
-    write(h3, {".gitignore": "a.txt\n", "a.txt": "1", "b.txt": "2"})
+    write_tree(h3, {".gitignore": "a.txt\n", "a.txt": "1", "b.txt": "2"})
 
     async def pipeline():
         h = dag.host()
@@ -526,7 +520,7 @@ def test_with_directory_patterns_are_not_dropped_or_joined(
     to moby/patternmatcher (no host.go preprocessing); a directory matching an
     include is copied with its contents, even empty; parents of kept paths are
     created."""
-    src = write(tmp_path / "src", {"pkg/a.go": "x", "pkg/keep.go": "x", "main.go": "x"})
+    src = write_tree(tmp_path / "src", {"pkg/a.go": "x", "pkg/keep.go": "x", "main.go": "x"})
     (src / "empty").mkdir()
 
     async def pipeline():
@@ -566,7 +560,7 @@ def sample_repo(tmp_path: Path) -> dict[str, str]:
     named like the branch."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    write(repo, {"VERSION": "one\n", "main.go": "package main\n"})
+    write_tree(repo, {"VERSION": "one\n", "main.go": "package main\n"})
     first = commit_all(repo, "one")
     git(repo, "tag", "v1")
     git(repo, "-c", "user.name=t", "-c", "user.email=t@e", "tag", "-a", "v1.1", "-m", "annotated")

@@ -8,27 +8,20 @@ Basic auth whose token comes from a Prefect Secret block.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prefect.blocks.system import Secret
 
-from flows.build import multistage_build
 from tests.dagger_test_engine.server import TestEngine
+from tests.flowruns import build, task_runs
 from tests.git_servers import GitDaemon, GitHTTPServer
 from tests.gitrepo import commit_all
 from tests.leaks import assert_not_leaked
 from tests.oci_check import extract_file
 from tests.prefect_fixtures import PrefectAPI
-from tests.test_build_flow import task_runs
-
-
-def build(**params: Any):
-    return asyncio.run(multistage_build(**params, return_state=True))
 
 
 def go_version_m(binary: Path) -> str:

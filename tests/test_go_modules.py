@@ -11,7 +11,6 @@ secret mounts, read from dagger/dagger v0.21.8 and marked ``real_engine``.
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import platform
@@ -28,18 +27,18 @@ import pytest
 from dagger import dag
 from prefect.blocks.system import Secret
 
-from flows.build import main, multistage_build, parse_args
+from flows.build import main, parse_args
 from tasks.compile import compile_cache_key
 from tasks.params import ParamsError, parse_params
 from tasks.secrets import CredentialsError, parse_go_auth
 from tasks.source import SourceInfo
 from tests.dagger_test_engine.server import TestEngine
+from tests.flowruns import artifacts, build, task_runs
 from tests.goproxy import GoModuleProxy
 from tests.leaks import assert_not_leaked
 from tests.oci_check import ELF_AARCH64, elf_machine, extract_file
 from tests.prefect_fixtures import PrefectAPI
 from tests.real_engine import Engine
-from tests.test_build_flow import artifacts, task_runs
 
 GOLANG = "golang:1.27.3-bookworm"
 on_x86_64 = pytest.mark.skipif(
@@ -125,9 +124,6 @@ def app_using_modules(
     assert f"{PRIVATE} {private_version} h1:" in go_sum and f"{PUBLIC} v1.2.0 h1:" in go_sum
     return root
 
-
-def build(**params: Any):
-    return asyncio.run(multistage_build(**params, return_state=True))
 
 
 def layer_texts(tarball: Path) -> bytes:

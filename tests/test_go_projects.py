@@ -8,7 +8,6 @@ source holds, as plain ``go build`` does in the same checkout.
 
 from __future__ import annotations
 
-import asyncio
 import platform
 import subprocess
 from collections.abc import Callable
@@ -18,12 +17,13 @@ from typing import Any
 
 import pytest
 
-from flows.build import multistage_build
 from tasks.params import ParamsError, parse_params
 from tests.dagger_test_engine.server import TestEngine
+from tests.flowruns import build
 from tests.gitrepo import commit_all
 from tests.oci_check import ELF_AARCH64, elf_machine, extract_file
 from tests.prefect_fixtures import PrefectAPI
+from tests.trees import write_tree
 
 pytestmark = pytest.mark.skipif(
     platform.machine() not in ("x86_64", "AMD64"), reason="binaries are run on an x86_64 host"
@@ -54,13 +54,6 @@ func TestGreeting(t *testing.T) {
 """
 GOMOD = "module {name}\n\ngo 1.22\n"
 
-
-def write(root: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return root
 
 
 @dataclass
@@ -193,9 +186,6 @@ def commit_and_add_untracked_binary(root: Path) -> None:
     (root / "svc").write_bytes(b"\x7fELF a stale local build\n")  # untracked, ignored
 
 
-def build(**params: Any):
-    return asyncio.run(multistage_build(**params, return_state=True))
-
 
 def extract(tarball: Path, app: str, arch: str, dest: Path) -> Path:
     return extract_file(f"oci-archive:{tarball}", f"/usr/local/bin/{app}", dest, arch)
@@ -206,7 +196,7 @@ def test_corpus_project_builds_for_amd64_and_arm64_and_runs(
     prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path, name: str
 ) -> None:
     project = CORPUS[name]
-    root = write(tmp_path / name, project.files)
+    root = write_tree(tmp_path / name, project.files)
     if project.after:
         project.after(root)
     out = tmp_path / f"{name}.tar"
@@ -231,7 +221,7 @@ def test_vendored_build_downloads_nothing_and_still_vets_and_tests(
 ) -> None:
     # A source of its own, so the engine's exec cache cannot answer for go vet/test.
     files = {**CORPUS["vendored"].files, "extra.go": "package main\n\nconst extra = 1\n"}
-    root = write(tmp_path / "vendored", files)
+    root = write_tree(tmp_path / "vendored", files)
     state = build(source=str(root), version="1.0.1", output=str(tmp_path / "v.tar"))
     assert state.is_completed(), state.message
     execs = dagger_engine.log.snapshot()["execs"]
@@ -240,7 +230,7 @@ def test_vendored_build_downloads_nothing_and_still_vets_and_tests(
 
 
 def test_module_dir_is_checked_before_any_engine_work(tmp_path: Path) -> None:
-    repo = write(tmp_path / "mono", {"services/api/go.mod": "module example.com/api\n"})
+    repo = write_tree(tmp_path / "mono", {"services/api/go.mod": "module example.com/api\n"})
     with pytest.raises(ParamsError, match=r"^module_dir: .*has no go\.mod.*set module_dir"):
         parse_params({"source": str(repo)})
     with pytest.raises(ParamsError, match=r"^module_dir: '\.\./x' must not contain '\.\.'"):

@@ -6,7 +6,6 @@ registry, never with the test engine's own code.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 import traceback
@@ -17,20 +16,16 @@ from typing import Any
 import pytest
 from prefect.blocks.system import Secret
 
-from flows.build import multistage_build
 from tests.dagger_test_engine.server import TestEngine
+from tests.flowruns import artifacts, build, task_runs
 from tests.gitrepo import commit_all
 from tests.leaks import assert_not_leaked
 from tests.oci_check import ELF_AARCH64, elf_machine, extract_file, inspect_config, inspect_raw
 from tests.prefect_fixtures import PrefectAPI
 from tests.registry_fixtures import FaultProxy, Registry, free_port
-from tests.test_build_flow import artifacts, task_runs
 
 INDEX = "application/vnd.oci.image.index.v1+json"
 
-
-def build(**params: Any):
-    return asyncio.run(multistage_build(**params, return_state=True))
 
 
 def git_copy(src: Path, dest: Path) -> str:

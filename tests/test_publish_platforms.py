@@ -16,13 +16,12 @@ import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from flows.build import multistage_build
 from tasks.oci_layout import image_digests, split_by_platform
 from tests.dagger_test_engine.server import TestEngine
+from tests.flowruns import build
 from tests.oci_check import ELF_AARCH64, ELF_ARM, ELF_X86_64, elf_machine, inspect_raw, skopeo
 from tests.prefect_fixtures import PrefectAPI
 from tests.registry_fixtures import Registry
@@ -38,9 +37,6 @@ EXPECTED_ELF = {
     "linux/386": ELF_386,
 }
 
-
-def build(**params: Any):
-    return asyncio.run(multistage_build(**params, return_state=True))
 
 
 def _override(platform: str) -> list[str]:

@@ -1,0 +1,59 @@
+"""Running the flow in a test, and reading back what a user would look at.
+
+Shared by the flow's tests: the run's final state, its task runs and artifacts
+through the Prefect API, and its events (sent asynchronously).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+from prefect.events.filters import EventFilter, EventNameFilter
+
+from flows.build import multistage_build
+
+
+def build(**params: Any):
+    """Run the flow in this process; returns its final state."""
+    return asyncio.run(multistage_build(**params, return_state=True))
+
+
+def task_runs(flow_run_id) -> list:
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+
+
+def artifacts(flow_run_id) -> list:
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+
+
+def events(name: str, payload: dict[str, Any], timeout: float = 30.0) -> list:
+    """The events called ``name`` whose payload has the items of ``payload``.
+
+    Events are sent asynchronously, and earlier tests sent events of the same
+    name, so wait until one of ours arrived."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            page = client.read_events(
+                filter=EventFilter(event=EventNameFilter(name=[name])), limit=50
+            )
+        ours = [e for e in page.events if payload.items() <= dict(e.payload).items()]
+        if ours or time.monotonic() > deadline:
+            return ours
+        time.sleep(0.5)
+
