@@ -154,14 +154,14 @@ async def assemble_image(
         platforms=platforms,
         size=stored.stat().st_size,
     )
-    place_output(image, output)
     image_store.prune(output, stored)
     return image
 
 
 def place_output(image: ImageArtifact, output: Path) -> None:
-    """Point the requested output path at this run's image (also when the image
-    came from cache, so the path holds what the run reports)."""
+    """Point the requested output path at this run's image; the flow calls it after
+    the stage, whether the image was built or came from cache, so the path holds
+    what the run reports."""
     image_store.point(output, Path(image.path))
 
 

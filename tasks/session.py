@@ -116,12 +116,7 @@ class EngineScope:
         self._stack = contextlib.AsyncExitStack()
         self._session: contextlib.AsyncExitStack | None = None
         self.lost = False
-        self.sessions = 0
         self._token: contextvars.Token[EngineScope | None] | None = None
-
-    @property
-    def opened(self) -> bool:
-        return self._session is not None
 
     async def __aenter__(self) -> EngineScope:
         await self._stack.__aenter__()
@@ -147,7 +142,6 @@ class EngineScope:
             stack = contextlib.AsyncExitStack()
             await stack.enter_async_context(engine_session())
             self._session, self.lost = stack, False
-            self.sessions += 1
 
     async def _close_session(self) -> None:
         stack, self._session = self._session, None

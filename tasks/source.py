@@ -91,9 +91,8 @@ def git_repository(url: str, token: Credentials | None = None) -> dagger.GitRepo
     if token is None:
         return dag.git(url)
     secret = dag.set_secret("gobuild-git-token", token.password)
-    if token.username:
-        return dag.git(url, http_auth_token=secret, http_auth_username=token.username)
-    return dag.git(url, http_auth_token=secret)
+    # An empty username is the SDK's default, which it leaves out of the query.
+    return dag.git(url, http_auth_token=secret, http_auth_username=token.username)
 
 
 def source_directory(info: SourceInfo, token: Credentials | None = None) -> dagger.Directory:
