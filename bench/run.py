@@ -25,6 +25,11 @@ Sections (rows of the table printed to stdout; Prefect's logs go to stderr):
 3. platforms: linux/amd64 alone vs. linux/amd64 + linux/arm64.
 4. source digest: ``tasks.source.describe_local`` over a generated tree.
 5. engine round trips: GraphQL requests per build, flow vs. plain script.
+6. main job: ``python -m flows.build`` rebuilding an unchanged app (the local
+   API, no ``PREFECT_API_URL``) vs. Dagger's guide script rerun, whole processes.
+7. one-line change: the guide's script as written vs. the main job.
+8. memory: peak RSS of the main job, and what a 20 MB binary adds.
+   (6-8: ``bench/processes.py``.)
 
 No assertion is made on any figure: the targets are reported, met or missed.
 """
@@ -74,7 +79,17 @@ TARGET_PLATFORMS_RATIO = 1.5
 TARGET_DIGEST_MBPS = 300.0
 TARGET_EXTRA_REQUESTS = 3
 
-SECTIONS = ("overhead", "coldstart", "noop", "platforms", "digest", "roundtrips")
+SECTIONS = (
+    "overhead",
+    "coldstart",
+    "noop",
+    "platforms",
+    "digest",
+    "roundtrips",
+    "mainjob",
+    "change",
+    "memory",
+)
 
 TRIVIAL_FLOW = (
     "from prefect import flow\n@flow\ndef bench_noop():\n    return 1\nassert bench_noop() == 1\n"
@@ -551,6 +566,24 @@ def section_round_trips(flows: list[Build], plains: list[Build], res: Results) -
     )
 
 
+def run_process_sections(app: Path, work: Path, runs: int, want: set[str], res: Results) -> None:
+    from bench import processes
+
+    procs = processes.Processes(app, work)
+    try:
+        if "mainjob" in want:
+            with _phase("main job"):
+                processes.section_main_job(procs, runs, res)
+        if "change" in want:
+            with _phase("one-line change"):
+                processes.section_one_line_change(procs, runs, res)
+        if "memory" in want:
+            with _phase("memory"):
+                processes.section_memory(procs, res)
+    finally:
+        procs.stop_local_api()
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -698,6 +731,8 @@ def main(argv: list[str] | None = None) -> int:
         if "digest" in want:
             with _phase("digest"):
                 section_digest(work, args.tree_mb, args.tree_files, max(args.runs, 3), res)
+        if want & {"mainjob", "change", "memory"}:
+            run_process_sections(app, work, args.runs, want, res)
         # Keep the table and the notes in section order.
         res.rows.sort(key=lambda r: r.section[0])
         res.notes.sort(key=lambda n: n[0])

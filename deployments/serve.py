@@ -15,9 +15,11 @@ Three deployments, each of the same flow:
 
 Serving needs no work pool or worker: the process polls the API and runs each flow
 run in a subprocess of its own. Teams that run workers use ``prefect.yaml`` instead
-(the same deployments on a process work pool). Either way, engine work is capped by
-the ``gobuild-engine`` global concurrency limit (see ``tasks/session.py``), so
-simultaneous triggers queue for the engine instead of overloading it.
+(the same deployments on a process work pool), then ``python -m deployments.setup``,
+which closes their schemas and registers the crash automation as serving does
+(the pieces both use are in ``deployments/common.py``). Either way, engine work is
+capped by the ``gobuild-engine`` global concurrency limit (see ``tasks/session.py``),
+so simultaneous triggers queue for the engine instead of overloading it.
 
 A run whose process dies (the serving process killed, a machine lost) stops
 sending heartbeats (every 30 s here, ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``); an
@@ -38,6 +40,15 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from deployments.common import (  # CRASH_AUTOMATION: importable from here, as before
+    CRASH_AUTOMATION,  # noqa: F401
+    HEARTBEAT_SECONDS,
+    REQUIRED_PARAMETERS,
+    SetupError,
+    closed_schema,
+    heartbeat_grace_seconds,
+    register_crash_automation,
+)
 from deployments.config import ConfigError, NightlyConfig, load_nightly_config
 
 if TYPE_CHECKING:
@@ -47,15 +58,6 @@ if TYPE_CHECKING:
 # engine slot. Each waiting run is a Python process, hence a cap; it must stay above
 # the engine limit, or the runner (not the engine limit) would decide what queues.
 DEFAULT_SERVE_LIMIT = 8
-
-HEARTBEAT_SECONDS = "30"  # Prefect's minimum; its default is 180
-HEARTBEAT_GRACE_SECONDS = 90.0
-CRASH_AUTOMATION = "gobuild: mark builds whose heartbeats stopped as Crashed"
-FLOW_NAME = "multistage-build"
-# A run that reached any of these states has ended; only heartbeats that stop
-# without one of them mean a dead process ("Cancelling" is not here: cancelling a
-# dead run must end it too).
-FINAL_EVENTS = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")}
 
 PUSH_EVENT = "git.push"
 # Jinja, rendered by the Prefect server when the automation fires. A single
@@ -86,20 +88,25 @@ def build_deployments(
         "nightly",
         schedules=[Cron(config.cron, timezone=config.timezone)],
         parameters=config.parameters,
-        # No "*" but the cron's own (each between spaces): the UI renders Markdown,
-        # and a "GOBUILD_NIGHTLY_*" next to the cron turned into emphasis there.
+        # Both Prefect UIs render deployment descriptions as Markdown, and the CLI and
+        # API show them as typed: so no backticks, no "<...>", and no "*" but the
+        # cron's own (each between spaces, inert in Markdown; a "GOBUILD_NIGHTLY_*"
+        # next to the cron turned into emphasis). tests/test_ui.py checks both UIs.
         description=(
-            f"Nightly build of {config.parameters['source']}, on cron '{config.cron}' "
-            f"({config.timezone}); configured in deployments/nightly.toml or the "
-            "GOBUILD_NIGHTLY_SOURCE, GOBUILD_NIGHTLY_CRON, GOBUILD_NIGHTLY_TZ and other "
-            "GOBUILD_NIGHTLY_ variables."
+            f"Nightly build of {config.parameters['source']}, on cron '{config.cron}' in "
+            f"timezone {config.timezone}. Set in deployments/nightly.toml (or the file "
+            "named by GOBUILD_NIGHTLY_CONFIG); GOBUILD_NIGHTLY_SOURCE, GOBUILD_NIGHTLY_CRON, "
+            "GOBUILD_NIGHTLY_TZ and the other GOBUILD_NIGHTLY variables override it."
         ),
         tags=["gobuild", "nightly"],
         **common,
     )
     on_demand = multistage_build.to_deployment(
         "on-demand",
-        description="Build on request: from the UI, `prefect deployment run` or the REST API.",
+        description=(
+            "Build on request, from the UI (Run, then Custom run), the CLI (prefect "
+            "deployment run) or the REST API; source is required."
+        ),
         tags=["gobuild", "on-demand"],
         **common,
     )
@@ -117,7 +124,7 @@ def build_deployments(
             )
         ],
         description=(
-            f"Build the pushed repository at the pushed ref, for each `{PUSH_EVENT}` event "
+            f"Build the pushed repository at the pushed ref, for each {PUSH_EVENT} event "
             "(payload: repository, ref)."
         ),
         tags=["gobuild", "on-push"],
@@ -125,7 +132,7 @@ def build_deployments(
     )
     deployments = [nightly, on_demand, on_push]
     for deployment in deployments:
-        closed_parameters(deployment, required=("source",) if deployment is on_demand else ())
+        closed_parameters(deployment, required=REQUIRED_PARAMETERS.get(deployment.name, ()))
     if test_interval_seconds:
         # TEST ONLY: the nightly parameters on a short interval, so that tests can
         # watch scheduled runs happen without waiting for 02:00. It starts paused, so
@@ -160,56 +167,10 @@ def closed_parameters(deployment: Any, required: tuple[str, ...] = ()) -> None:
     class ClosedParameterSchema(ParameterSchema):
         additionalProperties: bool = False  # the JSON-schema keyword
 
-    schema = deployment._parameter_openapi_schema.model_dump(exclude_unset=True)
-    for name in required:
-        schema.get("properties", {}).get(name, {}).pop("default", None)
-    schema["required"] = sorted({*schema.get("required", []), *required})
-    deployment._parameter_openapi_schema = ClosedParameterSchema(
-        **schema, additionalProperties=False
+    schema = closed_schema(
+        deployment._parameter_openapi_schema.model_dump(exclude_unset=True), required
     )
-
-
-async def register_crash_automation(grace_seconds: float) -> None:
-    """(Re)create the automation that ends runs whose process died: a proactive
-    trigger on the absence of heartbeats (Prefect's recipe for zombie runs),
-    limited to this flow's runs, one per run."""
-    from datetime import timedelta
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.objects import StateType
-    from prefect.events.actions import ChangeFlowRunState
-    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
-
-    automation = AutomationCore(
-        name=CRASH_AUTOMATION,
-        description=(
-            "A multistage-build run that sent no heartbeat for "
-            f"{grace_seconds:g} s, and did not end, lost its process: mark it Crashed."
-        ),
-        trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
-            expect={"prefect.flow-run.heartbeat", *FINAL_EVENTS},
-            match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related={"prefect.resource.role": "flow", "prefect.resource.name": FLOW_NAME},
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=timedelta(seconds=grace_seconds),
-        ),
-        actions=[
-            ChangeFlowRunState(
-                state=StateType.CRASHED,
-                message=(
-                    f"no heartbeat for {grace_seconds:g} s: the process running this build "
-                    "died; run it again to resume from its cached stages"
-                ),
-            )
-        ],
-    )
-    async with get_client() as client:
-        for old in await client.read_automations_by_name(CRASH_AUTOMATION):
-            await client.delete_automation(old.id)
-        await client.create_automation(automation)
+    deployment._parameter_openapi_schema = ClosedParameterSchema(**schema)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -252,9 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     # Before Prefect reads its settings; the flow-run subprocesses inherit it.
     os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", HEARTBEAT_SECONDS)
     try:
-        grace = float(os.environ.get("GOBUILD_HEARTBEAT_GRACE_SECONDS", HEARTBEAT_GRACE_SECONDS))
-    except ValueError:
-        print("error: GOBUILD_HEARTBEAT_GRACE_SECONDS must be a number", file=sys.stderr)
+        grace = heartbeat_grace_seconds()
+    except SetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         config = load_nightly_config()

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import dagger
@@ -29,8 +30,10 @@ from prefect import flow
 from pydantic import Field
 from pydantic.fields import FieldInfo
 
+from flows import local_api
+from tasks import progress
 from tasks.assemble import assemble_image, place_output, served_from_cache, still_valid
-from tasks.compile import compile_binary
+from tasks.compile import binary_available, compile_binary
 from tasks.params import BuildParams, ParamsError, parse_params
 from tasks.preflight import EngineUnavailable, preflight
 from tasks.publish import publish_image
@@ -55,7 +58,15 @@ async def multistage_build(**parameters: Any) -> BuildResult:
                 await stages.connect(engine)  # a no-op build never connects
             binaries = await asyncio.gather(
                 *(
-                    stages.run(f"compile {p}", compile_binary, source, params, p, version)
+                    stages.run(
+                        f"compile {p}",
+                        compile_binary,
+                        source,
+                        params,
+                        p,
+                        version,
+                        valid=binary_available,
+                    )
                     for p in params.platforms
                 )
             )
@@ -161,6 +172,12 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--tag-latest", action="store_true", default=None)
     ap.add_argument("--no-checks", dest="run_checks", action="store_false", default=None)
     ap.add_argument("--force", dest="force_rebuild", action="store_true", default=None)
+    ap.add_argument(
+        "--progress",
+        choices=progress.MODES,
+        help="auto (default: compact on a terminal, else plain), plain (a line per step, "
+        "and one at least every 10 s while a step runs), quiet (only the result)",
+    )
     ns = vars(ap.parse_args(argv))
     for name, flag in (("labels", "--label"), ("go_env", "--go-env")):
         if ns.get(name):
@@ -218,16 +235,38 @@ def failure_summary(exc: BaseException) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _api(url: str | None) -> Iterator[None]:
+    """Talk to the local server at ``url`` (see :mod:`flows.local_api`) instead of
+    a temporary one per process; ``None`` keeps the configured API."""
+    if url is None:
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: url}):
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     values = parse_args(sys.argv[1:] if argv is None else argv)
+    progress_mode = values.pop("progress", "auto")  # not a flow parameter
     try:
         parse_params(values)
         preflight()  # before Prefect starts: a missing engine is a one-line answer, at once
     except (ParamsError, EngineUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    progress.start_cli(progress_mode)  # stderr: a line per step, and a heartbeat
+    try:
+        api_url = local_api.ensure() if local_api.wanted() else None
+    except local_api.LocalAPIError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     quiet_console_tracebacks()
-    state = asyncio.run(multistage_build(**values, return_state=True))
+    with _api(api_url):
+        state = asyncio.run(multistage_build(**values, return_state=True))
+    progress.stop_cli()
     if not state.is_completed():
         exc = state.result(raise_on_failure=False)
         print(failure_summary(exc), file=sys.stderr)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Run the main job: build a Go service into a container image with the
-# `multistage-build` Prefect flow (embedded Prefect API, no server needed).
+# `multistage-build` Prefect flow. With no PREFECT_API_URL, the first build starts a
+# local Prefect API server that later builds reuse (it stops after an idle hour, or
+# with `.venv/bin/python -m flows.local_api stop`; see README, "The local Prefect API").
 #
 #   bash scripts/build.sh examples/hello-go
 #   bash scripts/build.sh examples/hello-go --platform linux/amd64 --platform linux/arm64 \

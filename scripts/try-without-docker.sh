@@ -7,8 +7,9 @@
 #
 #   bash scripts/try-without-docker.sh examples/hello-go --platform linux/amd64 --platform linux/arm64
 #
-# Arguments are those of `python -m flows.build`. Prefect runs embedded; its runs
-# and artifacts are in ~/.prefect (see them with `prefect server start`).
+# Arguments are those of `python -m flows.build`. Prefect runs on the local API
+# server the build starts and reuses (README, "The local Prefect API"); its runs and
+# artifacts are in ~/.prefect (see them with `prefect server start`).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

@@ -16,9 +16,9 @@ the first build are reported again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,13 +29,14 @@ from prefect import task
 from prefect.context import TaskRunContext
 from pydantic import BaseModel
 
-from tasks import image_store
+from tasks import image_store, progress
+from tasks.binaries import available, host_file, result_storage
 from tasks.compile import CompiledBinary
 from tasks.image_store import file_sha256
 from tasks.oci_layout import image_digests
 from tasks.params import BuildParams
 from tasks.retries import retry_options
-from tasks.session import engine_ready
+from tasks.session import engine_ready, in_engine
 from tasks.source import SourceInfo
 
 BIN_DIR = "/usr/local/bin"
@@ -127,15 +128,19 @@ async def assemble_image(
     labels = oci_labels(params, source, version)
     output = params.resolved_output()
     output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="gobuild-") as tmp:
+    storage = await result_storage()
+    async with contextlib.AsyncExitStack() as files:
         variants = []
         for b in binaries:
-            bin_path = Path(tmp, b.platform.replace("/", "-"))
-            bin_path.write_bytes(b.data)
-            # The host file's mtime would reach the layer (the engine keeps host
-            # mtimes); the source's time keeps the binary's layer the same for the
-            # same binary, so registries share it between builds.
-            binary = dag.host().file(str(bin_path)).with_timestamps(source_epoch(source))
+            # Compiled in this session: still in the engine. Served from Prefect's
+            # cache: the stored file (tasks/binaries.py), uploaded.
+            binary = in_engine(b.sha256)
+            if binary is None:
+                path = await files.enter_async_context(host_file(b.key, storage))
+                binary = dag.host().file(str(path))
+            # The source's time, not the file's: the same binary then gives the
+            # same layer, so registries share it between builds.
+            binary = binary.with_timestamps(source_epoch(source))
             variants.append(runtime(binary, params, b.platform, labels))
         # Export into the image store under a unique name, then keep it under its
         # content hash: a failed export leaves nothing, and concurrent builds of
@@ -177,6 +182,8 @@ async def served_from_cache(params: BuildParams, source: SourceInfo, version: st
     from tasks.compile import compile_binary, compile_cache_key
 
     if params.force_rebuild or params.image_refs:
+        why = "force_rebuild is set" if params.force_rebuild else "publishing needs the engine"
+        progress.cache_decision(f"{why}: opening an engine session")
         return False
     flow_store = get_result_store()
 
@@ -190,10 +197,24 @@ async def served_from_cache(params: BuildParams, source: SourceInfo, version: st
     binaries = []
     for platform in params.platforms:
         inputs = {"source": source, "params": params, "platform": platform, "version": version}
-        binary = await cached(compile_binary, compile_cache_key(None, inputs))  # type: ignore[arg-type]
-        if binary is None:
+        key = compile_cache_key(None, inputs)  # type: ignore[arg-type]
+        binary = await cached(compile_binary, key)
+        if binary is None or not available(binary.key, binary.size, flow_store.result_storage):
+            progress.cache_decision(
+                f"compile {platform} is not in Prefect's cache (key {key[:16]}…): "
+                "opening an engine session"
+            )
             return False
         binaries.append(binary)
     inputs = {"source": source, "params": params, "binaries": binaries, "version": version}
-    image = await cached(assemble_image, assemble_cache_key(None, inputs))  # type: ignore[arg-type]
-    return image is not None and still_valid(image)
+    key = assemble_cache_key(None, inputs)  # type: ignore[arg-type]
+    image = await cached(assemble_image, key)
+    hit = image is not None and still_valid(image)
+    progress.cache_decision(
+        f"every engine stage is in Prefect's cache (assemble runtime key {key[:16]}…): "
+        "no engine session"
+        if hit
+        else f"assemble runtime is not in Prefect's cache (key {key[:16]}…): "
+        "opening an engine session"
+    )
+    return hit

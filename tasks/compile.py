@@ -6,9 +6,12 @@ downloaded from go.mod/go.sum alone before the rest of the source is copied, so
 the module download is cached apart from code changes; the module and build
 caches are cache volumes that outlive each build.
 
-The task's result is the binary's bytes, persisted by Prefect under a key made of
-everything that determines them, so a later run with the same inputs is served
-from Prefect's result storage even when the engine's own cache is gone.
+The task's result names the binary, kept as a file of its own in Prefect's result
+storage (``tasks/binaries.py``), under a cache key made of everything that
+determines it, so a later run with the same inputs is served from Prefect's
+result storage even when the engine's own cache is gone. Within one run, the
+assemble stage takes the binary from the engine, where it was built, instead of
+uploading the host's copy again.
 
 Module proxies and private modules: ``go_env`` (GOPROXY, GOPRIVATE, ...) is set in
 the builder before ``go mod download``; credentials from ``go_auth_secret_block``
@@ -33,10 +36,11 @@ from prefect import task
 from prefect.context import TaskRunContext
 from pydantic import BaseModel
 
+from tasks import binaries, progress
 from tasks.params import BuildParams, goenv
 from tasks.retries import retry_options
 from tasks.secrets import GoAuth, load_secret_block, parse_go_auth
-from tasks.session import engine_ready
+from tasks.session import engine_ready, remember_in_engine
 from tasks.source import SourceInfo, git_token, source_directory
 
 GOMODCACHE = "/go/pkg/mod"
@@ -54,11 +58,14 @@ _CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
 
 class CompiledBinary(BaseModel):
+    """A compile result: what the report needs, and where the binary is kept
+    (a file of its own beside Prefect's results, ``tasks/binaries.py``)."""
+
     platform: str
     sha256: str
     size: int
     go_version: str
-    data: bytes
+    key: str  # in the result storage
 
 
 # What `go mod download` needs, for every module in the source: replace
@@ -98,7 +105,21 @@ def builder(
     vendored: bool = False,
     auth: GoAuth | None = None,
 ) -> dagger.Container:
-    """The golang stage up to (and including) the optional vet + test gate.
+    """The golang stage up to (and including) the optional vet + test gate
+    (:func:`builder_steps` describes it)."""
+    return builder_steps(src, params, vendored=vendored, auth=auth)[0]
+
+
+def builder_steps(
+    src: dagger.Directory,
+    params: BuildParams,
+    *,
+    vendored: bool = False,
+    auth: GoAuth | None = None,
+) -> tuple[dagger.Container, list[tuple[list[str], dagger.Container]]]:
+    """The golang stage up to (and including) the optional vet + test gate, and
+    each of its commands with the container it ends in, so that they can be run
+    and timed one at a time (:func:`tasks.progress.engine_steps`).
 
     It does not depend on the target platform, so all platforms share it and the
     engine runs the gate once. A vendored module (``vendor/modules.txt``) builds
@@ -129,15 +150,18 @@ def builder(
     if auth is not None:
         ctr = with_go_auth(ctr, auth)
     ctr = ctr.with_workdir(module_path(params))
+    steps: list[tuple[list[str], dagger.Container]] = []
     if not vendored:
-        ctr = ctr.with_directory(SRC, src, include=MODULE_FILES).with_exec(
-            ["go", "mod", "download"]
-        )
+        download = ["go", "mod", "download"]
+        ctr = ctr.with_directory(SRC, src, include=MODULE_FILES).with_exec(download)
+        steps.append((download, ctr))
     ctr = ctr.with_directory(SRC, src)
     if params.run_checks:
         tags = ["-tags", ",".join(params.build_tags)] if params.build_tags else []
-        ctr = ctr.with_exec(["go", "vet", *tags, "./..."]).with_exec(["go", "test", *tags, "./..."])
-    return ctr
+        for check in (["go", "vet", *tags, "./..."], ["go", "test", *tags, "./..."]):
+            ctr = ctr.with_exec(check)
+            steps.append((check, ctr))
+    return ctr, steps
 
 
 async def is_vendored(src: dagger.Directory, params: BuildParams) -> bool:
@@ -156,34 +180,18 @@ def build_args(params: BuildParams, version: str, output: str) -> list[str]:
     return [*args, "-o", output, params.main_package]
 
 
+def binary_path(params: BuildParams) -> str:
+    """Where ``go build`` writes the binary in the builder."""
+    return f"{OUT}/{params.resolved_app_name()}"
+
+
 def binary(builder_ctr: dagger.Container, params: BuildParams, platform: str, version: str):
     """The chain that yields the static binary for ``platform`` (not evaluated)."""
-    out = f"{OUT}/{params.resolved_app_name()}"
+    out = binary_path(params)
     ctr = builder_ctr
     for key, value in goenv(platform).items():
         ctr = ctr.with_env_variable(key, value)
     return ctr.with_exec(build_args(params, version, out)).file(out)
-
-
-def go_build_version(binary_data: bytes) -> str:
-    """The Go version that compiled a binary, read from its build info (what
-    ``go version <binary>`` prints), so the report names the real compiler without
-    another engine round trip. Empty when the binary has none."""
-    magic = b"\xff Go buildinf:"
-    at = binary_data.find(magic)
-    while at != -1 and at % 16:  # the header is 16-byte aligned
-        at = binary_data.find(magic, at + 1)
-    if at == -1 or not binary_data[at + 15] & 2:  # flag 2: inline strings (Go 1.18+)
-        return ""
-    pos, length, shift = at + 32, 0, 0
-    while pos < len(binary_data):
-        byte = binary_data[pos]
-        pos += 1
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    return binary_data[pos : pos + length].decode(errors="replace")
 
 
 def compile_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -242,15 +250,33 @@ async def compile_binary(
     token = await git_token(params) if source.kind == "git" else None
     auth = await go_auth(params)
     src = source_directory(source, token)
-    builder_ctr = builder(src, params, vendored=await is_vendored(src, params), auth=auth)
+    builder_ctr, steps = builder_steps(
+        src, params, vendored=await is_vendored(src, params), auth=auth
+    )
+    await progress.engine_steps(f"compile {platform}", steps)  # timed, once per run
+    storage = await binaries.result_storage()
+    built = binary(builder_ctr, params, platform, version)
     with tempfile.TemporaryDirectory(prefix="gobuild-") as tmp:
         path = Path(tmp, params.resolved_app_name())
-        await binary(builder_ctr, params, platform, version).export(str(path))
-        data = path.read_bytes()
-    return CompiledBinary(
-        platform=platform,
-        sha256="sha256:" + hashlib.sha256(data).hexdigest(),
-        size=len(data),
-        go_version=go_build_version(data) or "unknown",
-        data=data,
-    )
+        go_build = progress.command_text(build_args(params, version, binary_path(params)))
+        async with progress.step(f"compile {platform}", go_build):
+            await built.export(str(path))
+        # Streamed: hashed, stored and read for its Go version without loading it whole.
+        sha256 = binaries.file_sha256(path)
+        compiled = CompiledBinary(
+            platform=platform,
+            sha256=sha256,
+            size=path.stat().st_size,
+            go_version=binaries.go_build_version(path) or "unknown",
+            key=await binaries.keep(path, sha256, storage),
+        )
+    remember_in_engine(sha256, built)
+    return compiled
+
+
+def binary_available(compiled: CompiledBinary) -> bool:
+    """A cached compile result is only as good as its stored binary."""
+    from prefect.results import get_result_store
+
+    storage = get_result_store().result_storage
+    return storage is None or binaries.available(compiled.key, compiled.size, storage)

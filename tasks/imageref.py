@@ -77,9 +77,7 @@ def parse_image_ref(ref: str) -> ImageRef:
     match = _REFERENCE_RE.fullmatch(ref)
     if match is None:
         if _REFERENCE_RE.fullmatch(ref.lower()):
-            raise ValueError(
-                f"{show(ref)} is not a valid image reference: names must be lowercase"
-            )
+            raise ValueError(f"{show(ref)} is not a valid image reference: names must be lowercase")
         raise ValueError(
             f"{show(ref)} is not a valid image reference (expected [registry/]name[:tag][@digest])"
         )

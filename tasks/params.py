@@ -201,9 +201,7 @@ def _check_go_env_item(key: str, value: str) -> None:
             hint = " (credentials come from go_auth_secret_block, as a .netrc)"
         else:
             hint = ""
-        raise ValueError(
-            f"key {show(key)} is not allowed{hint}; allowed: {', '.join(GO_ENV_KEYS)}"
-        )
+        raise ValueError(f"key {show(key)} is not allowed{hint}; allowed: {', '.join(GO_ENV_KEYS)}")
     if any(not ch.isprintable() for ch in value):
         raise ValueError(f"value of {key} must be one line without control characters")
     if key not in _GO_ENV_SPACED and any(ch.isspace() for ch in value):
@@ -317,7 +315,8 @@ class BuildParams(BaseModel):
         default=".",
         title="Source",
         description=(
-            "Local directory of the Go module (must contain go.mod), or a git URL the "
+            "Go module to build: a local directory containing go.mod (a relative path starts "
+            "at the working directory of the process that runs the build), or a git URL the "
             "Dagger engine fetches: https://, http://, ssh://, git:// or git@host:org/repo.git."
         ),
     )
@@ -371,7 +370,10 @@ class BuildParams(BaseModel):
     version_variable: str = Field(
         default="main.version",
         title="Version variable",
-        description="Go string variable set via -ldflags -X, as import/path.name (main.version).",
+        description=(
+            "Go string variable that receives the version (through -ldflags -X), written "
+            "import/path.name, e.g. main.version."
+        ),
     )
     ldflags: str = Field(
         default="",
@@ -417,9 +419,10 @@ class BuildParams(BaseModel):
         description=(
             "Go settings for fetching modules, set in the builder before 'go mod download': "
             + ", ".join(GO_ENV_KEYS)
-            + ". E.g. {\"GOPROXY\": \"https://goproxy.corp.example\", "
-            "\"GOPRIVATE\": \"corp.example/*\"}. GOFLAGS is added to the build's own "
-            "-mod flag. No credentials here: use go_auth_secret_block."
+            + '. E.g. {"GOPROXY": "https://goproxy.corp.example", '
+            '"GOPRIVATE": "corp.example"}. GOFLAGS is added to the build\'s own '
+            "-mod flag. No credentials here: put them in Go module credentials "
+            "(go_auth_secret_block)."
         ),
     )
     go_auth_secret_block: str = Field(
@@ -428,7 +431,7 @@ class BuildParams(BaseModel):
         description=(
             "Name of a Prefect Secret block with credentials for private modules: .netrc text "
             "('machine HOST[:PORT] login USER password TOKEN'), or JSON {\"machine\", "
-            "\"login\", \"password\"} (or a list of them). Mounted in the builder as a "
+            '"login", "password"} (or a list of them). Mounted in the builder as a '
             "Dagger secret at /root/.netrc; Go sends it over HTTPS only."
         ),
     )
@@ -468,8 +471,9 @@ class BuildParams(BaseModel):
         default="",
         title="Output tarball",
         description=(
-            "Path of the exported OCI tarball (.tar); empty: build/APP.oci.tar, APP being "
-            "the app name."
+            "Path of the exported OCI tarball (.tar). Empty means build/APP.oci.tar, APP "
+            "being the app name; a relative path starts at the working directory of the "
+            "process that runs the build."
         ),
     )
     labels: dict[str, str] = Field(

@@ -23,6 +23,7 @@ import dagger
 from dagger import dag
 from prefect import task
 
+from tasks import progress
 from tasks.assemble import ImageArtifact
 from tasks.oci_layout import split_by_platform
 from tasks.params import BuildParams, parse_image_ref
@@ -84,5 +85,7 @@ async def publish_image(
         published = {}
         for ref in refs:
             ctr = with_auth(variants[0], ref, creds)
-            published[ref] = await ctr.publish(ref, platform_variants=variants[1:])
+            async with progress.step("publish", f"push {ref}") as push:
+                published[ref] = await ctr.publish(ref, platform_variants=variants[1:])
+                push.outcome = published[ref]  # the name and digest the registry got
     return published

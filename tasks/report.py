@@ -51,6 +51,7 @@ from prefect.events import emit_event
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, field_validator
 
+from tasks import progress
 from tasks.assemble import ImageArtifact
 from tasks.compile import CompiledBinary
 from tasks.imageref import ImageRef, parse_image_ref
@@ -183,25 +184,33 @@ class Stages:
         """Open the engine session, so a failure there is reported as the
         connection's, not as the stage that ran before it."""
         self.current = "engine connection"
-        await engine.open()
+        async with progress.step("engine", "open a Dagger session"):  # may start an engine
+            await engine.open()
 
     async def run(
         self, name: str, task: Any, *args: Any, valid: Callable[[Any], bool] | None = None
     ) -> Any:
         result, cached = await self._once(name, task, args, self.refresh)
         if cached and valid is not None and not valid(result):
+            progress.cache_decision(f"{name}: the cached result's file is gone, so it runs again")
             result, _ = await self._once(name, task, args, True)
         return result
 
     async def _once(self, name: str, task: Any, args: tuple, refresh: bool) -> tuple[Any, bool]:
         self.current = name
         started = time.monotonic()
+        progress.stage_started(name)
         state = await task.with_options(refresh_cache=refresh or None)(*args, return_state=True)
         cached = state.name == "Cached"
-        self.records.append(
-            StageRecord(name=name, seconds=time.monotonic() - started, cached=cached)
-        )
-        return await state.aresult(), cached
+        seconds = time.monotonic() - started
+        self.records.append(StageRecord(name=name, seconds=seconds, cached=cached))
+        if not state.is_completed():
+            progress.stage_failed(name, seconds)
+            return await state.aresult(), cached  # raises the stage's error
+        result = await state.aresult()
+        key = progress.cache_key(task, args) if cached else ""
+        progress.stage_finished(name, seconds, cached=cached, key=key, result=result)
+        return result, cached
 
 
 def _normalised(ref: ImageRef) -> tuple[str, str, str]:
@@ -317,6 +326,7 @@ def success_markdown(result: BuildResult) -> str:
 
 
 async def report_success(result: BuildResult) -> None:
+    progress.build_finished(result)
     images = result.published()
     await acreate_markdown_artifact(
         key=artifact_key(result.app),
@@ -397,6 +407,7 @@ def failure_markdown(params: BuildParams, stage: str, exc: BaseException) -> str
 
 async def report_failure(params: BuildParams, stage: str, exc: BaseException) -> None:
     """Best effort: a report that cannot be written must not hide the build's own error."""
+    progress.build_failed(stage)
     try:
         await _report_failure(params, stage, exc)
     except Exception as report_exc:

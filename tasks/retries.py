@@ -69,12 +69,9 @@ _GO_DETERMINISTIC = re.compile(
 _GO_DIAGNOSTIC = re.compile(r"^\s*\S+\.(?:go|mod|sum|work|s):\d+(?::\d+)?: ")
 
 
-
 def lost_connection(exc: BaseException) -> bool:
     """True when the engine session itself is gone, not just one request."""
-    return isinstance(
-        exc, dagger.TransportError | dagger.ClientConnectionError | ConnectionError
-    )
+    return isinstance(exc, dagger.TransportError | dagger.ClientConnectionError | ConnectionError)
 
 
 def _go_module_fetch_flaked(exc: dagger.ExecError) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -59,25 +60,28 @@ async def engine_slot() -> AsyncIterator[None]:
     repossessor's 15 s loop), instead of after Prefect's default of five minutes.
     """
     from prefect.concurrency.asyncio import concurrency
-    from prefect.logging import get_run_logger
+
+    from tasks import progress
 
     name = os.environ.get("GOBUILD_ENGINE_LIMIT", "gobuild-engine")
     in_use, slots = await ensure_engine_limit(name)
     if in_use >= slots:
-        with contextlib.suppress(Exception):  # outside a run there is no run logger
-            get_run_logger().info(
-                "waiting for an engine slot (%d of %d in use; limit %r)", in_use, slots, name
-            )
+        progress.slot_waiting(name, in_use, slots)
     lease = float(os.environ.get("GOBUILD_ENGINE_LEASE_SECONDS", ENGINE_LEASE_SECONDS_DEFAULT))
+    waiting = time.monotonic()
     async with concurrency(name, occupy=1, strict=True, lease_duration=lease):
+        progress.slot_acquired(name, time.monotonic() - waiting)
         yield
 
 
 @asynccontextmanager
 async def engine_session() -> AsyncIterator[None]:
     """One Dagger session for a whole flow run; the stages use the global ``dag``."""
+    from tasks.progress import dagger_log_output
+
     preflight()
-    config = dagger.Config(retry=None)
+    # The engine's own progress stream goes to stderr with `--progress plain`.
+    config = dagger.Config(retry=None, log_output=dagger_log_output())
     try:
         async with dagger.connection(config):
             yield
@@ -116,6 +120,9 @@ class EngineScope:
         self._stack = contextlib.AsyncExitStack()
         self._session: contextlib.AsyncExitStack | None = None
         self.lost = False
+        # Binaries compiled in this session, by digest: still in the engine, so a
+        # later stage uses them there instead of uploading the host's copy.
+        self.files: dict[str, dagger.File] = {}
         self._token: contextvars.Token[EngineScope | None] | None = None
 
     async def __aenter__(self) -> EngineScope:
@@ -145,6 +152,7 @@ class EngineScope:
 
     async def _close_session(self) -> None:
         stack, self._session = self._session, None
+        self.files.clear()  # they belong to the session
         if stack is not None:
             # Closing a session whose connection is already gone may fail again;
             # there is nothing left to release on our side then.
@@ -165,6 +173,19 @@ async def engine_ready() -> None:
     scope = _CURRENT.get()
     if scope is not None:
         await scope.open()
+
+
+def remember_in_engine(sha256: str, file: dagger.File) -> None:
+    """Note a file the engine holds in this run's session (a compiled binary)."""
+    scope = _CURRENT.get()
+    if scope is not None and scope._session is not None:
+        scope.files[sha256] = file
+
+
+def in_engine(sha256: str) -> dagger.File | None:
+    """The file with this digest still in this run's session, if any."""
+    scope = _CURRENT.get()
+    return scope.files.get(sha256) if scope is not None else None
 
 
 def current_scope() -> EngineScope | None:

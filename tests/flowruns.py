@@ -41,6 +41,36 @@ def artifacts(flow_run_id) -> list:
         )
 
 
+FINAL_PROGRESS = ("build: finished", "build: failed")  # tasks/progress.py, a run's last line
+
+
+def run_logs(flow_run_id, timeout: float = 30.0) -> list[str]:
+    """The run's log messages in the API, in order, once its last progress line
+    (``build: finished``/``build: failed``) is there: logs reach the API in
+    batches, asynchronously, so an early read could miss the end of the story."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    deadline = time.monotonic() + timeout
+    log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+    while True:
+        messages: list[str] = []
+        with get_client(sync_client=True) as client:
+            while True:  # the API answers in pages
+                page = client.read_logs(
+                    log_filter=log_filter,
+                    limit=200,
+                    offset=len(messages),
+                    sort=LogSort.TIMESTAMP_ASC,
+                )
+                messages += [entry.message for entry in page]
+                if len(page) < 200:
+                    break
+        if any(m.startswith(FINAL_PROGRESS) for m in messages) or time.monotonic() > deadline:
+            return messages
+        time.sleep(0.5)
+
+
 def events(name: str, payload: dict[str, Any], timeout: float = 30.0) -> list:
     """The events called ``name`` whose payload has the items of ``payload``.
 
@@ -56,4 +86,3 @@ def events(name: str, payload: dict[str, Any], timeout: float = 30.0) -> list:
         if ours or time.monotonic() > deadline:
             return ours
         time.sleep(0.5)
-

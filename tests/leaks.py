@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
 
 from tests.dagger_test_engine.server import TestEngine
+from tests.flowruns import FINAL_PROGRESS, run_logs
 from tests.prefect_fixtures import PrefectAPI
 
 
@@ -25,24 +24,19 @@ def assert_not_leaked(
 ) -> None:
     """Prefect's database, the run's logs, every artifact, the result store, the
     engine's query log, the process output, the final state (and ``more``)."""
+    # Every log line of the run, its progress lines (tasks/progress.py: commands,
+    # source, cache decisions, digests, pushes) up to the last one included; read
+    # first, so that the database below holds them too.
+    logs = run_logs(state.state_details.flow_run_id)
+    assert logs, "expected the run's logs in the API"
+    assert any(m.startswith(FINAL_PROGRESS) for m in logs), "expected the run's last progress line"
     db_url = PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
     db_file = Path(db_url.split("///", 1)[1])
     assert db_file.exists()
     haystacks = {"database": b"".join(p.read_bytes() for p in db_file.parent.glob("*.db*"))}
-    deadline = time.monotonic() + 20  # logs reach the API in batches, asynchronously
     with get_client(sync_client=True) as client:
-        while True:
-            logs = client.read_logs(
-                log_filter=LogFilter(
-                    flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
-                )
-            )
-            if logs or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
         all_artifacts = client.read_artifacts()
-    assert logs, "expected the run's logs in the API"
-    haystacks["logs"] = "\n".join(entry.message for entry in logs).encode()
+    haystacks["logs"] = "\n".join(logs).encode()
     haystacks["artifacts"] = "\n".join(
         str(a.data) + str(a.description) for a in all_artifacts
     ).encode()

@@ -138,8 +138,13 @@ def test_second_run_in_a_new_process_is_cached_even_on_a_fresh_engine(
     assert second.stdout.split()[-1] == digest
     assert log["execs"] == []
     assert log["requests"] == []  # served from Prefect's cache: not even a session
-    logs = second.stdout + second.stderr
-    assert logs.count("Finished in state Cached") == 2  # compile + assemble
+    # The terminal says so (compile + assemble), in the CLI's own lines: Prefect's
+    # per-task chatter stays in the run's logs in the API, off the terminal.
+    err = second.stderr
+    assert "cache: every engine stage is in Prefect's cache" in err, err[-3000:]
+    assert "compile linux/amd64: served from cache (key " in err, err[-3000:]
+    assert "assemble runtime: served from cache (key " in err, err[-3000:]
+    assert "Finished in state" not in err, err[-3000:]
 
 
 def test_force_rebuild_bypasses_the_cache(
@@ -371,13 +376,6 @@ def test_flow_parameters_have_titles_descriptions_and_defaults() -> None:
         assert prop.get("description"), name
         assert "default" in prop, name
     assert not schema.get("required")
-
-
-def test_go_build_version_needs_go_build_info() -> None:
-    from tasks.compile import go_build_version
-
-    assert go_build_version(b"\x7fELF" + b"\0" * 100) == ""
-    assert go_build_version(Path(sys.executable).read_bytes()) == ""
 
 
 def test_git_source_at_a_tag_records_the_commit(
