@@ -16,9 +16,11 @@ would to a ``prefect server start`` of the user's.
   a request, or with ``python -m flows.local_api stop``.
 - It is one per ``PREFECT_HOME``: a lock file makes simultaneous builds wait for
   the one that starts it, and the state file names its port and process.
-- It runs all of Prefect's server services except the UI (``prefect server start``
-  shows this database in the UI), so an engine slot leased by a build that was
-  killed comes back when the lease runs out, as on a shared server.
+- It runs Prefect's server services that builds use, among them the lease
+  repossessor, so an engine slot leased by a build that was killed comes back
+  when the lease runs out, as on a shared server; not the UI (``prefect server
+  start`` shows this database in the UI), nor the services of schedules, late
+  runs, workers and pauses, which have nothing to do here.
 - ``GOBUILD_LOCAL_API=0`` keeps Prefect's temporary server per process instead;
   a configured ``PREFECT_API_URL`` (environment or profile) is always used as is.
 - A server started by another Prefect version or Python is replaced.
@@ -47,6 +49,7 @@ LOG_FILE = "gobuild-api.log"
 IDLE_MINUTES_DEFAULT = 60.0
 START_TIMEOUT_DEFAULT = 120.0
 OFF_WORDS = {"0", "false", "no", "off"}
+IDLE_SERVICES = ("SCHEDULER", "LATE_RUNS", "FOREMAN", "PAUSE_EXPIRATIONS")
 
 
 class LocalAPIError(RuntimeError):
@@ -218,6 +221,10 @@ def serve(port: int, idle_minutes: float) -> None:
     exits after ``idle_minutes`` without a request (0: never)."""
     os.environ["PREFECT_UI_ENABLED"] = "false"
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Services for schedules, late runs, workers and pauses have nothing to do for
+    # command-line builds, and polling costs CPU while the server idles.
+    for service in IDLE_SERVICES:
+        os.environ.setdefault(f"PREFECT_SERVER_SERVICES_{service}_ENABLED", "false")
     import anyio
     import uvicorn
     from prefect.server.api.server import create_app
