@@ -30,8 +30,7 @@ from prefect import flow
 from pydantic import Field
 from pydantic.fields import FieldInfo
 
-from flows import local_api
-from tasks import progress
+from flows import local_api, terminal
 from tasks.assemble import assemble_image, place_output, served_from_cache, still_valid
 from tasks.compile import binary_available, compile_binary
 from tasks.params import BuildParams, ParamsError, parse_params
@@ -174,7 +173,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--force", dest="force_rebuild", action="store_true", default=None)
     ap.add_argument(
         "--progress",
-        choices=progress.MODES,
+        choices=terminal.MODES,
         help="auto (default: compact on a terminal, else plain), plain (a line per step, "
         "and one at least every 10 s while a step runs), quiet (only the result)",
     )
@@ -257,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ParamsError, EngineUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    progress.start_cli(progress_mode)  # stderr: a line per step, and a heartbeat
+    terminal.start_cli(progress_mode)  # stderr: a line per step, and a heartbeat
     try:
         api_url = local_api.ensure() if local_api.wanted() else None
     except local_api.LocalAPIError as exc:
@@ -266,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_console_tracebacks()
     with _api(api_url):
         state = asyncio.run(multistage_build(**values, return_state=True))
-    progress.stop_cli()
+    terminal.stop_cli()
     if not state.is_completed():
         exc = state.result(raise_on_failure=False)
         print(failure_summary(exc), file=sys.stderr)

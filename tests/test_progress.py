@@ -30,6 +30,7 @@ from pathlib import Path
 import dagger
 import pytest
 
+from flows import terminal as cli_terminal
 from tasks import progress, session
 from tasks.oci_layout import image_digests
 from tests.dagger_test_engine.server import TestEngine
@@ -81,14 +82,14 @@ class FakeTTY(io.StringIO):
 
 def test_auto_is_compact_on_a_terminal_and_plain_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TERM", "xterm-256color")
-    assert progress.resolve_mode("auto", FakeTTY()) == "tty"
-    assert progress.resolve_mode("auto", io.StringIO()) == "plain"
-    assert progress.resolve_mode("plain", FakeTTY()) == "plain"
-    assert progress.resolve_mode("quiet", FakeTTY()) == "quiet"
+    assert cli_terminal.resolve_mode("auto", FakeTTY()) == "tty"
+    assert cli_terminal.resolve_mode("auto", io.StringIO()) == "plain"
+    assert cli_terminal.resolve_mode("plain", FakeTTY()) == "plain"
+    assert cli_terminal.resolve_mode("quiet", FakeTTY()) == "quiet"
     monkeypatch.setenv("TERM", "dumb")
-    assert progress.resolve_mode("auto", FakeTTY()) == "plain"
+    assert cli_terminal.resolve_mode("auto", FakeTTY()) == "plain"
     with pytest.raises(ValueError, match="--progress"):
-        progress.resolve_mode("fancy", io.StringIO())
+        cli_terminal.resolve_mode("fancy", io.StringIO())
 
 
 @pytest.fixture
@@ -113,7 +114,7 @@ def test_plain_prints_each_step_and_a_heartbeat_while_one_runs(
     gobuild_logger: logging.Logger,
 ) -> None:
     stream = io.StringIO()
-    terminal = progress.TerminalProgress(stream, heartbeat=0.3).start()
+    terminal = cli_terminal.TerminalProgress(stream, heartbeat=0.3).start()
     gobuild_logger.addHandler(terminal)
 
     async def compile_with_a_slow_build() -> None:
@@ -141,7 +142,7 @@ def test_plain_prints_each_step_and_a_heartbeat_while_one_runs(
 
 def test_plain_heartbeat_between_steps_names_the_last_line(gobuild_logger: logging.Logger) -> None:
     stream = io.StringIO()
-    terminal = progress.TerminalProgress(stream, heartbeat=0.3).start()
+    terminal = cli_terminal.TerminalProgress(stream, heartbeat=0.3).start()
     gobuild_logger.addHandler(terminal)
     try:
         progress.note("load source: local directory /src")
@@ -155,7 +156,7 @@ def test_tty_keeps_starts_in_a_status_line_and_ends_as_lines(
     gobuild_logger: logging.Logger,
 ) -> None:
     stream = FakeTTY()
-    terminal = progress.TerminalProgress(stream, tty=True)  # no heartbeat thread: by hand
+    terminal = cli_terminal.TerminalProgress(stream, tty=True)  # no heartbeat thread: by hand
     gobuild_logger.addHandler(terminal)
 
     async def two_builds() -> None:
