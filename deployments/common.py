@@ -8,7 +8,8 @@ whichever the team chose:
   parameter is refused with 409 when the run is created, instead of a run that
   crashes when the flow is called;
 - the on-demand deployment's ``source`` required, with no default;
-- the automation that marks a run Crashed once its heartbeats stop
+- the automations that end a run whose process died: Crashed once its heartbeats
+  stop, Cancelled once a Cancel finds nobody to carry it out
   (:func:`register_crash_automation`); the runs themselves must send heartbeats
   (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``: set by the serving process, and by
   ``prefect.yaml``'s job variables for workers).
@@ -25,6 +26,7 @@ from typing import Any
 HEARTBEAT_SECONDS = "30"  # Prefect's minimum; its default is 180
 HEARTBEAT_GRACE_SECONDS = 90.0
 CRASH_AUTOMATION = "gobuild: mark builds whose heartbeats stopped as Crashed"
+CANCEL_AUTOMATION = "gobuild: end cancelled builds whose process is gone"
 FLOW_NAME = "multistage-build"
 DEPLOYMENT_NAMES = ("nightly", "on-demand", "on-push")
 # Parameters a deployment's runs must give (their default is dropped): an
@@ -33,7 +35,7 @@ DEPLOYMENT_NAMES = ("nightly", "on-demand", "on-push")
 REQUIRED_PARAMETERS: dict[str, tuple[str, ...]] = {"on-demand": ("source",)}
 # A run that reached any of these states has ended; only heartbeats that stop
 # without one of them mean a dead process ("Cancelling" is not here: cancelling a
-# dead run must end it too).
+# dead run must end it too, see cancel_automation).
 FINAL_EVENTS = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")}
 
 
@@ -105,13 +107,55 @@ def crash_automation(grace_seconds: float) -> Any:
     )
 
 
+def cancel_automation(grace_seconds: float) -> Any:
+    """The automation that ends a Cancel nobody carries out: a run cancelled after
+    its process died sits in Cancelling, and the crash automation cannot help, as
+    Prefect only lets a Cancelling run become Cancelled
+    (``EnforceCancellingToCancelledTransition``); its own cleanup waits 300 s. A
+    live run keeps sending heartbeats until its runner ends it, so this fires only
+    when nothing came after the Cancel."""
+    from datetime import timedelta
+
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    return AutomationCore(
+        name=CANCEL_AUTOMATION,
+        description=(
+            "A multistage-build run cancelled while its process was gone (no heartbeat "
+            f"for {grace_seconds:g} s after the Cancel): mark it Cancelled."
+        ),
+        trigger=EventTrigger(
+            after={"prefect.flow-run.Cancelling"},
+            expect={"prefect.flow-run.heartbeat", *FINAL_EVENTS},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={"prefect.resource.role": "flow", "prefect.resource.name": FLOW_NAME},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=grace_seconds),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CANCELLED,
+                message=(
+                    f"cancelled; no heartbeat for {grace_seconds:g} s after the Cancel, so the "
+                    "process running this build was already gone"
+                ),
+            )
+        ],
+    )
+
+
 async def register_crash_automation(grace_seconds: float) -> None:
-    """(Re)create the crash automation: one of that name, whoever registered it last
-    (a serving process or ``deployments.setup``) sets its grace period."""
+    """(Re)create the automations that end dead runs (crash and cancel): one of each
+    name, whoever registered them last (a serving process or ``deployments.setup``)
+    sets their grace period."""
     from prefect.client.orchestration import get_client
 
-    automation = crash_automation(grace_seconds)
     async with get_client() as client:
-        for old in await client.read_automations_by_name(CRASH_AUTOMATION):
-            await client.delete_automation(old.id)
-        await client.create_automation(automation)
+        for automation in (crash_automation(grace_seconds), cancel_automation(grace_seconds)):
+            for old in await client.read_automations_by_name(automation.name):
+                await client.delete_automation(old.id)
+            await client.create_automation(automation)

@@ -33,6 +33,7 @@ values from it, and nothing else (no parameters, no credentials) is added.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 import shlex
@@ -328,31 +329,38 @@ def success_markdown(result: BuildResult) -> str:
 async def report_success(result: BuildResult) -> None:
     progress.build_finished(result)
     images = result.published()
-    await acreate_markdown_artifact(
-        key=artifact_key(result.app),
-        markdown=success_markdown(result),
-        description=f"{result.app} {result.version}: {result.digest}",
+    # The artifacts are independent requests: sent at once, a build waits for one
+    # round trip to the API instead of one per artifact.
+    await asyncio.gather(
+        acreate_markdown_artifact(
+            key=artifact_key(result.app),
+            markdown=success_markdown(result),
+            description=f"{result.app} {result.version}: {result.digest}",
+        ),
+        acreate_table_artifact(
+            key=artifact_key(result.app, "platforms"),
+            table=[
+                {
+                    "platform": p,
+                    "binary_size": result.binaries.get(p, 0),
+                    "manifest_digest": d,
+                    "image_digest": result.digest,
+                }
+                for p, d in result.platforms.items()
+            ],
+            description=f"{result.app} {result.version} per platform",
+        ),
+        *(
+            acreate_link_artifact(
+                key=artifact_key(result.app, "image"),
+                link=image.link,
+                link_text=f"{image.ref}@{image.digest}" if image.digest else image.ref,
+                description=f"{result.app} {result.version} published as {image.requested}",
+            )
+            for image in images
+            if image.link
+        ),
     )
-    await acreate_table_artifact(
-        key=artifact_key(result.app, "platforms"),
-        table=[
-            {
-                "platform": p,
-                "binary_size": result.binaries.get(p, 0),
-                "manifest_digest": d,
-                "image_digest": result.digest,
-            }
-            for p, d in result.platforms.items()
-        ],
-        description=f"{result.app} {result.version} per platform",
-    )
-    for image in (i for i in images if i.link):
-        await acreate_link_artifact(
-            key=artifact_key(result.app, "image"),
-            link=image.link,
-            link_text=f"{image.ref}@{image.digest}" if image.digest else image.ref,
-            description=f"{result.app} {result.version} published as {image.requested}",
-        )
     resource = {
         "prefect.resource.id": f"gobuild.image.{result.app}",
         "prefect.resource.name": result.app,
