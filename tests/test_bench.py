@@ -40,6 +40,15 @@ EXPECTED = {
     ],
     "4 digest": ["describe_local", "throughput", "with excludes", "without excludes"],
     "5 round trips": ["plain script", "flow", "extra requests"],
+    "6 main job": [
+        "guide script rerun",
+        "main job no-op, local API",
+        "ratio main job / guide script",
+        "temporary API per process",
+        "first build on a fresh PREFECT_HOME",
+    ],
+    "7 one-line change": ["guide script as written", "main job", "ratio main job / guide"],
+    "8 memory": ["peak RSS, main job no-op", "20 MB binary, built", "rebuilt from cache"],
 }
 NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 

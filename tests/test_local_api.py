@@ -200,3 +200,40 @@ def test_opt_out_and_a_configured_api_start_no_local_server(
         text=True, timeout=120, check=False,
     )  # fmt: skip
     assert proc.stdout.strip() == "True", proc.stderr[-2000:]
+
+
+def test_simultaneous_cli_builds_share_one_local_server(
+    home: Path, test_engine_session: TestEngine, hello_go: Path, tmp_path: Path
+) -> None:
+    """Builds started at once with no API configured: one server starts, every
+    build completes against it, each with its own version in its own tarball."""
+    versions = ["9.0.1", "9.0.2", "9.0.3"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "flows.build", str(hello_go), "--no-checks", "--version", v,
+             "--output", str(tmp_path / "out" / "h.tar"), "--progress", "quiet"],
+            cwd=ROOT, env={**_env(home), **test_engine_session.env},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for v in versions
+    ]  # fmt: skip
+    tarballs = set()
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        tarballs.add(out.split()[-2])
+    assert len(tarballs) == len(versions)
+    state = _state(home)
+    servers = subprocess.run(
+        ["pgrep", "-f", "flows.local_api serve"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert str(state["pid"]) in servers
+    runs = httpx.post(
+        f"http://127.0.0.1:{state['port']}/api/flow_runs/filter", json={}, timeout=30
+    ).json()
+    assert sorted(r["state_type"] for r in runs) == ["COMPLETED"] * len(versions)
+    # Only one server for this PREFECT_HOME: every other one belongs to another home.
+    for pid in servers:
+        if pid != str(state["pid"]):
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            assert f"PREFECT_HOME={home}".encode() not in environ
