@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--n and --rounds must be at least 1")
 
     from bench.run import machine_info
-    from tests.postgres_fixtures import running_postgres, running_prefect_server
+    from tests.postgres_fixtures import running_postgres
+    from tests.server_fixtures import running_prefect_server
 
     machine = machine_info()
     work = Path(tempfile.mkdtemp(prefix="gobuild-api-creates-"))

@@ -69,15 +69,33 @@ def closed_schema(schema: dict[str, Any], required: tuple[str, ...] = ()) -> dic
     return closed
 
 
+def silent_after(event: str, grace_seconds: float) -> Any:
+    """A proactive trigger, one per run of this flow: ``event`` came, then neither a
+    heartbeat nor a final state within ``grace_seconds``, so no process is left
+    to run it (Prefect's recipe for zombie runs)."""
+    from datetime import timedelta
+
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    return EventTrigger(
+        after={event},
+        expect={"prefect.flow-run.heartbeat", *FINAL_EVENTS},
+        match={"prefect.resource.id": "prefect.flow-run.*"},
+        match_related={"prefect.resource.role": "flow", "prefect.resource.name": FLOW_NAME},
+        for_each={"prefect.resource.id"},
+        posture=Posture.Proactive,
+        threshold=1,
+        within=timedelta(seconds=grace_seconds),
+    )
+
+
 def crash_automation(grace_seconds: float) -> Any:
     """The automation that ends runs whose process died: a proactive trigger on the
     absence of heartbeats (Prefect's recipe for zombie runs), limited to this
     flow's runs, one per run."""
-    from datetime import timedelta
-
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState
-    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+    from prefect.events.schemas.automations import AutomationCore
 
     return AutomationCore(
         name=CRASH_AUTOMATION,
@@ -85,16 +103,7 @@ def crash_automation(grace_seconds: float) -> Any:
             "A multistage-build run that sent no heartbeat for "
             f"{grace_seconds:g} s, and did not end, lost its process: mark it Crashed."
         ),
-        trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
-            expect={"prefect.flow-run.heartbeat", *FINAL_EVENTS},
-            match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related={"prefect.resource.role": "flow", "prefect.resource.name": FLOW_NAME},
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=timedelta(seconds=grace_seconds),
-        ),
+        trigger=silent_after("prefect.flow-run.heartbeat", grace_seconds),
         actions=[
             ChangeFlowRunState(
                 state=StateType.CRASHED,
@@ -114,11 +123,9 @@ def cancel_automation(grace_seconds: float) -> Any:
     (``EnforceCancellingToCancelledTransition``); its own cleanup waits 300 s. A
     live run keeps sending heartbeats until its runner ends it, so this fires only
     when nothing came after the Cancel."""
-    from datetime import timedelta
-
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState
-    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+    from prefect.events.schemas.automations import AutomationCore
 
     return AutomationCore(
         name=CANCEL_AUTOMATION,
@@ -126,16 +133,7 @@ def cancel_automation(grace_seconds: float) -> Any:
             "A multistage-build run cancelled while its process was gone (no heartbeat "
             f"for {grace_seconds:g} s after the Cancel): mark it Cancelled."
         ),
-        trigger=EventTrigger(
-            after={"prefect.flow-run.Cancelling"},
-            expect={"prefect.flow-run.heartbeat", *FINAL_EVENTS},
-            match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related={"prefect.resource.role": "flow", "prefect.resource.name": FLOW_NAME},
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=timedelta(seconds=grace_seconds),
-        ),
+        trigger=silent_after("prefect.flow-run.Cancelling", grace_seconds),
         actions=[
             ChangeFlowRunState(
                 state=StateType.CANCELLED,

@@ -256,12 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ParamsError, EngineUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    terminal.start_cli(progress_mode)  # stderr: a line per step, and a heartbeat
     try:
-        api_url = local_api.ensure() if local_api.wanted() else None
+        api_url = local_api.ensure(quiet=progress_mode == "quiet") if local_api.wanted() else None
     except local_api.LocalAPIError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    terminal.start_cli(progress_mode)  # stderr: a line per step, and a heartbeat
     quiet_console_tracebacks()
     with _api(api_url):
         state = asyncio.run(multistage_build(**values, return_state=True))

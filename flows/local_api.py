@@ -127,8 +127,9 @@ def _current(state: ServerState | None) -> bool:
     )
 
 
-def ensure() -> str:
-    """The URL of the running local server, started first if there is none."""
+def ensure(*, quiet: bool = True) -> str:
+    """The URL of the running local server, started first if there is none (said
+    on stderr unless ``quiet``: the first build waits a few seconds for it)."""
     base = home()
     with _locked(base):
         state = read_state(base)
@@ -136,6 +137,13 @@ def ensure() -> str:
             return state.api_url
         if state is not None:
             _terminate(state)
+        if not quiet:
+            print(
+                "starting the local Prefect API server (once; later builds reuse it: "
+                "python -m flows.local_api status|stop)",
+                file=sys.stderr,
+                flush=True,
+            )
         return _start(base).api_url
 
 

@@ -38,17 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.registry_fixtures import free_port
 from tests.server_fixtures import (
-    PREFECT,
-    SERVER_START_TIMEOUT,
     PrefectServer,
     Proc,
     clean_env,
-    start_proc,
+    running_prefect_server,
 )
 
 PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
@@ -222,50 +219,6 @@ def running_postgres(log_dir: Path, *, fsync: bool = True) -> Iterator[Postgres]
             # SIGINT is PostgreSQL's "fast" shutdown (SIGTERM waits for clients).
             proc.stop(signals=(signal.SIGINT,), grace=20)
         shutil.rmtree(base, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def running_prefect_server(
-    base: Path, *, database_url: str | None = None, extra_env: dict[str, str] | None = None
-) -> Iterator[PrefectServer]:
-    """``prefect server start`` on a free port of 127.0.0.1: on ``database_url``
-    (PostgreSQL) or, without one, on a fresh SQLite file in its own PREFECT_HOME
-    (Prefect's default). Migrations run at start-up either way."""
-    base.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = {
-        **clean_env(),
-        "PREFECT_HOME": str(base / "home"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(base / "results"),
-        "PREFECT_UI_ENABLED": "false",
-        **(extra_env or {}),
-    }
-    if database_url:
-        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
-    proc = start_proc(
-        "prefect server",
-        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        cwd=base,
-        log=base / "server.log",
-    )
-    server = PrefectServer(
-        url=f"http://127.0.0.1:{port}/api", home=base / "home", results=base / "results", proc=proc
-    )
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{server.url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        _wait("the Prefect server", healthy, SERVER_START_TIMEOUT, [proc])
-        yield server
-    finally:
-        server.stop_runners()
-        proc.stop(grace=20)
 
 
 @pytest.fixture(scope="module")

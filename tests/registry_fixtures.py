@@ -113,6 +113,28 @@ def stop_registry(reg: Registry) -> None:
             reg.process.kill()
 
 
+def forward(handler: BaseHTTPRequestHandler, upstream: str, body: bytes) -> None:
+    """Send the request ``handler`` received on to ``upstream`` and its answer back:
+    the pass-through of the test proxies that stand between the engine and a
+    registry."""
+    headers = {k: v for k, v in handler.headers.items() if k.lower() != "content-length"}
+    r = httpx.request(
+        handler.command,
+        f"http://{upstream}{handler.path}",
+        headers=headers,
+        content=body,
+        timeout=30,
+    )
+    handler.send_response(r.status_code)
+    for k, v in r.headers.items():
+        if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+            handler.send_header(k, v)
+    handler.send_header("Content-Length", str(len(r.content)))
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(r.content)
+
+
 @dataclass
 class FaultProxy:
     """HTTP proxy in front of a registry that fails the first ``count`` requests.
@@ -163,22 +185,7 @@ class FaultProxy:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "content-length"}
-                r = httpx.request(
-                    self.command,
-                    f"http://{proxy.upstream}{self.path}",
-                    headers=headers,
-                    content=body,
-                    timeout=30,
-                )
-                self.send_response(r.status_code)
-                for k, v in r.headers.items():
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(r.content)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(r.content)
+                forward(self, proxy.upstream, body)
 
             do_GET = do_PUT = do_POST = do_HEAD = do_PATCH = do_DELETE = _handle
 

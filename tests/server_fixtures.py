@@ -183,17 +183,29 @@ class PrefectServer:
         self.runners.clear()
 
 
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    base = tmp_path_factory.mktemp("prefect-server")
-    port = free_port()
+@contextlib.contextmanager
+def running_prefect_server(
+    base: Path,
+    *,
+    database_url: str | None = None,
+    extra_env: dict[str, str] | None = None,
+    port: int | None = None,
+) -> Iterator[PrefectServer]:
+    """``prefect server start`` on a free port of 127.0.0.1: on ``database_url``
+    (PostgreSQL) or, without one, on a fresh SQLite file in its own PREFECT_HOME
+    (Prefect's default). Migrations run at start-up either way."""
+    base.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
     env = {
         **clean_env(),
         "PREFECT_HOME": str(base / "home"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(base / "results"),
         "PREFECT_UI_ENABLED": "false",
+        **(extra_env or {}),
     }
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     proc = start_proc(
         "prefect server",
         [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -212,11 +224,22 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
             return False
 
     try:
-        wait_for("the Prefect server", healthy, timeout=SERVER_START_TIMEOUT, procs=[proc])
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while not healthy():  # RuntimeError, not pytest.fail: the bench uses it too
+            if not proc.alive or time.monotonic() > deadline:
+                why = "exited" if not proc.alive else f"no answer in {SERVER_START_TIMEOUT:g} s"
+                raise RuntimeError(f"the Prefect server {why}\n{proc.tail()}")
+            time.sleep(0.3)
         yield server
     finally:
         server.stop_runners()
         proc.stop(grace=20)
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    with running_prefect_server(tmp_path_factory.mktemp("prefect-server")) as server:
+        yield server
 
 
 @dataclass

@@ -46,7 +46,7 @@ import httpx
 import pytest
 
 from deployments.serve import CRASH_AUTOMATION
-from tests.registry_fixtures import Registry
+from tests.registry_fixtures import Registry, forward
 from tests.server_fixtures import (
     ROOT,
     EngineProcess,
@@ -109,22 +109,7 @@ class GatedRegistry:
                     return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "content-length"}
-                r = httpx.request(
-                    self.command,
-                    f"http://{gate.upstream}{self.path}",
-                    headers=headers,
-                    content=body,
-                    timeout=30,
-                )
-                self.send_response(r.status_code)
-                for k, v in r.headers.items():
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(r.content)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(r.content)
+                forward(self, gate.upstream, body)
 
             do_GET = do_PUT = do_POST = do_HEAD = do_PATCH = do_DELETE = _handle
 

@@ -94,6 +94,8 @@ def test_builds_reuse_one_local_server_and_stop_ends_it(
     second = _cli(home, test_engine_session, *args)
     assert second.returncode == 0, second.stderr[-3000:]
     assert _state(home) == state  # the same server, not a new one
+    starting = "starting the local Prefect API server"
+    assert starting in first.stderr and starting not in second.stderr
     assert first.stdout.split()[-1] == second.stdout.split()[-1]  # same digest: from cache
 
     # Both runs are in that server's database, so `prefect server start` on this

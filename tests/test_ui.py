@@ -38,13 +38,11 @@ import pytest
 
 from tests.registry_fixtures import free_port
 from tests.server_fixtures import (
-    PREFECT,
     ROOT,
     SERVER_START_TIMEOUT,
     PrefectServer,
     Served,
-    clean_env,
-    start_proc,
+    running_prefect_server,
     wait_for,
 )
 
@@ -112,41 +110,21 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
     servers on this machine may be copying at the same time."""
     base = tmp_path_factory.mktemp("prefect-ui-server")
     port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {
-        **clean_env(),
-        "PREFECT_HOME": str(base / "home"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(base / "results"),
+    ui = {
         "PREFECT_UI_ENABLED": "true",
-        "PREFECT_UI_API_URL": url,
+        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_UI_STATIC_DIRECTORY": str(base / "ui"),
     }
-    proc = start_proc(
-        "prefect server (UI)",
-        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        cwd=base,
-        log=base / "server.log",
-    )
-    server = PrefectServer(url=url, home=base / "home", results=base / "results", proc=proc)
+    with running_prefect_server(base, extra_env=ui, port=port) as server:
 
-    def ready() -> bool:
-        try:
-            health = httpx.get(f"{url}/health", timeout=2)
-            settings = httpx.get(f"{origin(server)}/ui-settings", timeout=2)
-        except httpx.HTTPError:
-            return False
-        return health.status_code == 200 and settings.status_code == 200
+        def ui_ready() -> bool:
+            try:
+                return httpx.get(f"{origin(server)}/ui-settings", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
 
-    try:
-        wait_for(
-            "the Prefect server and its UIs", ready, timeout=SERVER_START_TIMEOUT, procs=[proc]
-        )
+        wait_for("the Prefect UIs", ui_ready, timeout=SERVER_START_TIMEOUT, procs=[server.proc])
         yield server
-    finally:
-        server.stop_runners()
-        proc.stop(grace=20)
 
 
 @pytest.fixture(scope="module")
