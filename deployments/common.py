@@ -146,14 +146,39 @@ def cancel_automation(grace_seconds: float) -> Any:
     )
 
 
+def _canonical(automation: Any) -> str:
+    """What an automation does, comparable between a registered one and a new one:
+    without ids, with its sets of event names in a fixed order."""
+    import json
+
+    def ordered(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: ordered(v) for k, v in value.items() if k != "id"}
+        if isinstance(value, list):
+            items = [ordered(v) for v in value]
+            return sorted(items) if all(isinstance(v, str) for v in items) else items
+        return value
+
+    fields = {"name", "description", "enabled", "trigger", "actions"}
+    fields |= {"actions_on_trigger", "actions_on_resolve"}
+    return json.dumps(ordered(automation.model_dump(mode="json", include=fields)), sort_keys=True)
+
+
 async def register_crash_automation(grace_seconds: float) -> None:
-    """(Re)create the automations that end dead runs (crash and cancel): one of each
-    name, whoever registered them last (a serving process or ``deployments.setup``)
-    sets their grace period."""
+    """Make sure the automations that end dead runs (crash and cancel) exist as
+    defined here: one of each name, whoever registered them last (a serving
+    process or ``deployments.setup``) setting their grace period.
+
+    One that is already as defined is left alone: replacing it would drop the runs
+    it is timing (a serving process restarted right after a crash would otherwise
+    reset every pending dead-run check)."""
     from prefect.client.orchestration import get_client
 
     async with get_client() as client:
         for automation in (crash_automation(grace_seconds), cancel_automation(grace_seconds)):
-            for old in await client.read_automations_by_name(automation.name):
+            existing = await client.read_automations_by_name(automation.name)
+            if len(existing) == 1 and _canonical(existing[0]) == _canonical(automation):
+                continue
+            for old in existing:
                 await client.delete_automation(old.id)
             await client.create_automation(automation)
