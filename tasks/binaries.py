@@ -20,8 +20,8 @@ them. Same content, same name: concurrent builds of one binary write it once
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -58,11 +58,6 @@ async def result_storage() -> WritableFileSystem:
     return await aget_default_result_storage()
 
 
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
-
-
 async def keep(path: Path, sha256: str, storage: WritableFileSystem) -> str:
     """Store the binary at ``path`` under its digest; -> its storage key."""
     key = blob_key(sha256)
@@ -76,9 +71,7 @@ async def keep(path: Path, sha256: str, storage: WritableFileSystem) -> str:
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.partial")
     try:
-        with open(path, "rb") as src, open(partial, "wb") as out:
-            while chunk := src.read(_CHUNK):
-                out.write(chunk)
+        shutil.copyfile(path, partial)  # streamed by the kernel, never read whole here
         os.replace(partial, dest)
     finally:
         partial.unlink(missing_ok=True)

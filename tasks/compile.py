@@ -37,6 +37,7 @@ from prefect.context import TaskRunContext
 from pydantic import BaseModel
 
 from tasks import binaries, progress
+from tasks.image_store import file_sha256
 from tasks.params import BuildParams, goenv
 from tasks.retries import retry_options
 from tasks.secrets import GoAuth, load_secret_block, parse_go_auth
@@ -262,7 +263,7 @@ async def compile_binary(
         async with progress.step(f"compile {platform}", go_build):
             await built.export(str(path))
         # Streamed: hashed, stored and read for its Go version without loading it whole.
-        sha256 = binaries.file_sha256(path)
+        sha256 = file_sha256(path)
         compiled = CompiledBinary(
             platform=platform,
             sha256=sha256,

@@ -175,6 +175,23 @@ class PrefectServer:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, transport=RetryingTransport())
 
+    def heartbeats(self, run_id: str, limit: int = 10) -> list[dict[str, Any]]:
+        """The run's ``prefect.flow-run.heartbeat`` events the server has stored
+        (they arrive asynchronously)."""
+        with self.client() as api:
+            r = api.post(
+                "/events/filter",
+                json={
+                    "filter": {
+                        "event": {"name": ["prefect.flow-run.heartbeat"]},
+                        "resource": {"id": [f"prefect.flow-run.{run_id}"]},
+                    },
+                    "limit": limit,
+                },
+            )
+        r.raise_for_status()
+        return r.json()["events"]
+
     def stop_runners(self) -> None:
         """Stop serving processes: a runner polls its deployments' runs whatever their
         work pool, so it would race a worker for runs of same-named deployments."""

@@ -17,7 +17,7 @@ import pytest
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 
 from tasks import binaries
-from tasks.binaries import file_sha256
+from tasks.image_store import file_sha256
 from tests.dagger_test_engine.server import TestEngine
 from tests.flowruns import build
 from tests.oci_check import extract_file
@@ -32,7 +32,7 @@ def test_local_store_keeps_one_file_per_content_and_hands_out_the_stored_file(
     storage = LocalFileSystem(basepath=str(tmp_path / "results"))
     built = tmp_path / "app"
     built.write_bytes(os.urandom(3 * 1024 * 1024 + 7))
-    sha = binaries.file_sha256(built)
+    sha = file_sha256(built)
 
     async def go() -> Path:
         key = await binaries.keep(built, sha, storage)
@@ -56,7 +56,7 @@ def test_remote_store_round_trips_the_binary(tmp_path: Path) -> None:
     storage = RemoteFileSystem(basepath="memory://gobuild-binaries-test")
     built = tmp_path / "app"
     built.write_bytes(os.urandom(100_000))
-    sha = binaries.file_sha256(built)
+    sha = file_sha256(built)
 
     async def go() -> bytes:
         key = await binaries.keep(built, sha, storage)

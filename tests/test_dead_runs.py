@@ -162,19 +162,7 @@ def stage_states(runs: list[dict[str, Any]]) -> dict[str, str]:
 def heartbeat_sent(server: PrefectServer, run_id: str) -> bool:
     """Whether the server has a heartbeat of the run: the automation only watches
     runs it has seen one of, so a kill before it would test nothing."""
-    with server.client() as api:
-        r = api.post(
-            "/events/filter",
-            json={
-                "filter": {
-                    "event": {"name": ["prefect.flow-run.heartbeat"]},
-                    "resource": {"id": [f"prefect.flow-run.{run_id}"]},
-                },
-                "limit": 1,
-            },
-        )
-        r.raise_for_status()
-        return bool(r.json()["events"])
+    return bool(server.heartbeats(run_id, limit=1))
 
 
 def seconds_since(wall: float, state: dict[str, Any]) -> float:

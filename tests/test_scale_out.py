@@ -290,23 +290,6 @@ def report(api: httpx.Client, run_id: str) -> str:
     return art["data"]
 
 
-def heartbeats(so: ScaleOut, run_id: str) -> list[dict]:
-    """The run's ``prefect.flow-run.heartbeat`` events (stored asynchronously)."""
-    with so.server.client() as api:
-        r = api.post(
-            "/events/filter",
-            json={
-                "filter": {
-                    "event": {"name": ["prefect.flow-run.heartbeat"]},
-                    "resource": {"id": [f"prefect.flow-run.{run_id}"]},
-                },
-                "limit": 10,
-            },
-        )
-    r.raise_for_status()
-    return r.json()["events"]
-
-
 def max_overlap(intervals: Iterable[tuple[float, float]]) -> int:
     """Most intervals open at one instant; an end and a start at the same time don't overlap."""
     spans = list(intervals)  # may be a generator: read it once
@@ -423,7 +406,7 @@ def test_build_cached_by_one_worker_is_served_from_cache_by_the_other(
     # Prefect sends none by default), which the crash automation watches.
     assert wait_for(
         "a heartbeat event of the worker's run",
-        lambda: heartbeats(so, done_a["id"]),
+        lambda: so.server.heartbeats(done_a["id"]),
         timeout=60,
         procs=so.procs(),
     )
