@@ -51,7 +51,12 @@ async def multistage_build(**parameters: Any) -> BuildResult:
         async with EngineScope() as engine:
             if params.is_git_source:
                 await stages.connect(engine)  # the engine resolves the ref
-            source = await stages.run("load source", load_source, params)
+            # A forced or publishing build needs the engine whatever the source
+            # holds: its session opens while the source is read.
+            surely = params.force_rebuild or bool(params.image_refs)
+            source = await stages.run(
+                "load source", load_source, params, connecting=engine if surely else None
+            )
             version = params.resolved_version()
             if not await served_from_cache(params, source, version):
                 await stages.connect(engine)  # a no-op build never connects

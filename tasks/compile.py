@@ -165,10 +165,14 @@ def builder_steps(
     return ctr, steps
 
 
-async def is_vendored(src: dagger.Directory, params: BuildParams) -> bool:
-    """Whether the module as the engine received it has ``vendor/modules.txt``."""
+async def is_vendored(src: dagger.Directory, params: BuildParams, source: SourceInfo) -> bool:
+    """Whether the module as the engine received it has ``vendor/modules.txt``:
+    from the list of files sent where the source is local, else asked of the engine."""
     base = "" if params.module_dir in ("", ".") else params.module_dir + "/"
-    return await src.exists(f"{base}vendor/modules.txt")
+    manifest = f"{base}vendor/modules.txt"
+    if source.vendor_manifests is not None:
+        return manifest in source.vendor_manifests
+    return await src.exists(manifest)
 
 
 def build_args(params: BuildParams, version: str, output: str) -> list[str]:
@@ -252,7 +256,7 @@ async def compile_binary(
     auth = await go_auth(params)
     src = source_directory(source, token)
     builder_ctr, steps = builder_steps(
-        src, params, vendored=await is_vendored(src, params), auth=auth
+        src, params, vendored=await is_vendored(src, params, source), auth=auth
     )
     await progress.engine_steps(f"compile {platform}", steps)  # timed, once per run
     storage = await binaries.result_storage()

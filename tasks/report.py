@@ -34,6 +34,7 @@ values from it, and nothing else (no parameters, no credentials) is added.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import re
 import shlex
@@ -184,18 +185,51 @@ class Stages:
     async def connect(self, engine: Any) -> None:
         """Open the engine session, so a failure there is reported as the
         connection's, not as the stage that ran before it."""
+        if engine.is_open:
+            return
         self.current = "engine connection"
         async with progress.step("engine", "open a Dagger session"):  # may start an engine
             await engine.open()
 
     async def run(
-        self, name: str, task: Any, *args: Any, valid: Callable[[Any], bool] | None = None
+        self,
+        name: str,
+        task: Any,
+        *args: Any,
+        valid: Callable[[Any], bool] | None = None,
+        connecting: Any = None,
     ) -> Any:
+        """Run a stage; with ``connecting`` (the run's engine scope), open its
+        session meanwhile, for a build that needs the engine whatever the stage
+        finds: the two waits overlap instead of adding up."""
+        if connecting is not None:
+            return await self._beside_connect(connecting, name, task, args, valid)
         result, cached = await self._once(name, task, args, self.refresh)
         if cached and valid is not None and not valid(result):
             progress.cache_decision(f"{name}: the cached result's file is gone, so it runs again")
             result, _ = await self._once(name, task, args, True)
         return result
+
+    async def _beside_connect(
+        self, engine: Any, name: str, task: Any, args: tuple, valid: Any
+    ) -> Any:
+        """The session opens in this task, where it will close (its context cannot
+        leave the task that entered it); the stage runs beside it. A failure is
+        reported as the step that failed, the connection's first. The stage is
+        let finish rather than cancelled, so that its task run ends in a state
+        of its own instead of Crashed."""
+        stage = asyncio.ensure_future(self.run(name, task, *args, valid=valid))
+        try:
+            await self.connect(engine)
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                await stage
+            self.current = "engine connection"
+            raise
+        try:
+            return await stage
+        finally:
+            self.current = name
 
     async def _once(self, name: str, task: Any, args: tuple, refresh: bool) -> tuple[Any, bool]:
         self.current = name

@@ -8,6 +8,7 @@ connection was lost. Engine problems become plain messages here:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import os
@@ -48,6 +49,9 @@ async def ensure_engine_limit(name: str) -> tuple[int, int]:
             return 0, limit
 
 
+SLOT_WAIT_NOTICE_SECONDS = 1.0
+
+
 @asynccontextmanager
 async def engine_slot() -> AsyncIterator[None]:
     """Hold one slot of the ``gobuild-engine`` global concurrency limit (name from
@@ -58,20 +62,48 @@ async def engine_slot() -> AsyncIterator[None]:
     default 60 s, the least the Prefect server accepts): when the process holding
     it dies, the server takes the slot back once the lease runs out (plus its
     repossessor's 15 s loop), instead of after Prefect's default of five minutes.
+
+    The slot is asked for at once, one request when it is free; the limit is read
+    (and created, on first use) only when that fails, and a run still waiting
+    after a second says why.
     """
-    from prefect.concurrency.asyncio import concurrency
+    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency
 
     from tasks import progress
 
     name = os.environ.get("GOBUILD_ENGINE_LIMIT", "gobuild-engine")
-    in_use, slots = await ensure_engine_limit(name)
-    if in_use >= slots:
-        progress.slot_waiting(name, in_use, slots)
     lease = float(os.environ.get("GOBUILD_ENGINE_LEASE_SECONDS", ENGINE_LEASE_SECONDS_DEFAULT))
     waiting = time.monotonic()
-    async with concurrency(name, occupy=1, strict=True, lease_duration=lease):
-        progress.slot_acquired(name, time.monotonic() - waiting)
-        yield
+    notice = asyncio.create_task(_say_why_waiting(name))
+    try:
+        async with contextlib.AsyncExitStack() as slot:
+            try:
+                await slot.enter_async_context(
+                    concurrency(name, occupy=1, strict=True, lease_duration=lease)
+                )
+            except ConcurrencySlotAcquisitionError:
+                # Strict: a missing limit fails instead of meaning "unlimited".
+                # Create it and ask once more; any other failure fails again.
+                await ensure_engine_limit(name)
+                await slot.enter_async_context(
+                    concurrency(name, occupy=1, strict=True, lease_duration=lease)
+                )
+            notice.cancel()
+            progress.slot_acquired(name, time.monotonic() - waiting)
+            yield
+    finally:
+        notice.cancel()
+
+
+async def _say_why_waiting(name: str) -> None:
+    """Log the limit's occupancy once a run has waited for a slot a while."""
+    from tasks import progress
+
+    await asyncio.sleep(SLOT_WAIT_NOTICE_SECONDS)
+    with contextlib.suppress(Exception):  # only an explanation; the wait goes on
+        in_use, slots = await ensure_engine_limit(name)
+        if in_use >= slots:
+            progress.slot_waiting(name, in_use, slots)
 
 
 @asynccontextmanager
@@ -140,6 +172,11 @@ class EngineScope:
             _CURRENT.reset(self._token)
         await self._close_session()
         return await self._stack.__aexit__(*exc_info)  # type: ignore[arg-type]
+
+    @property
+    def is_open(self) -> bool:
+        """A session is open and its connection was not lost."""
+        return self._session is not None and not self.lost
 
     async def open(self) -> None:
         """Open the session if none is open, or replace one whose connection was lost."""

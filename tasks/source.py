@@ -46,6 +46,10 @@ class SourceInfo(BaseModel):
     bytes_excluded: int = 0
     excludes: list[str] = []
     created: str = ""  # RFC 3339, from the commit or the newest file: stable across runs
+    # Every `vendor/modules.txt` among the files sent (local sources): the compile
+    # stage then knows a vendored module without a round trip to the engine. None
+    # where only the engine knows the tree (git).
+    vendor_manifests: list[str] | None = None
 
 
 def digest_tree(context: BuildContext) -> tuple[str, int, int, int, float]:
@@ -134,6 +138,11 @@ def describe_local(params: BuildParams) -> SourceInfo:
         bytes_excluded=excluded,
         excludes=context.excludes,
         created=created,
+        vendor_manifests=sorted(
+            rel
+            for rel, _ in context.entries
+            if rel.rsplit("/", 2)[-2:] == ["vendor", "modules.txt"]
+        ),
     )
 
 

@@ -30,10 +30,6 @@ from tests.registry_fixtures import Registry, free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
-
-
-
 def test_two_platforms_build_concurrently_with_reports(
     prefect_api: PrefectAPI, dagger_engine: TestEngine, hello_go: Path, tmp_path: Path
 ) -> None:
@@ -476,6 +472,24 @@ def test_a_run_waiting_for_an_engine_slot_says_so(
     assert any("waiting for an engine slot (1 of 1 in use" in entry.message for entry in logs)
 
 
+def test_a_missing_engine_limit_is_created_on_first_use(
+    prefect_api: PrefectAPI,
+    dagger_engine: TestEngine,
+    hello_go: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The slot is asked for before the limit is read; a strict acquisition of a
+    limit nobody created fails, and the run creates it and takes its slot."""
+    monkeypatch.setenv("GOBUILD_ENGINE_LIMIT", "gobuild-created-on-use")
+    monkeypatch.setenv("GOBUILD_ENGINE_CONCURRENCY", "3")
+    state = build(source=str(hello_go), version="8.1.0", output=str(tmp_path / "c.tar"))
+    assert state.is_completed(), state.message
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name("gobuild-created-on-use")
+    assert (limit.limit, limit.active_slots) == (3, 0)
+
+
 def test_bad_parameters_and_a_dead_engine_are_reported_where_they_failed(
     prefect_api: PrefectAPI,
     dagger_engine: TestEngine,
@@ -498,6 +512,17 @@ def test_bad_parameters_and_a_dead_engine_are_reported_where_they_failed(
     state = build(source=str(app), output=str(tmp_path / "d.tar"))
     assert state.is_failed()
     [event] = events("gobuild.build.failed", {"app": "deadengine"})
+    assert event.payload["stage"] == "engine connection", event.payload
+    loads = [r for r in task_runs(state.state_details.flow_run_id) if r.name.startswith("load")]
+    assert [r.state.name for r in loads] == ["Completed"]
+
+    # A forced build opens its session while the source is read: the connection
+    # is still what failed, and the source stage still ends in a state of its own.
+    state = build(
+        source=str(app), app_name="deadforced", output=str(tmp_path / "f.tar"), force_rebuild=True
+    )
+    assert state.is_failed()
+    [event] = events("gobuild.build.failed", {"app": "deadforced"})
     assert event.payload["stage"] == "engine connection", event.payload
     loads = [r for r in task_runs(state.state_details.flow_run_id) if r.name.startswith("load")]
     assert [r.state.name for r in loads] == ["Completed"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from tasks.params import ParamsError, parse_params
@@ -55,7 +56,6 @@ func TestGreeting(t *testing.T) {
 GOMOD = "module {name}\n\ngo 1.22\n"
 
 
-
 @dataclass
 class Project:
     """A generated project: its files, the build parameters it needs, the app's
@@ -71,7 +71,7 @@ class Project:
 def main_printing(text: str, imports: str = "", body: str = "") -> str:
     imports = "\n".join(f'\t"{i}"' for i in ["fmt", *imports.split()] if i)
     return (
-        f"package main\n\nimport (\n{imports}\n)\n\nvar version = \"dev\"\n\n"
+        f'package main\n\nimport (\n{imports}\n)\n\nvar version = "dev"\n\n'
         f"func main() {{\n{body}\tfmt.Println({text}, version)\n}}\n"
     )
 
@@ -186,7 +186,6 @@ def commit_and_add_untracked_binary(root: Path) -> None:
     (root / "svc").write_bytes(b"\x7fELF a stale local build\n")  # untracked, ignored
 
 
-
 def extract(tarball: Path, app: str, arch: str, dest: Path) -> Path:
     return extract_file(f"oci-archive:{tarball}", f"/usr/local/bin/{app}", dest, arch)
 
@@ -227,6 +226,46 @@ def test_vendored_build_downloads_nothing_and_still_vets_and_tests(
     execs = dagger_engine.log.snapshot()["execs"]
     assert ["go", "mod", "download"] not in execs  # nothing to download
     assert {tuple(e[:2]) for e in execs} >= {("go", "vet"), ("go", "test"), ("go", "build")}
+    # A local source's file list answered "vendored?": no round trip to the engine.
+    assert "Directory.exists" not in dagger_engine.log.snapshot()["calls"]
+
+
+class _Untouchable:
+    """A Dagger directory that fails the test if the engine is asked anything."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the engine was asked: {name}")
+
+
+@pytest.mark.parametrize(
+    ("files", "module_dir", "vendored"),
+    [
+        ({"vendor/modules.txt": "", "go.mod": "module a\n"}, ".", True),
+        ({"svc/vendor/modules.txt": "", "svc/go.mod": "module a\n"}, "svc", True),
+        (
+            {"svc/vendor/modules.txt": "", "svc/go.mod": "module a\n", "go.mod": "module r\n"},
+            ".",
+            False,
+        ),
+        # Excluded from the context: the engine never sees it, so not vendored.
+        (
+            {"vendor/modules.txt": "", "go.mod": "module a\n", ".dockerignore": "vendor\n"},
+            ".",
+            False,
+        ),
+    ],
+)
+def test_vendored_is_decided_from_the_files_sent(
+    tmp_path: Path, files: dict[str, str], module_dir: str, vendored: bool
+) -> None:
+    from tasks.compile import is_vendored
+    from tasks.source import describe_local
+
+    root = write_tree(tmp_path / "src", files)
+    params = parse_params({"source": str(root), "module_dir": module_dir})
+    source = describe_local(params)
+    answer = anyio.run(is_vendored, _Untouchable(), params, source)  # type: ignore[arg-type]
+    assert answer is vendored
 
 
 def test_module_dir_is_checked_before_any_engine_work(tmp_path: Path) -> None:
