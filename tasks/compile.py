@@ -37,6 +37,7 @@ from prefect.context import TaskRunContext
 from pydantic import BaseModel
 
 from tasks import binaries, progress
+from tasks.gopackages import is_program
 from tasks.image_store import file_sha256
 from tasks.params import BuildParams, goenv
 from tasks.retries import retry_options
@@ -266,6 +267,11 @@ async def compile_binary(
         go_build = progress.command_text(build_args(params, version, binary_path(params)))
         async with progress.step(f"compile {platform}", go_build):
             await built.export(str(path))
+        if not is_program(path):  # a git source's package is only seen here
+            raise ValueError(
+                f"main_package: {params.main_package!r} is not a main package: "
+                "go build wrote a package archive, not a program"
+            )
         # Streamed: hashed, stored and read for its Go version without loading it whole.
         sha256 = file_sha256(path)
         compiled = CompiledBinary(

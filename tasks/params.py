@@ -36,6 +36,7 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonDict
 
+from tasks.gopackages import check_main_package
 from tasks.imageref import ImageRef, check_pinned_image, parse_image_ref, show
 
 __all__ = [
@@ -559,8 +560,18 @@ class BuildParams(BaseModel):
 
     @field_validator("main_package")
     @classmethod
-    def _valid_main_package(cls, value: str) -> str:
-        """Normalise to './path' because Go reads a bare 'cmd/x' as a standard-library path."""
+    def _valid_main_package(cls, value: str, info: ValidationInfo) -> str:
+        """Normalise to './path' because Go reads a bare 'cmd/x' as a standard-library
+        path; in a local module, also refuse a directory that surely holds no program
+        (``tasks/gopackages.py``: Go would build a library archive without a word)."""
+        value = cls._main_package_syntax(value)
+        source, module_dir = info.data.get("source"), info.data.get("module_dir")
+        if source is not None and module_dir is not None and not is_git_url(source):
+            check_main_package(Path(source).expanduser() / module_dir, value)
+        return value
+
+    @staticmethod
+    def _main_package_syntax(value: str) -> str:
         if not value:
             raise ValueError("must not be empty (use '.' for the module root)")
         if value.startswith("/") or "\\" in value or re.match(r"[A-Za-z]:", value):

@@ -40,6 +40,7 @@ def module_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "svc"
     directory.mkdir()
     (directory / "go.mod").write_text("module example.com/svc\n\ngo 1.24\n")
+    (directory / "main.go").write_text("package main\n\nfunc main() {}\n")
     return directory
 
 
@@ -408,6 +409,8 @@ def test_pinned_images_accepted(in_module: Path, builder: str, runtime: str) -> 
 
 
 def test_everything_set_is_accepted(in_module: Path, tmp_path: Path) -> None:
+    (in_module / "cmd/server").mkdir(parents=True)
+    (in_module / "cmd/server/main.go").write_text("package main\n\nfunc main() {}\n")
     data: dict[str, Any] = {
         "source": str(in_module),
         "app_name": "svc-api",
@@ -467,6 +470,7 @@ def test_app_name_derived_from_directory(tmp_path: Path) -> None:
     directory = tmp_path / "My Service"
     directory.mkdir()
     (directory / "go.mod").write_text("module x\n")
+    (directory / "main.go").write_text("package main\n\nfunc main() {}\n")
     params = parse_params({"source": str(directory)})
     assert params.resolved_app_name() == "my-service"
     assert params.resolved_output() == Path.cwd().resolve() / "build" / "my-service.oci.tar"

@@ -1,0 +1,130 @@
+"""Which directories of a local Go module hold a program (``package main``).
+
+``go build -o out ./dir`` on a library package does not fail: it writes a package
+archive, which an image would then carry as its "binary". Many Go repositories
+keep a library at the root and their programs under ``cmd/``, so building the
+default ``main_package`` ('.') of such a repository is a likely mistake; it is
+caught here, before any engine work, with the main packages the module does have.
+
+Only a sure answer refuses a build: a directory whose every non-test Go file
+was read and names another package (files constrained by ``//go:build ignore``,
+the convention for generators, are left out as Go leaves them out). A file whose
+package clause cannot be found makes the answer "unknown", and the build goes
+on; the compile stage checks what ``go build`` wrote in any case
+(:func:`is_program`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+_IGNORE_CONSTRAINT = re.compile(r"^//go:build\s+ignore\s*$|^//\s*\+build\s+ignore\s*$", re.M)
+_PACKAGE = re.compile(r"package\s+([A-Za-z_][A-Za-z0-9_]*)")
+_HEAD_BYTES = 64 * 1024  # a package clause comes after comments only
+SCAN_DEPTH = 3
+SCAN_DIRS = 2000
+SKIP_DIRS = {"vendor", "testdata", "node_modules"}
+ELF_MAGIC = b"\x7fELF"
+
+
+def package_name(path: Path) -> str | None:
+    """The package a Go file declares, '' for a file Go ignores (``//go:build
+    ignore``), None when the clause cannot be found."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_HEAD_BYTES).decode("utf-8", errors="replace").lstrip("\ufeff")
+    except OSError:
+        return None
+    at = 0
+    while True:  # skip blanks and comments up to the clause
+        while at < len(head) and head[at].isspace():
+            at += 1
+        if head.startswith("//", at):
+            end = head.find("\n", at)
+            at = len(head) if end < 0 else end + 1
+        elif head.startswith("/*", at):
+            end = head.find("*/", at + 2)
+            if end < 0:
+                return None
+            at = end + 2
+        else:
+            break
+    match = _PACKAGE.match(head, at)
+    if match is None:
+        return None
+    return "" if _IGNORE_CONSTRAINT.search(head[:at]) else match.group(1)
+
+
+def packages_in(directory: Path) -> set[str | None]:
+    """The package names of a directory's non-test Go files (see :func:`package_name`)."""
+    names: set[str | None] = set()
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return {None}
+    for entry in entries:
+        go_file = entry.name.endswith(".go") and not entry.name.endswith("_test.go")
+        if go_file and entry.is_file():
+            name = package_name(Path(entry.path))
+            if name != "":
+                names.add(name)
+    return names
+
+
+def main_packages(module: Path, limit: int = 5) -> list[str]:
+    """Up to ``limit`` main packages of the module (``./cmd/x``), nearest first."""
+    found: list[str] = []
+    queue = [(module, 0)]
+    visited = 0
+    while queue and len(found) < limit and visited < SCAN_DIRS:
+        directory, depth = queue.pop(0)
+        visited += 1
+        if "main" in packages_in(directory):
+            rel = directory.relative_to(module).as_posix()
+            found.append("." if rel == "." else f"./{rel}")
+        if depth >= SCAN_DEPTH:
+            continue
+        try:
+            subdirs = sorted(
+                e.path
+                for e in os.scandir(directory)
+                if e.is_dir(follow_symlinks=False)
+                and e.name not in SKIP_DIRS
+                and not e.name.startswith((".", "_"))
+            )
+        except OSError:
+            continue
+        queue += [(Path(p), depth + 1) for p in subdirs]
+    return found
+
+
+def check_main_package(module: Path, main_package: str) -> None:
+    """Raise ValueError when ``main_package`` surely holds a library, not a program.
+
+    A directory that is missing or holds no Go file is left to ``go build``, which
+    fails on it with its own words ("no Go files in …"): only the library case
+    would otherwise pass unnoticed."""
+    directory = module / main_package
+    names = packages_in(directory) if directory.is_dir() else set()
+    if not names or "main" in names or None in names:
+        return
+    found = ", ".join(sorted(n for n in names if n))
+    raise ValueError(
+        f"{main_package!r} is package {found}, not a main package{_hint(module, main_package)}"
+    )
+
+
+def _hint(module: Path, main_package: str) -> str:
+    others = [p for p in main_packages(module) if p != main_package]
+    if not others:
+        return " (the module has no main package within three levels)"
+    return f"; main packages in this module: {', '.join(others)}"
+
+
+def is_program(path: Path) -> bool:
+    """Whether ``go build`` wrote an executable (ELF, for the Linux targets) rather
+    than a package archive."""
+    with open(path, "rb") as fh:
+        return fh.read(4) == ELF_MAGIC

@@ -1,0 +1,135 @@
+"""A library package is refused as ``main_package`` (``go build -o`` would write a
+package archive without a word): before any engine work for a local module, and
+after ``go build`` for a git source, whose tree only the engine sees."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tasks.gopackages import check_main_package, is_program, main_packages, package_name
+from tasks.params import ParamsError, parse_params
+from tests.dagger_test_engine.server import TestEngine
+from tests.flowruns import build, task_runs
+from tests.git_servers import GitDaemon
+from tests.gitrepo import commit_all
+from tests.prefect_fixtures import PrefectAPI
+from tests.trees import write_tree
+
+GOMOD = "module example.com/lib\n\ngo 1.22\n"
+MAIN = 'package main\n\nimport "fmt"\n\nfunc main() { fmt.Println("tool") }\n'
+LIB = "package lib\n\nfunc F() int { return 1 }\n"
+
+
+def library_with_commands(root: Path) -> Path:
+    """The common shape: a library at the root, its programs under cmd/."""
+    return write_tree(
+        root,
+        {
+            "go.mod": GOMOD,
+            "lib.go": LIB,
+            "lib_test.go": "package lib_test\n",
+            # A generator beside the library: Go leaves it out of the package.
+            "gen.go": "//go:build ignore\n\npackage main\n\nfunc main() {}\n",
+            "cmd/tool/main.go": MAIN,
+            "cmd/admin/main.go": MAIN,
+            "internal/x/x.go": "package x\n",
+            "testdata/fixture/main.go": MAIN,  # never a candidate
+        },
+    )
+
+
+def test_a_library_root_is_refused_naming_the_main_packages(tmp_path: Path) -> None:
+    root = library_with_commands(tmp_path / "lib")
+    with pytest.raises(ParamsError) as caught:
+        parse_params({"source": str(root)})
+    assert str(caught.value) == (
+        "main_package: '.' is package lib, not a main package; "
+        "main packages in this module: ./cmd/admin, ./cmd/tool"
+    )
+    assert parse_params({"source": str(root), "main_package": "cmd/tool"}).main_package == (
+        "./cmd/tool"
+    )
+
+
+def test_missing_or_empty_package_directories_are_left_to_go_build(tmp_path: Path) -> None:
+    """go build fails on those with its own words; only a library passes unnoticed."""
+    root = library_with_commands(tmp_path / "lib")
+    (root / "docs").mkdir()
+    check_main_package(root, "./nope")
+    check_main_package(root, "./docs")
+    with pytest.raises(ValueError, match=r"^'\./internal/x' is package x, not a main package; "):
+        check_main_package(root, "./internal/x")
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("\ufeff// Copyright\n/* a\n block */\n\npackage main // the program\n", "main"),
+        ("//go:build linux && amd64\n\npackage main\n", "main"),
+        ("// +build ignore\n\npackage main\n", ""),
+        ("//go:build ignore\n\npackage main\n", ""),
+        ("/* never closed\npackage main\n", None),
+        ("not go at all\n", None),
+    ],
+)
+def test_package_clause_is_read_past_comments_and_constraints(
+    tmp_path: Path, text: str, name: str | None
+) -> None:
+    path = tmp_path / "f.go"
+    path.write_text(text)
+    assert package_name(path) == name
+
+
+def test_an_unreadable_clause_lets_the_build_go_on(tmp_path: Path) -> None:
+    """Only a sure answer refuses: one file the reader cannot place is enough to
+    leave the decision to go build (and the check after it)."""
+    root = write_tree(tmp_path / "m", {"go.mod": GOMOD, "a.go": LIB, "b.go": "/* open\n"})
+    check_main_package(root, ".")
+
+
+def test_main_packages_are_listed_nearest_first(tmp_path: Path) -> None:
+    root = library_with_commands(tmp_path / "lib")
+    (root / "main.go").write_text(MAIN.replace("package main", "package lib"))
+    write_tree(root, {"tools/deep/er/est/main.go": MAIN})  # below three levels
+    assert main_packages(root) == ["./cmd/admin", "./cmd/tool"]
+
+
+def test_is_program_tells_an_executable_from_a_package_archive(
+    dagger_engine: TestEngine, tmp_path: Path
+) -> None:
+    go = dagger_engine.engine.executor.go_binary()  # the engine's real toolchain
+    root = library_with_commands(tmp_path / "lib")
+    env = {"GOFLAGS": "-mod=mod", "GOPROXY": "off", "CGO_ENABLED": "0", "HOME": str(tmp_path)}
+    env["GOCACHE"] = str(tmp_path / "cache")
+    env["PATH"] = str(Path(go).parent)
+    subprocess.run([go, "build", "-o", "archive", "."], cwd=root, env=env, check=True)
+    subprocess.run([go, "build", "-o", "program", "./cmd/tool"], cwd=root, env=env, check=True)
+    assert not is_program(root / "archive")
+    assert is_program(root / "program")
+
+
+def test_a_git_library_package_fails_once_after_go_build(
+    prefect_api: PrefectAPI,
+    dagger_engine: TestEngine,
+    git_daemon: GitDaemon,
+    tmp_path: Path,
+) -> None:
+    repo = library_with_commands(tmp_path / "golib")
+    commit_all(repo, "init")
+    git_daemon.add_repo("golib", repo)
+    state = build(
+        source=git_daemon.url("golib"),
+        version="1.0.0",
+        output=str(tmp_path / "lib.tar"),
+        run_checks=False,
+    )
+    assert state.is_failed()
+    assert "main_package: '.' is not a main package: go build wrote a package archive" in (
+        state.message or ""
+    )
+    assert not (tmp_path / "lib.tar").exists()
+    compiles = [r for r in task_runs(state.state_details.flow_run_id) if "compile" in r.name]
+    assert compiles and all(r.run_count == 1 for r in compiles)  # not retried
