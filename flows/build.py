@@ -25,7 +25,6 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-import dagger
 from prefect import flow
 from pydantic import Field
 from pydantic.fields import FieldInfo
@@ -37,6 +36,7 @@ from tasks.params import BuildParams, ParamsError, parse_params
 from tasks.preflight import EngineUnavailable, preflight
 from tasks.publish import publish_image
 from tasks.report import BuildResult, Stages, output_tail, report_failure, report_success
+from tasks.sdk import is_exec_error
 from tasks.session import EngineScope
 from tasks.source import load_source
 
@@ -231,7 +231,7 @@ def failure_summary(exc: BaseException) -> str:
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     stage = getattr(exc, "gobuild_stage", "")
     lines = [f"error: build failed{f' in {stage}' if stage else ''}: {message}"]
-    if isinstance(exc, dagger.ExecError):
+    if is_exec_error(exc):
         for name, text in (("stdout", exc.stdout), ("stderr", exc.stderr)):
             tail, _ = output_tail(text, CLI_TAIL_LINES)
             if tail:

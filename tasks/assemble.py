@@ -21,10 +21,8 @@ import hashlib
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dagger
-from dagger import dag
 from prefect import task
 from prefect.context import TaskRunContext
 from pydantic import BaseModel
@@ -38,6 +36,9 @@ from tasks.params import BuildParams
 from tasks.retries import retry_options
 from tasks.session import engine_ready, in_engine
 from tasks.source import SourceInfo
+
+if TYPE_CHECKING:
+    import dagger
 
 BIN_DIR = "/usr/local/bin"
 RUNTIME_USER = "65532"  # the distroless "nonroot" uid: numeric, so no /etc/passwd is needed
@@ -74,6 +75,9 @@ def runtime(
     binary: dagger.File, params: BuildParams, platform: str, labels: dict[str, str]
 ) -> dagger.Container:
     """The runtime chain for one platform (not evaluated)."""
+    import dagger
+    from dagger import dag
+
     path = f"{BIN_DIR}/{params.resolved_app_name()}"
     ctr = dag.container(platform=dagger.Platform(platform))
     if params.runtime_image != "scratch":
@@ -136,6 +140,8 @@ async def assemble_image(
             # cache: the stored file (tasks/binaries.py), uploaded.
             binary = in_engine(b.sha256)
             if binary is None:
+                from dagger import dag
+
                 path = await files.enter_async_context(host_file(b.key, storage))
                 binary = dag.host().file(str(path))
             # The source's time, not the file's: the same binary then gives the

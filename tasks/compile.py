@@ -28,10 +28,8 @@ import hashlib
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dagger
-from dagger import dag
 from prefect import task
 from prefect.context import TaskRunContext
 from pydantic import BaseModel
@@ -44,6 +42,9 @@ from tasks.retries import retry_options
 from tasks.secrets import GoAuth, load_secret_block, parse_go_auth
 from tasks.session import engine_ready, remember_in_engine
 from tasks.source import SourceInfo, git_token, source_directory
+
+if TYPE_CHECKING:
+    import dagger
 
 GOMODCACHE = "/go/pkg/mod"
 GOCACHE = "/root/.cache/go-build"
@@ -93,6 +94,8 @@ def with_go_auth(ctr: dagger.Container, auth: GoAuth) -> dagger.Container:
     Secret names are fixed words, never derived from the values: a name is not
     secret, and the engine shows it in its traces.
     """
+    from dagger import dag
+
     ctr = ctr.with_mounted_secret(NETRC, dag.set_secret("gobuild-go-netrc", auth.netrc()))
     for n, entry in enumerate(auth.entries):
         name = f"gobuild-go-auth-{n}"
@@ -136,6 +139,8 @@ def builder_steps(
     ``go mod download`` did not cover; they are secret mounts, so they are in no
     layer of the builder and in nothing exported from it.
     """
+    from dagger import dag
+
     ctr = (
         dag.container()
         .from_(params.builder_image)

@@ -18,9 +18,8 @@ import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dagger
-from dagger import dag
 from prefect import task
 
 from tasks import progress
@@ -31,6 +30,9 @@ from tasks.retries import retry_options
 from tasks.secrets import Credentials, load_secret_block, parse_credentials
 from tasks.session import engine_ready
 from tasks.source import SourceInfo
+
+if TYPE_CHECKING:
+    import dagger
 
 
 async def load_credentials(params: BuildParams) -> Credentials | None:
@@ -49,6 +51,9 @@ def image_variants(image: ImageArtifact, workdir: Path) -> list[dagger.Container
     engine's ``platforms.Only`` match pick a neighbour (amd64 takes 386, arm/v7
     takes arm/v6); see :mod:`tasks.oci_layout`. The chains are lazy.
     """
+    import dagger
+    from dagger import dag
+
     layouts = split_by_platform(Path(image.path), workdir)
     missing = sorted(set(image.platforms) - set(layouts))
     if missing:
@@ -62,6 +67,8 @@ def image_variants(image: ImageArtifact, workdir: Path) -> list[dagger.Container
 def with_auth(ctr: dagger.Container, ref: str, creds: Credentials | None) -> dagger.Container:
     if creds is None:
         return ctr
+    from dagger import dag
+
     registry = parse_image_ref(ref).domain or "docker.io"
     secret = dag.set_secret("gobuild-registry-password", creds.password)
     return ctr.with_registry_auth(registry, creds.username, secret)

@@ -43,7 +43,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import dagger
 from prefect.artifacts import (
     acreate_link_artifact,
     acreate_markdown_artifact,
@@ -58,6 +57,7 @@ from tasks.assemble import ImageArtifact
 from tasks.compile import CompiledBinary
 from tasks.imageref import ImageRef, parse_image_ref
 from tasks.params import BuildParams
+from tasks.sdk import is_exec_error
 from tasks.source import SourceInfo
 
 OUTPUT_TAIL_LINES = 40  # per stream, in the failure artifact
@@ -435,7 +435,7 @@ def _stream_section(name: str, text: str) -> list[str]:
 
 def failure_markdown(params: BuildParams, stage: str, exc: BaseException) -> str:
     lines = [f"# Build of `{params.resolved_app_name()}`: failed in {stage}", ""]
-    if isinstance(exc, dagger.ExecError):
+    if is_exec_error(exc):
         lines += [f"Command (exit code {exc.exit_code}):", "", *_fenced(shlex.join(exc.command))]
         lines += [
             "",
@@ -461,7 +461,7 @@ def failure_payload(params: BuildParams, stage: str, exc: BaseException) -> dict
     app = params.resolved_app_name()
     first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
     payload: dict[str, Any] = {"app": app, "stage": stage, "error": first_line}
-    if isinstance(exc, dagger.ExecError):
+    if is_exec_error(exc):
         payload.update(
             command=exc.command,
             exit_code=exc.exit_code,

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import os
 import re
+from typing import TYPE_CHECKING
 
-import dagger
 from prefect.tasks import exponential_backoff
 
 from tasks.preflight import EngineUnavailable
+from tasks.sdk import is_error, is_exec_error
 from tasks.session import current_scope
+
+if TYPE_CHECKING:
+    import dagger
 
 # Registry and transport failures a retry can fix. Matched on the engine's
 # message, because the engine reports registry responses as text.
@@ -71,7 +75,9 @@ _GO_DIAGNOSTIC = re.compile(r"^\s*\S+\.(?:go|mod|sum|work|s):\d+(?::\d+)?: ")
 
 def lost_connection(exc: BaseException) -> bool:
     """True when the engine session itself is gone, not just one request."""
-    return isinstance(exc, dagger.TransportError | dagger.ClientConnectionError | ConnectionError)
+    return isinstance(exc, ConnectionError) or is_error(
+        exc, "TransportError", "ClientConnectionError"
+    )
 
 
 def _go_module_fetch_flaked(exc: dagger.ExecError) -> bool:
@@ -104,16 +110,16 @@ def _go_module_fetch_flaked(exc: dagger.ExecError) -> bool:
 
 def is_transient(exc: BaseException) -> bool:
     """True for failures that may pass on a second attempt."""
-    if isinstance(exc, dagger.ExecError):
+    if is_exec_error(exc):
         return _go_module_fetch_flaked(exc)
     if isinstance(exc, EngineUnavailable | ValueError):
         return False
     text = str(exc)
-    if isinstance(exc, dagger.TransportError | dagger.ClientConnectionError | ConnectionError):
+    if lost_connection(exc):
         return not _DETERMINISTIC.search(text)
     if isinstance(exc, TimeoutError):
         return True
-    if isinstance(exc, dagger.QueryError):
+    if is_error(exc, "QueryError"):
         return bool(_TRANSIENT.search(text)) and not _DETERMINISTIC.search(text)
     return False
 

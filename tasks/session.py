@@ -15,10 +15,12 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-
-import dagger
+from typing import TYPE_CHECKING
 
 from tasks.preflight import ENGINE_HELP, EngineUnavailable, preflight
+
+if TYPE_CHECKING:
+    import dagger
 
 ENGINE_LIMIT_DEFAULT = 2
 
@@ -108,7 +110,11 @@ async def _say_why_waiting(name: str) -> None:
 
 @asynccontextmanager
 async def engine_session() -> AsyncIterator[None]:
-    """One Dagger session for a whole flow run; the stages use the global ``dag``."""
+    """One Dagger session for a whole flow run; the stages use the global ``dag``.
+    The SDK is imported here, by the first stage that needs the engine
+    (``tasks/sdk.py``: a build served from cache never pays for it)."""
+    import dagger
+
     from tasks.progress import dagger_log_output
 
     preflight()
@@ -129,6 +135,8 @@ async def _forget_connection() -> None:
     """Drop the SDK's shared connection after a failed connect: it keeps the dead
     session's address otherwise, and every later ``dagger.connection()`` in this
     process would reuse it (dagger-io 0.21, ``SharedConnection``)."""
+    import dagger
+
     with contextlib.suppress(Exception):
         await dagger.close()
 

@@ -17,9 +17,8 @@ import stat
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dagger
-from dagger import dag
 from prefect import task
 from pydantic import BaseModel
 
@@ -28,6 +27,9 @@ from tasks.params import BuildParams
 from tasks.retries import retry_options
 from tasks.secrets import Credentials, load_secret_block, parse_git_token
 from tasks.session import engine_ready
+
+if TYPE_CHECKING:
+    import dagger
 
 _FULL_SHA = re.compile(r"[0-9a-f]{40}")
 SMALL_FILE = 1 << 20
@@ -92,6 +94,8 @@ def _git(root: Path, *args: str) -> str:
 
 def git_repository(url: str, token: Credentials | None = None) -> dagger.GitRepository:
     """The engine fetches the repository itself; a token reaches it only as a secret."""
+    from dagger import dag
+
     if token is None:
         return dag.git(url)
     secret = dag.set_secret("gobuild-git-token", token.password)
@@ -109,6 +113,8 @@ def source_directory(info: SourceInfo, token: Credentials | None = None) -> dagg
         repo = git_repository(info.location, token)
         ref = repo.commit(info.commit) if info.commit else repo.head()
         return ref.tree(discard_git_dir=True)
+    from dagger import dag
+
     return dag.host().directory(info.location, exclude=info.excludes)
 
 
@@ -161,6 +167,8 @@ async def describe_git(params: BuildParams) -> SourceInfo:
         ref = repo.commit(params.git_ref)
     else:
         ref = repo.ref(params.git_ref) if params.git_ref else repo.head()
+    import dagger
+
     try:
         commit = await ref.commit()
     except dagger.QueryError as exc:

@@ -111,10 +111,21 @@ def test_second_run_in_a_new_process_is_cached_even_on_a_fresh_engine(
         str(out),
     ]
 
+    # The CLI, saying at exit whether the Dagger SDK was imported.
+    watched = [
+        sys.executable,
+        "-c",
+        "import atexit, runpy, sys\n"
+        "say = lambda: print('sdk imported:', 'dagger' in sys.modules, file=sys.stderr)\n"
+        "atexit.register(say)\n"
+        "runpy.run_module('flows.build', run_name='__main__')",
+        *args[3:],
+    ]
+
     def cli(engine: TestEngine) -> subprocess.CompletedProcess:
         env = {**os.environ, **prefect_api.env, **engine.env}
         return subprocess.run(
-            args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+            watched, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
         )
 
     first = cli(test_engine_session)
@@ -134,6 +145,9 @@ def test_second_run_in_a_new_process_is_cached_even_on_a_fresh_engine(
     assert second.stdout.split()[-1] == digest
     assert log["execs"] == []
     assert log["requests"] == []  # served from Prefect's cache: not even a session
+    # ... nor the SDK's import (tasks/sdk.py), which a build that uses the engine pays.
+    assert "sdk imported: False" in second.stderr, second.stderr[-2000:]
+    assert "sdk imported: True" in first.stderr, first.stderr[-2000:]
     # The terminal says so (compile + assemble), in the CLI's own lines: Prefect's
     # per-task chatter stays in the run's logs in the API, off the terminal.
     err = second.stderr
