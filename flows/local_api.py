@@ -24,6 +24,9 @@ would to a ``prefect server start`` of the user's.
 - ``GOBUILD_LOCAL_API=0`` keeps Prefect's temporary server per process instead;
   a configured ``PREFECT_API_URL`` (environment or profile) is always used as is.
 - A server started by another Prefect version or Python is replaced.
+- A request that SQLite turned away because another write was under way (503)
+  is asked again inside the server within milliseconds, rather than by the
+  client after its 2 s back-off (``flows/busy_retry.py``).
 """
 
 from __future__ import annotations
@@ -224,7 +227,7 @@ def stop() -> bool:
     return stopped
 
 
-def serve(port: int, idle_minutes: float) -> None:
+def serve(port: int, idle_minutes: float, replay: bool = True) -> None:
     """The server process: Prefect's API app with its services, minus the UI, that
     exits after ``idle_minutes`` without a request (0: never)."""
     os.environ["PREFECT_UI_ENABLED"] = "false"
@@ -237,7 +240,12 @@ def serve(port: int, idle_minutes: float) -> None:
     import uvicorn
     from prefect.server.api.server import create_app
 
-    app = create_app(final=True)
+    from flows.busy_retry import ReplayWhenBusy
+
+    # SQLite turns writers away when they meet; the replay spares clients the 2 s
+    # back-off that Prefect's client waits before it asks again (flows/busy_retry.py).
+    api = create_app(final=True)
+    app = ReplayWhenBusy(api) if replay else api
     last_request = time.monotonic()
 
     async def tracked(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -295,9 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("stop", help="stop the server (the next build starts it again)")
     serve_p = sub.add_parser("serve", help=argparse.SUPPRESS)
     serve_p.add_argument("--port", type=int, required=True)
+    serve_p.add_argument("--no-replay", dest="replay", action="store_false")  # bench/
     args = ap.parse_args(argv)
     if args.command == "serve":
-        serve(args.port, _idle_minutes())
+        serve(args.port, _idle_minutes(), args.replay)
         return 0
     if args.command == "stop":
         print("stopped" if stop() else "not running")
