@@ -30,6 +30,8 @@ Sections (rows of the table printed to stdout; Prefect's logs go to stderr):
 7. one-line change: the guide's script as written vs. the main job.
 8. memory: peak RSS of the main job, and what a 20 MB binary adds.
    (6-8: ``bench/processes.py``.)
+9. together: builds started at once on the local API server, with its replay of
+   requests SQLite turned away and without it (``bench/together.py``).
 
 No assertion is made on any figure: the targets are reported, met or missed.
 """
@@ -89,6 +91,7 @@ SECTIONS = (
     "mainjob",
     "change",
     "memory",
+    "together",
 )
 
 TRIVIAL_FLOW = (
@@ -283,6 +286,27 @@ class Bench:
         )
 
 
+def _floor_flow() -> Callable[[], Awaitable[Any]]:
+    """A flow of four tasks that do nothing, as the build has four stages: what
+    Prefect costs a run with nothing to do, on the same API. No orchestrated build
+    can take less than the plain script plus this."""
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+
+    @task(cache_policy=NO_CACHE)
+    async def stage(x: int) -> int:
+        return x + 1
+
+    @flow(name="bench-floor")
+    async def floor() -> int:
+        x = 0
+        for _ in range(4):
+            x = await stage(x)
+        return x
+
+    return floor
+
+
 def warm_up(bench: Bench) -> None:
     """Untimed: fill Go's build caches for both platforms (and the vet/test gate),
     register the flow and the concurrency limit with the API, warm the imports."""
@@ -290,6 +314,7 @@ def warm_up(bench: Bench) -> None:
     bench.forced_flow([AMD64], "warmup")
     bench.plain([AMD64, ARM64])
     bench.plain([AMD64])
+    asyncio.run(_floor_flow()())
 
 
 # --------------------------------------------------------------------------- sections
@@ -302,10 +327,13 @@ def section_overhead(
     the previous run fall on both sides equally."""
     flows: list[Build] = []
     plains: list[Build] = []
+    floors: list[float] = []
+    floor = _floor_flow()
     for i in range(runs):
         steps = [
             lambda: plains.append(bench.plain([AMD64])),
             lambda: flows.append(bench.forced_flow([AMD64], "overhead")),
+            lambda: floors.append(bench._measure(floor)[0]),
         ]
         for step in steps if i % 2 == 0 else reversed(steps):
             step()
@@ -325,6 +353,9 @@ def section_overhead(
         ratio <= TARGET_OVERHEAD_RATIO,
     )
     res.add(sec, "difference flow - script", f"{median(f) - median(p):+.2f} s")
+    res.add(sec, "Prefect's floor: a flow of 4 empty tasks", secs(floors))
+    best = (median(p) + median(floors)) / median(p)
+    res.add(sec, "ratio script + floor / script", f"{best:.2f}x")
     stage_names = list(flows[0].stages)
     parts = []
     for name in stage_names:
@@ -711,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
         with prefect_api(work / "results") as (api_url, harness_s):
             res.config["harness_start_s"] = harness_s
             bench = Bench(te, app, work)
-            if want & {"overhead", "roundtrips", "noop", "platforms"}:
+            if want & {"overhead", "roundtrips", "noop", "platforms", "together"}:
                 with _phase("warm-up"):
                     warm_up(bench)
             if want & {"overhead", "roundtrips"}:
@@ -728,6 +759,11 @@ def main(argv: list[str] | None = None) -> int:
             if "platforms" in want:
                 with _phase("platforms"):
                     section_platforms(bench, args.runs, res)
+            if "together" in want:
+                from bench.together import section_together
+
+                with _phase("together"):
+                    section_together(bench, args.runs, work, res)
         if "digest" in want:
             with _phase("digest"):
                 section_digest(work, args.tree_mb, args.tree_files, max(args.runs, 3), res)

@@ -108,37 +108,140 @@ async def _say_why_waiting(name: str) -> None:
             progress.slot_waiting(name, in_use, slots)
 
 
+class SharedSession:
+    """The process's one Dagger session, shared by the flow runs that overlap in it.
+
+    dagger-io keeps one connection per process, behind the global ``dag``
+    (``SharedConnection``). Two flow runs of one process that each entered
+    ``dagger.connection()`` (a parent flow gathering builds of several services)
+    would race to connect it ("Transport is already connected"), and the first
+    to finish would close it under the other. So a task of its own holds the
+    connection while any run uses it: opened for the first, closed after the
+    last. Being one task, it also enters and leaves the SDK's context in the same
+    task, as the anyio scopes inside it require, whichever run came first or
+    left last.
+
+    A lost connection is lost for every run sharing it: :meth:`retire` takes the
+    session out of use, and the next one opens once this one has closed (both
+    would drive the same SDK singleton).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, after: asyncio.Task[None] | None) -> None:
+        self.loop = loop
+        self.users = 0
+        self._after = after  # the holder of the session before this one, maybe still closing
+        self._ready: asyncio.Future[None] = loop.create_future()
+        self._release = asyncio.Event()
+        self.holder: asyncio.Task[None] | None = None
+
+    async def join(self) -> None:
+        self.users += 1
+        try:
+            if self.holder is None:
+                global _LAST_HOLDER
+                self.holder = _LAST_HOLDER = asyncio.create_task(self._hold())
+            await asyncio.shield(self._ready)  # one run cancelled must not close it for all
+        except BaseException:
+            await self.leave()
+            raise
+
+    async def leave(self) -> None:
+        self.users -= 1
+        if self.users == 0:
+            self.retire()
+            if self.holder is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.holder)
+
+    def retire(self) -> None:
+        """No run joins this session any more; it closes when its last run leaves."""
+        global _SHARED
+        if _SHARED is self:
+            _SHARED = None
+        if self.users == 0:
+            self._release.set()
+
+    async def _hold(self) -> None:
+        import dagger
+
+        from tasks.progress import dagger_log_output
+
+        if self._after is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self._after)
+        # The engine's own progress stream goes to stderr with `--progress plain`.
+        config = dagger.Config(retry=None, log_output=dagger_log_output())
+        error: BaseException | None = None
+        try:
+            async with dagger.connection(config):
+                self._ready.set_result(None)
+                await self._release.wait()
+        except dagger.ProvisionError as exc:
+            error = EngineUnavailable(f"could not start a Dagger engine: {ENGINE_HELP}")
+            error.__cause__ = exc
+        except dagger.ClientConnectionError as exc:
+            error = EngineUnavailable(f"could not connect to the Dagger engine: {exc}")
+            error.__cause__ = exc
+        except Exception as exc:  # closing a connection already gone may fail again
+            error = exc
+        finally:
+            # The SDK keeps a failed or closed connection's address otherwise.
+            await _forget_connection()
+            self.retire()
+            if not self._ready.done():
+                self._ready.set_exception(
+                    error or EngineUnavailable("the Dagger session closed before it opened")
+                )
+
+
+_SHARED: SharedSession | None = None
+_LAST_HOLDER: asyncio.Task[None] | None = None
+
+
 @asynccontextmanager
-async def engine_session() -> AsyncIterator[None]:
-    """One Dagger session for a whole flow run; the stages use the global ``dag``.
-    The SDK is imported here, by the first stage that needs the engine
-    (``tasks/sdk.py``: a build served from cache never pays for it)."""
-    import dagger
-
-    from tasks.progress import dagger_log_output
-
+async def engine_session() -> AsyncIterator[SharedSession]:
+    """The process's Dagger session, for one flow run (see :class:`SharedSession`);
+    the stages use the global ``dag``. The SDK is imported by the session's
+    holder, for the first stage that needs the engine (``tasks/sdk.py``: a build
+    served from cache never pays for it)."""
+    global _SHARED
     preflight()
-    # The engine's own progress stream goes to stderr with `--progress plain`.
-    config = dagger.Config(retry=None, log_output=dagger_log_output())
+    loop = asyncio.get_running_loop()
+    if _SHARED is not None and _SHARED.loop is not loop:
+        if _SHARED.users:
+            raise EngineUnavailable(
+                "the Dagger session of this process is in use by a build in another "
+                "event loop; start simultaneous builds in one event loop, or in "
+                "separate processes"
+            )
+        _SHARED = None
+    if _SHARED is None:
+        _SHARED = SharedSession(loop, after=_last_holder(loop))
+    session = _SHARED
+    await session.join()
     try:
-        async with dagger.connection(config):
-            yield
-    except dagger.ProvisionError as exc:
-        await _forget_connection()
-        raise EngineUnavailable(f"could not start a Dagger engine: {ENGINE_HELP}") from exc
-    except dagger.ClientConnectionError as exc:
-        await _forget_connection()
-        raise EngineUnavailable(f"could not connect to the Dagger engine: {exc}") from exc
+        yield session
+    finally:
+        await session.leave()
 
 
 async def _forget_connection() -> None:
-    """Drop the SDK's shared connection after a failed connect: it keeps the dead
-    session's address otherwise, and every later ``dagger.connection()`` in this
-    process would reuse it (dagger-io 0.21, ``SharedConnection``)."""
+    """Drop the SDK's shared connection: it keeps a failed or closed session's
+    address otherwise, and every later ``dagger.connection()`` in this process
+    would reuse it (dagger-io 0.21, ``SharedConnection``)."""
     import dagger
 
     with contextlib.suppress(Exception):
         await dagger.close()
+
+
+def _last_holder(loop: asyncio.AbstractEventLoop) -> asyncio.Task[None] | None:
+    """The holder of the latest session of this loop, if it may still be closing
+    (each holder waits for the one before it, so the latest is enough)."""
+    last = _LAST_HOLDER
+    if last is None or last.done() or last.get_loop() is not loop:
+        return None
+    return last
 
 
 class EngineScope:
@@ -159,6 +262,7 @@ class EngineScope:
     def __init__(self) -> None:
         self._stack = contextlib.AsyncExitStack()
         self._session: contextlib.AsyncExitStack | None = None
+        self._shared: SharedSession | None = None
         self.lost = False
         # Binaries compiled in this session, by digest: still in the engine, so a
         # later stage uses them there instead of uploading the host's copy.
@@ -189,21 +293,21 @@ class EngineScope:
     async def open(self) -> None:
         """Open the session if none is open, or replace one whose connection was lost."""
         if self.lost:
+            if self._shared is not None:
+                self._shared.retire()  # lost for every run in it, not only this one
             await self._close_session()
         if self._session is None:
             stack = contextlib.AsyncExitStack()
-            await stack.enter_async_context(engine_session())
+            self._shared = await stack.enter_async_context(engine_session())
             self._session, self.lost = stack, False
 
     async def _close_session(self) -> None:
-        stack, self._session = self._session, None
+        stack, self._session, self._shared = self._session, None, None
         self.files.clear()  # they belong to the session
         if stack is not None:
-            # Closing a session whose connection is already gone may fail again;
-            # there is nothing left to release on our side then.
+            # The session's holder closes it once no run uses it (SharedSession).
             with contextlib.suppress(Exception):
                 await stack.aclose()
-            await _forget_connection()
 
 
 _CURRENT: contextvars.ContextVar[EngineScope | None] = contextvars.ContextVar(

@@ -23,6 +23,8 @@ EXPECTED = {
         "flow, API warm",
         "ratio flow / script",
         "difference flow - script",
+        "Prefect's floor: a flow of 4 empty tasks",
+        "ratio script + floor / script",
     ],
     "1 cold start": [
         "import prefect",
@@ -53,6 +55,12 @@ EXPECTED = {
         "peak RSS, small app, no-op",
         "20 MB binary, built",
         "rebuilt from cache",
+    ],
+    "9 together": [
+        "builds at once, Prefect's client back-off only",
+        "builds at once, local API replays busy requests",
+        "ratio replay / back-off only",
+        "requests the server replayed",
     ],
 }
 NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")

@@ -7,10 +7,13 @@ holding the image it reports, and the requested path holds one whole image.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tasks.image_store import file_sha256
 from tasks.oci_layout import image_digests
@@ -51,3 +54,76 @@ def test_simultaneous_cli_builds_of_one_app_keep_every_reported_tarball(
     assert file_sha256(out) in {file_sha256(t) for t, _ in reported.values()}
     leftovers = [p.name for p in out.parent.rglob("*") if p.name.endswith((".partial", ".tmp"))]
     assert leftovers == []
+
+
+def test_simultaneous_builds_in_one_process_share_one_dagger_session(
+    prefect_api: PrefectAPI,
+    dagger_engine: TestEngine,
+    hello_go: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A parent flow that gathers the builds of several services runs them in one
+    process, where dagger-io has one connection: each run used to connect it on
+    its own (racing: "Transport is already connected") and the first to finish
+    closed it under the others. They now share one session while they overlap
+    (how much they overlap depends on the API's timing; the test below forces it)."""
+    from flows.build import multistage_build
+
+    monkeypatch.setenv("GOBUILD_ENGINE_LIMIT", "gobuild-one-process")
+    monkeypatch.setenv("GOBUILD_ENGINE_CONCURRENCY", "3")
+
+    async def together() -> list:
+        return await asyncio.gather(
+            *(
+                multistage_build(
+                    source=str(hello_go),
+                    version=f"9.0.{i}",
+                    output=str(tmp_path / f"s{i}.tar"),
+                    run_checks=False,
+                    force_rebuild=True,
+                    return_state=True,
+                )
+                for i in range(3)
+            )
+        )
+
+    states = asyncio.run(together())
+    for state in states:
+        assert state.is_completed(), state.message
+    for i, state in enumerate(states):
+        tarball = state.result().tarball
+        labels = inspect_config(f"oci-archive:{tarball}")["config"]["Labels"]
+        assert labels["org.opencontainers.image.version"] == f"9.0.{i}"
+    from tasks import session
+
+    assert session._SHARED is None  # closed after the last run left
+
+
+def test_runs_of_one_process_connect_once_and_the_first_to_leave_closes_nothing(
+    dagger_engine: TestEngine,
+) -> None:
+    """The session level of the test above, with the overlap forced: two runs
+    enter at once, the first leaves while the second still queries."""
+    from dagger import dag
+
+    from tasks import session
+
+    async def scenario() -> str:
+        first = session.engine_session()
+        second = session.engine_session()
+        await asyncio.gather(first.__aenter__(), second.__aenter__())
+        await dag.version()
+        await first.__aexit__(None, None, None)
+        still = await dag.version()  # the second run's session is still open
+        await second.__aexit__(None, None, None)
+        return still
+
+    if isinstance(dagger_engine, TestEngine):
+        dagger_engine.log.clear()
+    assert asyncio.run(scenario())
+    assert session._SHARED is None
+    if isinstance(dagger_engine, TestEngine):
+        requests = dagger_engine.log.snapshot()["requests"]
+        introspections = [r for r in requests if r["paths"][:1] == ["__schema.queryType.name"]]
+        assert len(introspections) == 1
