@@ -10,9 +10,10 @@ engine, app and machine, in one process: medians over alternating runs, with
 ratios. The engine is the Dagger *test double* (``tests/dagger_test_engine``)
 started in-process, running real ``go build``; it has no containers, so its
 absolute times are not a real engine's, but both sides of each comparison pay
-the same engine costs. Prefect talks to a temporary API server started once
-(``prefect_test_harness``), so the overhead figure is that of a warm API; the
-cold start of the embedded API is measured separately, in fresh processes.
+the same engine costs. Prefect talks to the local API server that the command
+line runs (``bench/servers.py``), started once, so the overhead figure is that of
+a warm API; the cold start of the embedded API is measured separately, in fresh
+processes.
 
 Sections (rows of the table printed to stdout; Prefect's logs go to stderr):
 
@@ -629,8 +630,8 @@ def render(res: Results) -> str:
         f"go: {m['go']} (the engine's toolchain, real `go build`)",
         f"python {m['python']}, prefect {m['prefect']}, dagger-io {m['dagger-io']}",
         "engine: Dagger TEST DOUBLE (tests/dagger_test_engine, in-process; no containers)",
-        "prefect: temporary API server (prefect_test_harness), started in "
-        f"{res.config['harness_start_s']:.1f} s with a fresh DB",
+        "prefect: the local API server (flows/local_api.py, SQLite), started in "
+        f"{res.config['api_start_s']:.1f} s with a fresh DB",
         f"app: {res.config['app']}; runs: {res.config['runs']} per comparison, alternating; "
         "values are medians [min..max]",
         "",
@@ -663,20 +664,24 @@ def _phase(name: str) -> Iterator[None]:
 
 
 @contextmanager
-def prefect_api(results_dir: Path) -> Iterator[tuple[str, float]]:
-    """A warm API for the whole run, with result storage of its own (the harness
-    does not isolate it: cache hits must come from this run only)."""
+def prefect_api(work: Path) -> Iterator[tuple[str, float]]:
+    """A warm API for the whole run (``bench/servers.py``: the local API server as
+    the command line runs it), with result storage of its own: cache hits must
+    come from this run only."""
     from prefect.settings import (
         PREFECT_API_URL,
         PREFECT_RESULTS_LOCAL_STORAGE_PATH,
         temporary_settings,
     )
-    from prefect.testing.utilities import prefect_test_harness
 
-    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: results_dir}):
-        started = time.perf_counter()
-        with prefect_test_harness(server_startup_timeout=180):
-            yield str(PREFECT_API_URL.value()), time.perf_counter() - started
+    from bench.servers import local_server
+
+    started = time.perf_counter()
+    with local_server(work / "api-home", replay=True) as (url, _):
+        took = time.perf_counter() - started
+        settings = {PREFECT_API_URL: url, PREFECT_RESULTS_LOCAL_STORAGE_PATH: work / "results"}
+        with temporary_settings(settings):
+            yield url, took
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -739,8 +744,8 @@ def main(argv: list[str] | None = None) -> int:
         res = Results(machine=machine, config={"app": str(app), "runs": args.runs})
         print(f"bench: work dir {work}; engine test double on port {te.port}", file=sys.stderr)
         want = set(args.sections)
-        with prefect_api(work / "results") as (api_url, harness_s):
-            res.config["harness_start_s"] = harness_s
+        with prefect_api(work) as (api_url, api_start_s):
+            res.config["api_start_s"] = api_start_s
             bench = Bench(te, app, work)
             if want & {"overhead", "roundtrips", "noop", "platforms", "together"}:
                 with _phase("warm-up"):

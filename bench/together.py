@@ -16,55 +16,16 @@ import os
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator
+from bench.servers import local_server
 
+if TYPE_CHECKING:
     from bench.run import Bench, Results
 
 ROOT = Path(__file__).resolve().parents[1]
 AT_ONCE = 4
-
-
-@contextmanager
-def local_server(home: Path, replay: bool) -> Iterator[tuple[str, Path]]:
-    """A local API server over its own ``PREFECT_HOME``: -> (API URL, its log)."""
-    import httpx
-
-    from flows.local_api import _free_port
-
-    home.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    log = home / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    args = [sys.executable, "-m", "flows.local_api", "serve", "--port", str(port)]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            args + ([] if replay else ["--no-replay"]), cwd=ROOT, env=env, stdout=out, stderr=out
-        )
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"bench: local API server did not start: {log.read_text()}")
-            time.sleep(0.1)
-        yield url, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def builds_at_once(bench: Bench, api_url: str, label: str, n: int = AT_ONCE) -> float:

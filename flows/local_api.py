@@ -238,14 +238,8 @@ def serve(port: int, idle_minutes: float, replay: bool = True) -> None:
         os.environ.setdefault(f"PREFECT_SERVER_SERVICES_{service}_ENABLED", "false")
     import anyio
     import uvicorn
-    from prefect.server.api.server import create_app
 
-    from flows.busy_retry import ReplayWhenBusy
-
-    # SQLite turns writers away when they meet; the replay spares clients the 2 s
-    # back-off that Prefect's client waits before it asks again (flows/busy_retry.py).
-    api = create_app(final=True)
-    app = ReplayWhenBusy(api) if replay else api
+    app = api_app(replay)
     last_request = time.monotonic()
 
     async def tracked(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -281,6 +275,19 @@ def serve(port: int, idle_minutes: float, replay: bool = True) -> None:
         state = read_state(base)
         if state is not None and state.pid == os.getpid():
             (base / STATE_FILE).unlink(missing_ok=True)
+
+
+def api_app(replay: bool = True) -> Any:
+    """Prefect's API app, behind the replay of requests SQLite turned away: it
+    spares clients the 2 s back-off Prefect's client waits before it asks again
+    (``flows/busy_retry.py``). ``replay=False`` is Prefect's server as it is, for
+    ``bench/together.py`` to compare against."""
+    from prefect.server.api.server import create_app
+
+    from flows.busy_retry import ReplayWhenBusy
+
+    api = create_app(final=True)
+    return ReplayWhenBusy(api) if replay else api
 
 
 def _idle_minutes() -> float:

@@ -181,3 +181,17 @@ def test_websockets_and_lifespan_pass_through() -> None:
 
     asyncio.run(go())
     assert seen == ["lifespan", "websocket"]
+
+
+def test_the_local_api_server_serves_prefect_through_the_replay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What ``python -m flows.local_api serve`` hands uvicorn; ``--no-replay`` (for
+    bench/together.py) hands it Prefect's app as it is."""
+    from flows import local_api
+
+    monkeypatch.setenv("PREFECT_UI_ENABLED", "false")
+    app = local_api.api_app()
+    assert isinstance(app, ReplayWhenBusy)
+    assert type(app.app).__name__ == "FastAPI"
+    assert not isinstance(local_api.api_app(replay=False), ReplayWhenBusy)
