@@ -6,9 +6,9 @@ transaction back and a retry may succeed (``is_client_retryable_exception`` in
 meet: a deferred transaction that read before another one committed cannot
 write (``SQLITE_BUSY_SNAPSHOT``), and no busy timeout helps it. Builds started
 together, or one right after another while the server still records the last
-one's events, meet this often (measured: 6 of 59 requests of 4 simultaneous
-builds). Prefect's client then waits 2 s, 4 s, ... before it asks again, for an
-error that clears in milliseconds.
+one's events, meet this often (about 3 of some 50 requests when 4 builds start
+at once: ``bench/together.py``). Prefect's client then waits 2 s, 4 s, ...
+before it asks again, for an error that clears in milliseconds.
 
 So the local server replays such a request itself, after a few milliseconds,
 for up to ``budget`` seconds, and only then lets the 503 reach the client,
