@@ -208,7 +208,7 @@ async def engine_session() -> AsyncIterator[SharedSession]:
     preflight()
     loop = asyncio.get_running_loop()
     if _SHARED is not None and _SHARED.loop is not loop:
-        if _SHARED.users:
+        if _SHARED.users and not _SHARED.loop.is_closed():  # a closed loop's runs are gone
             raise EngineUnavailable(
                 "the Dagger session of this process is in use by a build in another "
                 "event loop; start simultaneous builds in one event loop, or in "

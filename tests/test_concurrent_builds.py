@@ -127,3 +127,57 @@ def test_runs_of_one_process_connect_once_and_the_first_to_leave_closes_nothing(
         requests = dagger_engine.log.snapshot()["requests"]
         introspections = [r for r in requests if r["paths"][:1] == ["__schema.queryType.name"]]
         assert len(introspections) == 1
+
+
+def test_a_build_in_another_live_event_loop_is_refused_and_a_dead_loop_forgotten(
+    dagger_engine: TestEngine,
+) -> None:
+    """dagger-io's one connection is bound to the loop that opened it: a run in a
+    second loop of the process (another thread) gets a one-line reason while the
+    first holds it, and a loop that died with runs inside does not block later runs."""
+    import threading
+
+    from dagger import dag
+
+    from tasks import session
+    from tasks.preflight import EngineUnavailable
+
+    holding, release = threading.Event(), threading.Event()
+
+    def other_thread() -> None:
+        async def hold() -> None:
+            async with session.engine_session():
+                holding.set()
+                await asyncio.to_thread(release.wait, 60)
+
+        asyncio.run(hold())
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    try:
+        assert holding.wait(60)
+
+        async def second() -> None:
+            async with session.engine_session():
+                pass
+
+        with pytest.raises(EngineUnavailable, match="in use by a build in another event loop"):
+            asyncio.run(second())
+    finally:
+        release.set()
+        thread.join(60)
+    assert session._SHARED is None
+
+    # A loop that closed with a run still counted in its session (killed mid-build).
+    dead = asyncio.new_event_loop()
+    stale = session.SharedSession(dead, after=None)
+    stale.users = 1
+    dead.close()
+    session._SHARED = stale
+
+    async def later() -> str:
+        async with session.engine_session():
+            return await dag.version()
+
+    assert asyncio.run(later())
+    assert session._SHARED is None
