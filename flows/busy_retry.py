@@ -44,7 +44,8 @@ BUSY_LOG_PREFIX = "database busy, replayed:"
 
 
 class ReplayWhenBusy:
-    """ASGI middleware: a 503 from ``app`` is answered by asking ``app`` again."""
+    """ASGI middleware: a 503 that ``app`` answered for a busy database is held
+    back and ``app`` asked again; every other answer goes to the client as it is."""
 
     def __init__(
         self, app: ASGIApp, *, budget: float = 5.0, max_body: int = 16 * 1024 * 1024
