@@ -156,15 +156,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start(base: Path) -> ServerState:
+def _start(base: Path, *, replay: bool = True) -> ServerState:
+    """Start a server over the database of ``base`` (a ``PREFECT_HOME``) and wait
+    until it answers; ``replay=False`` is for ``bench/together.py``."""
     import prefect
 
     port = _free_port()
     log_path = base / LOG_FILE
+    args = [sys.executable, "-m", "flows.local_api", "serve", "--port", str(port)]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.local_api", "serve", "--port", str(port)],
+            args + ([] if replay else ["--no-replay"]),
             cwd=Path(__file__).resolve().parents[1],
+            env={**os.environ, "PREFECT_HOME": str(base)},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
