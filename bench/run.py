@@ -6,20 +6,22 @@ and concurrency save, measured side by side in one run.
 
 Users pick the flow over a plain Dagger script only if the orchestration costs
 little and the caching pays, so every figure here is a comparison on the same
-engine, app and machine, in one process: medians over alternating runs, with
-ratios. The engine is the Dagger *test double* (``tests/dagger_test_engine``)
-started in-process, running real ``go build``; it has no containers, so its
-absolute times are not a real engine's, but both sides of each comparison pay
-the same engine costs. Prefect talks to the local API server that the command
-line runs (``bench/servers.py``), started once, so the overhead figure is that of
-a warm API; the cold start of the embedded API is measured separately, in fresh
-processes.
+engine, app and machine, in one run: medians over alternating runs, with
+ratios. The engine is the Dagger *test double* (``tests/dagger_test_engine``) in
+a process of its own, as a real engine runs beside its clients, running real
+``go build``; it has no containers, so its absolute times are not a real
+engine's, but both sides of each comparison pay the same engine costs. Prefect
+talks to the local API server that the command line runs (``bench/servers.py``),
+started once, so the overhead figure is that of a warm API; the cold start of
+the embedded API is measured separately, in fresh processes.
 
 Sections (rows of the table printed to stdout; Prefect's logs go to stderr):
 
-1. overhead: flow end to end vs. the plain script (``bench/plain.py``), same
-   engine work: Go caches warmed by an untimed run, ``force_rebuild`` and a new
-   version each run so both really compile (the engine memoizes identical execs).
+1. overhead: flow end to end, started as the command line starts it
+   (``flows.build.run_build``) and called bare as a deployment's run calls it,
+   vs. the plain script (``bench/plain.py``), same engine work: Go caches warmed
+   by an untimed run, ``force_rebuild`` and a new version each run so both
+   really compile (the engine memoizes identical execs).
    cold start: a trivial flow in a new process, against the warm API, and with
    the embedded API on an existing and on a fresh ``PREFECT_HOME``.
 2. no-op rebuild: the first build of a changed source vs. the same build again.
@@ -59,7 +61,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -67,7 +69,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tests.dagger_test_engine.server import TestEngine
+    from tests.server_fixtures import EngineProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 HELLO_GO = ROOT / "examples" / "hello-go"
@@ -213,7 +215,7 @@ def _loadavg() -> str:
 class Bench:
     """The engine, the app and the timed build primitives shared by the sections."""
 
-    def __init__(self, engine: TestEngine, app: Path, work: Path) -> None:
+    def __init__(self, engine: EngineProcess, app: Path, work: Path) -> None:
         self.engine = engine
         self.app = app
         self.work = work
@@ -230,20 +232,26 @@ class Bench:
         return version, str(self.out / f"{version}.oci.tar")
 
     def _measure(self, fn: Callable[[], Awaitable[Any]]) -> tuple[float, Any, dict[str, Any]]:
-        self.engine.log.clear()
+        self.engine.reset()
         started = time.perf_counter()
         value = asyncio.run(fn())
         seconds = time.perf_counter() - started
-        return seconds, value, self.engine.log.snapshot()
+        return seconds, value, self.engine.log()
 
-    def flow(self, source: Path | None = None, **params: Any) -> Build:
-        """The ``multistage-build`` flow, in this process, end to end."""
-        from flows.build import multistage_build
+    def flow(self, source: Path | None = None, bare: bool = False, **params: Any) -> Build:
+        """The ``multistage-build`` flow, in this process, end to end, started as
+        the command line starts it (``flows.build.run_build``: a build that surely
+        needs the engine opens its session while Prefect starts the run); ``bare``:
+        the flow called as such, as a deployment's run calls it."""
+        from flows.build import multistage_build, run_build
+        from tasks.params import parse_params
 
         params.setdefault("source", str(source or self.app))
 
         async def go() -> Any:
-            return await multistage_build(**params, return_state=True)
+            if bare:
+                return await multistage_build(**params, return_state=True)
+            return await run_build(params, parse_params(params))
 
         seconds, state, log = self._measure(go)
         if not state.is_completed():
@@ -327,6 +335,7 @@ def section_overhead(
     """Alternate the order each run (ABBA), so drift and background work left by
     the previous run fall on both sides equally."""
     flows: list[Build] = []
+    bares: list[Build] = []
     plains: list[Build] = []
     floors: list[float] = []
     floor = _floor_flow()
@@ -334,6 +343,7 @@ def section_overhead(
         steps = [
             lambda: plains.append(bench.plain([AMD64])),
             lambda: flows.append(bench.forced_flow([AMD64], "overhead")),
+            lambda: bares.append(bench.forced_flow([AMD64], "overhead", bare=True)),
             lambda: floors.append(bench._measure(floor)[0]),
         ]
         for step in steps if i % 2 == 0 else reversed(steps):
@@ -345,7 +355,7 @@ def section_overhead(
     ratio = median(f) / median(p)
     sec = "1 overhead"
     res.add(sec, "plain Dagger script, 1 platform", secs(p))
-    res.add(sec, "flow, API warm, 1 platform", secs(f))
+    res.add(sec, "flow as the CLI starts it, API warm, 1 platform", secs(f))
     res.add(
         sec,
         "ratio flow / script",
@@ -354,6 +364,9 @@ def section_overhead(
         ratio <= TARGET_OVERHEAD_RATIO,
     )
     res.add(sec, "difference flow - script", f"{median(f) - median(p):+.2f} s")
+    b = [x.seconds for x in bares]
+    res.add(sec, "flow called bare (a deployment's run), 1 platform", secs(b))
+    res.add(sec, "ratio bare flow / script", f"{median(b) / median(p):.2f}x")
     res.add(sec, "Prefect's floor: a flow of 4 empty tasks", secs(floors))
     best = (median(p) + median(floors)) / median(p)
     res.add(sec, "ratio script + floor / script", f"{best:.2f}x")
@@ -629,7 +642,7 @@ def render(res: Results) -> str:
         f"load average: {m['loadavg_start']} at start, {m['loadavg_end']} at end",
         f"go: {m['go']} (the engine's toolchain, real `go build`)",
         f"python {m['python']}, prefect {m['prefect']}, dagger-io {m['dagger-io']}",
-        "engine: Dagger TEST DOUBLE (tests/dagger_test_engine, in-process; no containers)",
+        "engine: Dagger TEST DOUBLE (tests/dagger_test_engine, its own process; no containers)",
         "prefect: the local API server (flows/local_api.py, SQLite), started in "
         f"{res.config['api_start_s']:.1f} s with a fresh DB",
         f"app: {res.config['app']}; runs: {res.config['runs']} per comparison, alternating; "
@@ -729,10 +742,13 @@ def main(argv: list[str] | None = None) -> int:
     # Prefect's own files (profiles, local storage) stay out of the user's home.
     os.environ.setdefault("PREFECT_HOME", str(work / "prefect-home"))
     from bench.tree import write_tiny_app
-    from tests.dagger_test_engine.server import TestEngine
+    from tests.server_fixtures import running_engine_process
 
     machine = machine_info()
-    te = TestEngine(args.engine_dir.resolve() if args.engine_dir else work / "engine").start()
+    engine = ExitStack()
+    te = engine.enter_context(
+        running_engine_process(args.engine_dir.resolve() if args.engine_dir else work / "engine")
+    )
     os.environ.update(te.env)
     try:
         if args.app:
@@ -777,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
         # Keep the table and the notes in section order.
         res.rows.sort(key=lambda r: r.section[0])
         res.notes.sort(key=lambda n: n[0])
-        machine["go"] = te.engine.go_version()
+        machine["go"] = te.go_version()
         machine["loadavg_end"] = _loadavg()
         machine["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         text = render(res)
@@ -786,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
             payload = {**asdict(res), "table": text}
             args.json.write_text(json.dumps(payload, indent=2, default=str))
     finally:
-        te.stop()
+        engine.close()
         if not args.keep:
             _rmtree(work)
     return 0

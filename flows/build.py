@@ -25,7 +25,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from prefect import flow
+from prefect import State, flow
 from pydantic import Field
 from pydantic.fields import FieldInfo
 
@@ -37,7 +37,7 @@ from tasks.preflight import EngineUnavailable, preflight
 from tasks.publish import publish_image
 from tasks.report import BuildResult, Stages, output_tail, report_failure, report_success
 from tasks.sdk import is_exec_error
-from tasks.session import EngineScope
+from tasks.session import EngineScope, session_opened_early
 from tasks.source import load_source
 
 
@@ -53,7 +53,7 @@ async def multistage_build(**parameters: Any) -> BuildResult:
                 await stages.connect(engine)  # the engine resolves the ref
             # A forced or publishing build needs the engine whatever the source
             # holds: its session opens while the source is read.
-            surely = params.force_rebuild or bool(params.image_refs)
+            surely = params.surely_needs_engine
             source = await stages.run(
                 "load source", load_source, params, connecting=engine if surely else None
             )
@@ -93,6 +93,16 @@ async def multistage_build(**parameters: Any) -> BuildResult:
     result = BuildResult.collect(params, version, source, binaries, image, published, stages)
     await report_success(result)
     return result
+
+
+async def run_build(values: dict[str, Any], params: BuildParams) -> State[BuildResult]:
+    """One flow run as the command line starts it. A build that surely needs the
+    engine (``params``, already validated) starts opening its Dagger session at
+    once, while Prefect creates and starts the run, instead of after: the run
+    joins that session (``tasks/session.session_opened_early``). Any other build
+    connects only once it knows the cache cannot serve it."""
+    async with session_opened_early(params.surely_needs_engine):
+        return await multistage_build(**values, return_state=True)
 
 
 CLI_TAIL_LINES = 20
@@ -256,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     values = parse_args(sys.argv[1:] if argv is None else argv)
     progress_mode = values.pop("progress", "auto")  # not a flow parameter
     try:
-        parse_params(values)
+        params = parse_params(values)
         preflight()  # before Prefect starts: a missing engine is a one-line answer, at once
     except (ParamsError, EngineUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -269,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     terminal.start_cli(progress_mode)  # stderr: a line per step, and a heartbeat
     quiet_console_tracebacks()
     with _api(api_url):
-        state = asyncio.run(multistage_build(**values, return_state=True))
+        state = asyncio.run(run_build(values, params))
     terminal.stop_cli()
     if not state.is_completed():
         exc = state.result(raise_on_failure=False)

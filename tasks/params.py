@@ -763,6 +763,14 @@ class BuildParams(BaseModel):
     def is_git_source(self) -> bool:
         return is_git_url(self.source)
 
+    @property
+    def surely_needs_engine(self) -> bool:
+        """Known from the parameters alone, before the source is read: a git source
+        (the engine resolves the ref), a forced build, or a publishing one (the
+        push is the engine's). Any other build may be served from Prefect's cache
+        and must not open a Dagger session before it knows."""
+        return self.is_git_source or self.force_rebuild or bool(self.image_refs)
+
     def local_source(self) -> Path | None:
         """Absolute path of a local source, or None for a git source."""
         if self.is_git_source:

@@ -225,6 +225,31 @@ async def engine_session() -> AsyncIterator[SharedSession]:
         await session.leave()
 
 
+@asynccontextmanager
+async def session_opened_early(wanted: bool) -> AsyncIterator[None]:
+    """Start opening the process's Dagger session now, beside whatever the body
+    does (Prefect creating and starting the flow run, ~0.15-0.2 s), for a build
+    that will surely need the engine; the run's own :class:`EngineScope` joins it.
+
+    The caller decides ``wanted`` from the parameters alone (a forced or
+    publishing build): a build Prefect can serve from cache must never pay for a
+    session. A session that fails to open here is left to the run: it opens its
+    own and reports the failure as usual. Closed once the body is done and no run
+    uses it any more.
+    """
+    if not wanted:
+        yield
+        return
+    stack = contextlib.AsyncExitStack()
+    opening = asyncio.create_task(stack.enter_async_context(engine_session()))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(BaseException):  # the run reports its own engine errors
+            await opening
+        await stack.aclose()
+
+
 async def _forget_connection() -> None:
     """Drop the SDK's shared connection: it keeps a failed or closed session's
     address otherwise, and every later ``dagger.connection()`` in this process

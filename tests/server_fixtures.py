@@ -261,7 +261,9 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
 
 @dataclass
 class EngineProcess:
-    """``python -m tests.dagger_test_engine`` running on its own."""
+    """``python -m tests.dagger_test_engine`` running on its own, as a real engine
+    runs beside its clients: its work never competes with theirs for one
+    interpreter."""
 
     port: int
     token: str
@@ -271,16 +273,30 @@ class EngineProcess:
     def env(self) -> dict[str, str]:
         return {"DAGGER_SESSION_PORT": str(self.port), "DAGGER_SESSION_TOKEN": self.token}
 
-    def log(self) -> dict[str, Any]:
-        """The engine's request log: ``{"requests": [{"time", "paths"}], "calls", "execs"}``."""
-        r = httpx.get(f"http://127.0.0.1:{self.port}/_test/log", auth=(self.token, ""), timeout=10)
+    def _admin(self, method: str, path: str) -> dict[str, Any]:
+        r = httpx.request(
+            method, f"http://127.0.0.1:{self.port}{path}", auth=(self.token, ""), timeout=10
+        )
         r.raise_for_status()
         return r.json()
 
+    def log(self) -> dict[str, Any]:
+        """The engine's request log: ``{"requests": [{"time", "paths"}], "calls", "execs"}``."""
+        return self._admin("GET", "/_test/log")
 
-@pytest.fixture(scope="module")
-def engine_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
-    base = tmp_path_factory.mktemp("engine-process")
+    def reset(self) -> None:
+        """Clear the request log (and any injected faults)."""
+        self._admin("POST", "/_test/reset")
+
+    def go_version(self) -> str:
+        """The Go toolchain the engine runs ``go`` commands with."""
+        return str(self._admin("GET", "/_test/info")["go"])
+
+
+@contextlib.contextmanager
+def running_engine_process(base: Path) -> Iterator[EngineProcess]:
+    """The test engine in a process of its own, state under ``base``, stopped on
+    exit (RuntimeError, not pytest.fail: the bench uses it too)."""
     proc = start_proc(
         "dagger test engine",
         [sys.executable, "-m", "tests.dagger_test_engine", "--state-dir", str(base / "state")],
@@ -293,13 +309,19 @@ def engine_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineP
         assert proc.popen.stdout is not None
         line = proc.popen.stdout.readline()  # one JSON line, as `dagger session` prints
         if not line:
-            pytest.fail(f"the test engine printed nothing\n{proc.tail()}")
+            raise RuntimeError(f"the test engine printed nothing\n{proc.tail()}")
         info = json.loads(line)
         yield EngineProcess(port=int(info["port"]), token=info["session_token"], proc=proc)
     finally:
         proc.stop()
         if proc.popen.stdout is not None:
             proc.popen.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def engine_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
+    with running_engine_process(tmp_path_factory.mktemp("engine-process")) as engine:
+        yield engine
 
 
 @dataclass

@@ -20,9 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = {
     "1 overhead": [
         "plain Dagger script",
-        "flow, API warm",
+        "flow as the CLI starts it, API warm",
         "ratio flow / script",
         "difference flow - script",
+        "flow called bare (a deployment's run)",
+        "ratio bare flow / script",
         "Prefect's floor: a flow of 4 empty tasks",
         "ratio script + floor / script",
     ],

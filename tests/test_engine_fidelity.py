@@ -420,6 +420,8 @@ def test_fault_injection_and_query_log(
     assert httpx.get(f"{base}/_test/log", auth=("wrong", "")).status_code == 401
     remote = httpx.get(f"{base}/_test/log", auth=auth).json()
     assert remote["calls"]["Container.publish"] == 4
+    info = httpx.get(f"{base}/_test/info", auth=auth).json()
+    assert info["go"].startswith("go1.") and "test-engine" in info["version"]
 
 
 def test_standalone_engine_process_prints_port_and_token(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ calls for the SDK.
 
 Test-only endpoints live under ``/_test/`` and take the engine's admin token
 (``admin_token``, which is also the first session's token): the query log, fault
-rules, published images, and sessions.
+rules, published images, sessions, and the Go toolchain it runs (``info``).
 """
 
 from __future__ import annotations
@@ -333,6 +333,8 @@ def _make_handler(te: TestEngine):
                 return self._send(401, {"error": "unauthorized"})
             if self.path == "/_test/log":
                 return self._send(200, te.log.snapshot())
+            if self.path == "/_test/info":
+                return self._send(200, {"go": te.engine.go_version(), "version": te.engine.version})
             if self.path == "/_test/published":
                 pubs = [p.__dict__ for p in te.engine.images.published]
                 return self._send(200, {"published": pubs})
