@@ -231,11 +231,11 @@ async def session_opened_early(wanted: bool) -> AsyncIterator[None]:
     does (Prefect creating and starting the flow run, ~0.15-0.2 s), for a build
     that will surely need the engine; the run's own :class:`EngineScope` joins it.
 
-    The caller decides ``wanted`` from the parameters alone (a forced or
-    publishing build): a build Prefect can serve from cache must never pay for a
-    session. A session that fails to open here is left to the run: it opens its
-    own and reports the failure as usual. Closed once the body is done and no run
-    uses it any more.
+    The caller decides ``wanted`` from the parameters alone (a forced, publishing
+    or git build: ``BuildParams.surely_needs_engine``): a build Prefect can serve
+    from cache must never pay for a session. A session that fails to open here is
+    left to the run: it opens its own and reports the failure as usual. Closed
+    once the body is done and no run uses it any more.
     """
     if not wanted:
         yield
