@@ -8,10 +8,12 @@ caught here, before any engine work, with the main packages the module does have
 
 Only a sure answer refuses a build: a directory whose every non-test Go file
 was read and names another package (files constrained by ``//go:build ignore``,
-the convention for generators, are left out as Go leaves them out). A file whose
-package clause cannot be found makes the answer "unknown", and the build goes
-on; the compile stage checks what ``go build`` wrote in any case
-(:func:`is_program`).
+the convention for generators, are left out as Go leaves them out), or a
+directory that is missing or holds no Go file at all, where ``go build`` would
+fail after the engine had started (the common case: a module with nothing at
+its root but ``cmd/<name>``, built with the default '.'). A file whose package
+clause cannot be found makes the answer "unknown", and the build goes on; the
+compile stage checks what ``go build`` wrote in any case (:func:`is_program`).
 """
 
 from __future__ import annotations
@@ -58,19 +60,23 @@ def package_name(path: Path) -> str | None:
 
 
 def packages_in(directory: Path) -> set[str | None]:
-    """The package names of a directory's non-test Go files (see :func:`package_name`)."""
+    """The package names of a directory's non-test Go files (see :func:`package_name`);
+    ``{""}`` when its only such files are ones Go ignores."""
     names: set[str | None] = set()
     try:
         entries = list(os.scandir(directory))
     except OSError:
         return {None}
+    ignored = False
     for entry in entries:
         go_file = entry.name.endswith(".go") and not entry.name.endswith("_test.go")
         if go_file and entry.is_file():
             name = package_name(Path(entry.path))
-            if name != "":
+            if name == "":
+                ignored = True
+            else:
                 names.add(name)
-    return names
+    return names or ({""} if ignored else set())
 
 
 def main_packages(module: Path, limit: int = 5) -> list[str]:
@@ -101,14 +107,20 @@ def main_packages(module: Path, limit: int = 5) -> list[str]:
 
 
 def check_main_package(module: Path, main_package: str) -> None:
-    """Raise ValueError when ``main_package`` surely holds a library, not a program.
+    """Raise ValueError when ``main_package`` surely holds no program: a library
+    (``go build`` would write its archive without a word), or a directory that is
+    missing or holds no Go file (``go build`` would fail, but only once the engine
+    runs it). The message names the module's main packages, so the fix is in it.
 
-    A directory that is missing or holds no Go file is left to ``go build``, which
-    fails on it with its own words ("no Go files in …"): only the library case
-    would otherwise pass unnoticed."""
+    Go files that only ``//go:build ignore`` keeps out are left to ``go build``:
+    the build's own tags could name ``ignore``."""
     directory = module / main_package
-    names = packages_in(directory) if directory.is_dir() else set()
-    if not names or "main" in names or None in names:
+    if not directory.is_dir():
+        raise ValueError(f"{main_package!r} is not a directory of the module{_hint(module)}")
+    names = packages_in(directory)
+    if not names:
+        raise ValueError(f"{main_package!r} holds no Go files{_hint(module)}")
+    if "main" in names or None in names or "" in names:
         return
     found = ", ".join(sorted(n for n in names if n))
     raise ValueError(
@@ -116,7 +128,7 @@ def check_main_package(module: Path, main_package: str) -> None:
     )
 
 
-def _hint(module: Path, main_package: str) -> str:
+def _hint(module: Path, main_package: str = "") -> str:
     others = [p for p in main_packages(module) if p != main_package]
     if not others:
         return " (the module has no main package within three levels)"

@@ -167,6 +167,7 @@ def test_nightly_config_file_env_overrides_and_nightly_tag(tmp_path: Path) -> No
     src = tmp_path / "svc"
     src.mkdir()
     (src / "go.mod").write_text("module example.com/svc\n\ngo 1.22\n")
+    (src / "main.go").write_text("package main\n\nfunc main() {}\n")
     cfg = write_config(
         tmp_path / "n.toml",
         'timezone = "Asia/Tokyo"\n[parameters]\nsource = "svc"\noutput = "o/n.tar"\n',

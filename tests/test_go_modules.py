@@ -333,6 +333,7 @@ def test_bad_go_env_is_rejected_before_engine_work(
 @pytest.fixture
 def module_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "go.mod").write_text("module example.com/svc\n\ngo 1.24\n")
+    (tmp_path / "main.go").write_text("package main\n\nfunc main() {}\n")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -54,14 +54,47 @@ def test_a_library_root_is_refused_naming_the_main_packages(tmp_path: Path) -> N
     )
 
 
-def test_missing_or_empty_package_directories_are_left_to_go_build(tmp_path: Path) -> None:
-    """go build fails on those with its own words; only a library passes unnoticed."""
+def test_missing_or_empty_package_directories_are_refused_naming_the_main_packages(
+    tmp_path: Path,
+) -> None:
+    """go build would fail on those too, but only once the engine runs it."""
     root = library_with_commands(tmp_path / "lib")
-    (root / "docs").mkdir()
-    check_main_package(root, "./nope")
-    check_main_package(root, "./docs")
+    write_tree(root, {"docs/README.md": "x\n", "tests/only_test.go": "package tests\n"})
+    hint = "; main packages in this module: ./cmd/admin, ./cmd/tool"
+    for package, problem in [
+        ("./nope", "is not a directory of the module"),
+        ("./docs", "holds no Go files"),
+        ("./tests", "holds no Go files"),  # test files only: go build has nothing to build
+        ("./lib.go", "is not a directory of the module"),
+    ]:
+        with pytest.raises(ValueError) as caught:
+            check_main_package(root, package)
+        assert str(caught.value) == f"{package!r} {problem}{hint}"
     with pytest.raises(ValueError, match=r"^'\./internal/x' is package x, not a main package; "):
         check_main_package(root, "./internal/x")
+
+
+def test_a_module_with_only_cmd_at_its_root_is_refused_before_any_engine_work(
+    tmp_path: Path,
+) -> None:
+    """The common shape the default '.' misses: nothing at the root but go.mod."""
+    root = write_tree(tmp_path / "svc", {"go.mod": GOMOD, "cmd/svc/main.go": MAIN})
+    with pytest.raises(ParamsError) as caught:
+        parse_params({"source": str(root)})
+    assert str(caught.value) == (
+        "main_package: '.' holds no Go files; main packages in this module: ./cmd/svc"
+    )
+    empty = write_tree(tmp_path / "empty", {"go.mod": GOMOD, "README.md": "x\n"})
+    with pytest.raises(ParamsError, match=r"'\.' holds no Go files \(the module has no main "):
+        parse_params({"source": str(empty)})
+
+
+def test_files_only_go_build_ignore_keeps_out_are_left_to_go_build(tmp_path: Path) -> None:
+    """Whether they count depends on the build's tags, which could name ``ignore``."""
+    root = write_tree(
+        tmp_path / "m", {"go.mod": GOMOD, "gen/gen.go": "//go:build ignore\n\npackage main\n"}
+    )
+    check_main_package(root, "./gen")
 
 
 @pytest.mark.parametrize(

@@ -449,6 +449,8 @@ def test_everything_set_is_accepted(in_module: Path, tmp_path: Path) -> None:
     [(".", "."), ("./", "."), ("./cmd/server", "./cmd/server"), ("cmd/server/", "./cmd/server")],
 )
 def test_main_package_normalised(in_module: Path, given: str, normalised: str) -> None:
+    (in_module / "cmd/server").mkdir(parents=True)
+    (in_module / "cmd/server/main.go").write_text("package main\n\nfunc main() {}\n")
     assert parse_params({"main_package": given}).main_package == normalised
 
 
