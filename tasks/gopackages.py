@@ -119,7 +119,9 @@ def check_main_package(module: Path, main_package: str) -> None:
         raise ValueError(f"{main_package!r} is not a directory of the module{_hint(module)}")
     names = packages_in(directory)
     if not names:
-        raise ValueError(f"{main_package!r} holds no Go files{_hint(module)}")
+        tests_only = any(p.name.endswith("_test.go") for p in directory.glob("*.go"))
+        what = "only Go test files" if tests_only else "no Go files"
+        raise ValueError(f"{main_package!r} holds {what}{_hint(module)}")
     if "main" in names or None in names or "" in names:
         return
     found = ", ".join(sorted(n for n in names if n))

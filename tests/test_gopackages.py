@@ -64,7 +64,7 @@ def test_missing_or_empty_package_directories_are_refused_naming_the_main_packag
     for package, problem in [
         ("./nope", "is not a directory of the module"),
         ("./docs", "holds no Go files"),
-        ("./tests", "holds no Go files"),  # test files only: go build has nothing to build
+        ("./tests", "holds only Go test files"),
         ("./lib.go", "is not a directory of the module"),
     ]:
         with pytest.raises(ValueError) as caught:
