@@ -54,6 +54,7 @@ func TestGreeting(t *testing.T) {
 }
 """
 GOMOD = "module {name}\n\ngo 1.22\n"
+PROG = "package main\n\nfunc main() {}\n"
 
 
 @dataclass
@@ -240,16 +241,30 @@ class _Untouchable:
 @pytest.mark.parametrize(
     ("files", "module_dir", "vendored"),
     [
-        ({"vendor/modules.txt": "", "go.mod": "module a\n"}, ".", True),
-        ({"svc/vendor/modules.txt": "", "svc/go.mod": "module a\n"}, "svc", True),
+        ({"vendor/modules.txt": "", "go.mod": "module a\n", "main.go": PROG}, ".", True),
         (
-            {"svc/vendor/modules.txt": "", "svc/go.mod": "module a\n", "go.mod": "module r\n"},
+            {"svc/vendor/modules.txt": "", "svc/go.mod": "module a\n", "svc/main.go": PROG},
+            "svc",
+            True,
+        ),
+        (
+            {
+                "svc/vendor/modules.txt": "",
+                "svc/go.mod": "module a\n",
+                "go.mod": "module r\n",
+                "main.go": PROG,
+            },
             ".",
             False,
         ),
         # Excluded from the context: the engine never sees it, so not vendored.
         (
-            {"vendor/modules.txt": "", "go.mod": "module a\n", ".dockerignore": "vendor\n"},
+            {
+                "vendor/modules.txt": "",
+                "go.mod": "module a\n",
+                "main.go": PROG,
+                ".dockerignore": "vendor\n",
+            },
             ".",
             False,
         ),
@@ -269,7 +284,10 @@ def test_vendored_is_decided_from_the_files_sent(
 
 
 def test_module_dir_is_checked_before_any_engine_work(tmp_path: Path) -> None:
-    repo = write_tree(tmp_path / "mono", {"services/api/go.mod": "module example.com/api\n"})
+    repo = write_tree(
+        tmp_path / "mono",
+        {"services/api/go.mod": "module example.com/api\n", "services/api/main.go": PROG},
+    )
     with pytest.raises(ParamsError, match=r"^module_dir: .*has no go\.mod.*set module_dir"):
         parse_params({"source": str(repo)})
     with pytest.raises(ParamsError, match=r"^module_dir: '\.\./x' must not contain '\.\.'"):
