@@ -32,6 +32,7 @@ from pydantic.fields import FieldInfo
 from flows import local_api, terminal
 from tasks.assemble import assemble_image, place_output, served_from_cache, still_valid
 from tasks.compile import binary_available, compile_binary
+from tasks.goversion import toolchain_hint
 from tasks.params import BuildParams, ParamsError, parse_params
 from tasks.preflight import EngineUnavailable, preflight
 from tasks.publish import publish_image
@@ -88,6 +89,8 @@ async def multistage_build(**parameters: Any) -> BuildResult:
     except BaseException as exc:
         with contextlib.suppress(AttributeError):  # for the CLI's summary
             exc.gobuild_stage = stages.current  # type: ignore[attr-defined]
+            if params is not None and is_exec_error(exc):
+                exc.gobuild_hint = toolchain_hint(exc.stderr, params.builder_image)  # type: ignore[attr-defined]
         await report_failure(params or _unchecked(parameters), stages.current, exc)
         raise
     result = BuildResult.collect(params, version, source, binaries, image, published, stages)
@@ -246,6 +249,9 @@ def failure_summary(exc: BaseException) -> str:
             tail, _ = output_tail(text, CLI_TAIL_LINES)
             if tail:
                 lines += [f"--- last lines of {name} ---", tail]
+    hint = getattr(exc, "gobuild_hint", "")
+    if hint:
+        lines.append(f"hint: {hint}")
     return "\n".join(lines)
 
 

@@ -37,6 +37,7 @@ from pydantic import (
 from pydantic.json_schema import JsonDict
 
 from tasks.gopackages import check_main_package
+from tasks.goversion import check_builder_go
 from tasks.imageref import ImageRef, check_pinned_image, parse_image_ref, show
 
 __all__ = [
@@ -399,7 +400,10 @@ class BuildParams(BaseModel):
     builder_image: str = Field(
         default=DEFAULT_BUILDER_IMAGE,
         title="Builder image",
-        description="Go toolchain image of the build stage, pinned by version tag or digest.",
+        description=(
+            "Go toolchain image of the build stage, pinned by version tag or digest; "
+            "its Go must be at least the module's go line (golang images never fetch another)."
+        ),
     )
     runtime_image: str = Field(
         default=DEFAULT_RUNTIME_IMAGE,
@@ -659,8 +663,14 @@ class BuildParams(BaseModel):
 
     @field_validator("builder_image")
     @classmethod
-    def _valid_builder_image(cls, value: str) -> str:
-        return check_pinned_image(value, allow_scratch=False)
+    def _valid_builder_image(cls, value: str, info: ValidationInfo) -> str:
+        """Pinned, and for a local module, new enough for its ``go`` line
+        (``tasks/goversion.py``): the golang images never fetch a newer Go."""
+        value = check_pinned_image(value, allow_scratch=False)
+        source, module_dir = info.data.get("source"), info.data.get("module_dir")
+        if source is not None and module_dir is not None and not is_git_url(source):
+            check_builder_go(value, Path(source).expanduser(), module_dir)
+        return value
 
     @field_validator("runtime_image")
     @classmethod

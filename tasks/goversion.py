@@ -1,0 +1,150 @@
+"""Whether the builder image's Go is new enough for the module it builds.
+
+The official ``golang`` images set ``GOTOOLCHAIN=local``: their Go never fetches
+a newer toolchain, so a module whose ``go`` line (in ``go.mod``, or ``go.work``
+for a workspace) names a newer Go fails in the engine with
+``go: go.mod requires go >= 1.28 (running go 1.27.3; GOTOOLCHAIN=local)``. The
+``toolchain`` line does not matter there (Go ignores it under ``local``).
+
+For a local module, both sides are known before any engine work: the ``go``
+lines are read from the files, and a ``golang`` image's tag names its Go
+(``1.27.3-bookworm``, ``1.27-alpine``, ``1.28rc1``). A build is refused only
+on a sure answer; an image pinned by digest is not judged by its tag (the
+digest is what the engine pulls), and tags with no version (``alpine``,
+``1-bookworm``) or other images are left to the engine, whose failure then
+gets a hint naming ``builder_image`` (:func:`toolchain_hint`).
+
+Versions compare as Go's ``go/version`` package compares them: ``1.21`` (a
+language version) < ``1.21rc1`` < ``1.21.0`` < ``1.21.1``. No PyPI package
+parses Go versions or go.mod files and is kept up; the grammar is small.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tasks.imageref import parse_image_ref, show
+
+_VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+)|(beta|rc)(\d+))?", re.ASCII)
+_GO_LINE = re.compile(r"^\s*go\s+([^\s/]+)", re.M)
+_IMAGE_TAG = re.compile(r"(\d+\.\d+(?:\.\d+|(?:beta|rc)\d+)?)(?:-|$)", re.ASCII)
+_GO_REFUSAL = re.compile(
+    r"^go: (?P<what>\S+) requires go >= (?P<needed>\S+) "
+    r"\(running go (?P<running>\S+); GOTOOLCHAIN=local\)",
+    re.M,
+)
+_KIND = {None: 0, "beta": 1, "rc": 2}
+_RELEASE = 3
+_FLOATING = 1 << 30  # a tag without a patch number is any patch of its minor
+
+
+def version_key(text: str) -> tuple[int, int, int, int] | None:
+    """A sort key for a Go version ('1.21', '1.21rc1', '1.21.3'), None if not one."""
+    m = _VERSION.fullmatch(text)
+    if m is None:
+        return None
+    major, minor, patch, kind, number = m.groups()
+    if patch is not None:
+        return int(major), int(minor), _RELEASE, int(patch)
+    if kind is not None:
+        return int(major), int(minor), _KIND[kind], int(number)
+    return int(major), int(minor), _KIND[None], 0
+
+
+def go_line(path: Path) -> str | None:
+    """The version on a go.mod or go.work file's ``go`` line, if it has one."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    m = _GO_LINE.search(text)
+    return m.group(1) if m else None
+
+
+def required_go(source: Path, module_dir: str) -> tuple[str, str] | None:
+    """The newest Go the module's files ask for, with the file that asks for it
+    (relative to the source): the module's go.mod, and any go.work from the
+    module's directory up to the source root (the builder sees the source at
+    /src, so Go's search for a workspace stops there)."""
+    root = source.resolve()
+    module = (root / module_dir).resolve()
+    files = [module / "go.mod"]
+    here = module
+    while here == root or root in here.parents:
+        files.append(here / "go.work")
+        if here == root:
+            break
+        here = here.parent
+    best: tuple[str, str] | None = None
+    best_key: tuple[int, int, int, int] | None = None
+    for path in files:
+        version = go_line(path)
+        key = version_key(version) if version else None
+        if version and key and (best_key is None or key > best_key):
+            shown = path.relative_to(root) if root in path.parents else path
+            best, best_key = (version, shown.as_posix()), key
+    return best
+
+
+def image_go(ref: str) -> tuple[str, tuple[int, int, int, int]] | None:
+    """The Go of a ``golang`` image, judged by its tag: the version as the tag
+    says it, and the newest version it can stand for (a tag with no patch
+    number floats over its minor's patches). None where the tag cannot tell:
+    a digest (the engine pulls that, whatever the tag says), no version in the
+    tag, or an image that is not ``golang``."""
+    try:
+        parsed = parse_image_ref(ref)
+    except ValueError:
+        return None
+    if parsed.digest or parsed.path.rsplit("/", 1)[-1] != "golang":
+        return None
+    m = _IMAGE_TAG.match(parsed.tag)
+    if m is None:
+        return None
+    version = m.group(1)
+    key = version_key(version)
+    if key is None:
+        return None
+    if key[2] == _KIND[None]:
+        key = (key[0], key[1], _RELEASE, _FLOATING)
+    return version, key
+
+
+def check_builder_go(builder_image: str, source: Path, module_dir: str) -> None:
+    """Refuse a ``golang`` builder whose tag surely names an older Go than the
+    module's ``go`` line, before the engine would say so after starting."""
+    image = image_go(builder_image)
+    needed = required_go(source, module_dir)
+    if image is None or needed is None:
+        return
+    (has, has_key), (version, where) = image, needed
+    needed_key = version_key(version)
+    if needed_key is None or has_key >= needed_key:
+        return
+    raise ValueError(
+        f"{show(builder_image)} has Go {has}, but {where} needs go >= {version} "
+        f"(golang images build with their own Go, GOTOOLCHAIN=local); use a newer "
+        f"image, e.g. golang:{_image_tag_for(version)}"
+    )
+
+
+def _image_tag_for(version: str) -> str:
+    """The golang tag that follows the newest patch of ``version``'s minor (a
+    pre-release names itself)."""
+    if "rc" in version or "beta" in version:
+        return version
+    return ".".join(version.split(".")[:2])
+
+
+def toolchain_hint(stderr: str, builder_image: str) -> str:
+    """For a go command that stopped because the builder's Go is too old (which
+    the parameter check cannot see for git sources, digest-pinned images or a
+    dependency's go.mod): what to change, naming the parameter. '' otherwise."""
+    m = _GO_REFUSAL.search(stderr or "")
+    if m is None:
+        return ""
+    return (
+        f"builder_image {builder_image!r} runs Go {m['running']}, and {m['what']} "
+        f"requires go >= {m['needed']}: use a builder image with a newer Go"
+    )

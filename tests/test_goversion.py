@@ -1,0 +1,166 @@
+"""A golang builder whose Go is older than the module's ``go`` line is refused
+before engine work where the tag says so; where only the engine can tell (a
+digest-pinned image, a git source, a dependency), its failure names the fix."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import dagger
+import pytest
+
+from flows.build import failure_summary
+from tasks.goversion import image_go, required_go, toolchain_hint, version_key
+from tasks.params import ParamsError, parse_params
+from tests.dagger_test_engine.server import TestEngine
+from tests.flowruns import artifacts, build, task_runs
+from tests.prefect_fixtures import PrefectAPI
+from tests.trees import write_tree
+
+MAIN = "package main\n\nfunc main() {}\n"
+DIGEST = "sha256:" + "ab" * 32
+
+
+def module(root: Path, go_line: str, **extra: str) -> Path:
+    return write_tree(
+        root, {"go.mod": f"module example.com/app\n\ngo {go_line}\n", "main.go": MAIN, **extra}
+    )
+
+
+def test_versions_order_as_go_version_compare_does() -> None:
+    ordered = ["1.9.2", "1.20", "1.20.0", "1.21", "1.21beta1", "1.21rc1", "1.21rc2", "1.21.0"]
+    ordered += ["1.21.10", "1.22"]
+    keys = [version_key(v) for v in ordered]
+    assert None not in keys
+    assert keys == sorted(keys)  # type: ignore[type-var]
+    assert len(set(keys)) == len(keys)
+    for bad in ("", "1", "go1.21", "1.21.x", "1.21-rc1", "v1.21.0"):
+        assert version_key(bad) is None, bad
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("golang:1.27.3-bookworm", "1.27.3"),
+        ("golang:1.27.3", "1.27.3"),
+        ("docker.io/library/golang:1.26-alpine3.22", "1.26"),
+        ("mirror.gcr.io/library/golang:1.28rc1-bookworm", "1.28rc1"),
+        ("127.0.0.1:5000/golang:1.21.0", "1.21.0"),
+    ],
+)
+def test_a_golang_tag_names_its_go(ref: str, expected: str) -> None:
+    found = image_go(ref)
+    assert found is not None and found[0] == expected
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        f"golang:1.20.1@{DIGEST}",  # the digest decides what is pulled, not the tag
+        "golang:alpine",
+        "golang:1-bookworm",
+        "golang:tip-20261101-bookworm",
+        "cgr.dev/chainguard/go:1.20",
+        "example.com/golang-builder:1.20",
+    ],
+)
+def test_a_tag_that_cannot_tell_is_not_judged(ref: str) -> None:
+    assert image_go(ref) is None
+
+
+def test_the_newest_go_line_of_module_and_workspace_counts(tmp_path: Path) -> None:
+    write_tree(
+        tmp_path,
+        {
+            "go.work": "go 1.26.1\n\nuse ./svc\n",
+            "svc/go.mod": "module example.com/svc\n\ngo 1.25 // keep\n\ntoolchain go1.99.0\n",
+            "svc/main.go": MAIN,
+        },
+    )
+    assert required_go(tmp_path, "svc") == ("1.26.1", "go.work")
+    (tmp_path / "go.work").write_text("go 1.24\n\nuse ./svc\n")
+    assert required_go(tmp_path, "svc") == ("1.25", "svc/go.mod")  # toolchain is not read
+
+
+def test_a_workspace_above_the_source_is_not_the_builds(tmp_path: Path) -> None:
+    (tmp_path / "go.work").write_text("go 1.99\n")
+    src = module(tmp_path / "src", "1.22")
+    assert required_go(src, ".") == ("1.22", "go.mod")
+
+
+def test_too_old_a_builder_is_refused_in_one_line_naming_it(tmp_path: Path) -> None:
+    src = module(tmp_path / "app", "1.23.0")
+    with pytest.raises(ParamsError) as err:
+        parse_params({"source": str(src), "builder_image": "golang:1.22.5-bookworm"})
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("builder_image: 'golang:1.22.5-bookworm' has Go 1.22.5")
+    assert "go.mod needs go >= 1.23.0" in message
+    assert message.endswith("e.g. golang:1.23")
+
+
+def test_a_workspace_newer_than_the_builder_is_refused(tmp_path: Path) -> None:
+    write_tree(
+        tmp_path,
+        {
+            "go.work": "go 1.28rc2\n\nuse ./svc\n",
+            "svc/go.mod": "module example.com/svc\n\ngo 1.22\n",
+            "svc/main.go": MAIN,
+        },
+    )
+    with pytest.raises(ParamsError, match=r"go\.work needs go >= 1\.28rc2.*golang:1\.28rc2$"):
+        parse_params({"source": str(tmp_path), "module_dir": "svc"})
+
+
+@pytest.mark.parametrize(
+    ("go_line", "builder"),
+    [
+        ("1.27.3", "golang:1.27.3-bookworm"),  # the default builder, exactly
+        ("1.27.9", "golang:1.27-alpine"),  # a minor's tag follows its newest patch
+        ("1.28", "golang:1.28rc1"),  # a language version: any 1.28 toolchain
+        ("1.99", f"golang:1.22@{DIGEST}"),  # digest-pinned: left to the engine
+        ("1.99", "golang:alpine"),
+    ],
+)
+def test_a_builder_that_may_be_new_enough_is_accepted(
+    tmp_path: Path, go_line: str, builder: str
+) -> None:
+    src = module(tmp_path / "app", go_line)
+    assert parse_params({"source": str(src), "builder_image": builder}).builder_image == builder
+
+
+def test_the_hint_reads_gos_own_refusal(tmp_path: Path, dagger_engine: TestEngine) -> None:
+    """The message comes from running the real Go toolchain the test engine runs,
+    as a golang image does (GOTOOLCHAIN=local), not from a string written here."""
+    src = module(tmp_path / "app", "1.99")
+    env = {**os.environ, "GOTOOLCHAIN": "local", "GOPROXY": "off", "GOFLAGS": ""}
+    go = str(dagger_engine.engine.executor.go_binary())
+    proc = subprocess.run(
+        [go, "build", "-o", os.devnull, "."], cwd=src, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode != 0
+    hint = toolchain_hint(proc.stderr, "golang:1.22.5")
+    assert hint.startswith("builder_image 'golang:1.22.5' runs Go ")
+    assert "go.mod requires go >= 1.99" in hint
+    assert toolchain_hint("main.go:3:1: syntax error", "golang:1.22.5") == ""
+
+
+def test_an_engine_refusal_fails_once_with_the_hint(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path
+) -> None:
+    builder = f"golang:1.27.3-bookworm@{DIGEST}"
+    src = module(tmp_path / "future-app", "1.99")
+    state = build(source=str(src), builder_image=builder, output=str(tmp_path / "f.tar"))
+    assert state.is_failed()
+    exc = state.result(raise_on_failure=False)
+    assert isinstance(exc, dagger.ExecError)
+    assert "requires go >= 1.99" in exc.stderr
+    runs = {r.name: r for r in task_runs(state.state_details.flow_run_id)}
+    assert runs["compile linux/amd64"].run_count == 1  # a newer Go is no retry away
+    summary = failure_summary(exc).splitlines()
+    assert summary[-1].startswith(f"hint: builder_image {builder!r} runs Go ")
+    assert "go.mod requires go >= 1.99" in summary[-1]
+    arts = {a.key: a for a in artifacts(state.state_details.flow_run_id) if a.key}
+    assert f"Hint: builder_image {builder!r}" in arts["build-future-app-failure"].data
