@@ -24,10 +24,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from tasks.gomod import go_line, module_files
 from tasks.imageref import parse_image_ref, show
 
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+)|(beta|rc)(\d+))?", re.ASCII)
-_GO_LINE = re.compile(r"^\s*go\s+([^\s/]+)", re.M)
 _IMAGE_TAG = re.compile(r"(\d+\.\d+(?:\.\d+|(?:beta|rc)\d+)?)(?:-|$)", re.ASCII)
 _GO_REFUSAL = re.compile(
     r"^go: (?P<what>\S+) requires go >= (?P<needed>\S+) "
@@ -52,38 +52,17 @@ def version_key(text: str) -> tuple[int, int, int, int] | None:
     return int(major), int(minor), _KIND[None], 0
 
 
-def go_line(path: Path) -> str | None:
-    """The version on a go.mod or go.work file's ``go`` line, if it has one."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    m = _GO_LINE.search(text)
-    return m.group(1) if m else None
-
-
 def required_go(source: Path, module_dir: str) -> tuple[str, str] | None:
-    """The newest Go the module's files ask for, with the file that asks for it
-    (relative to the source): the module's go.mod, and any go.work from the
-    module's directory up to the source root (the builder sees the source at
-    /src, so Go's search for a workspace stops there)."""
+    """The newest Go the module's files ask for (:func:`tasks.gomod.module_files`),
+    with the file that asks for it, relative to the source."""
     root = source.resolve()
-    module = (root / module_dir).resolve()
-    files = [module / "go.mod"]
-    here = module
-    while here == root or root in here.parents:
-        files.append(here / "go.work")
-        if here == root:
-            break
-        here = here.parent
     best: tuple[str, str] | None = None
     best_key: tuple[int, int, int, int] | None = None
-    for path in files:
+    for path in module_files(source, module_dir):
         version = go_line(path)
         key = version_key(version) if version else None
         if version and key and (best_key is None or key > best_key):
-            shown = path.relative_to(root) if root in path.parents else path
-            best, best_key = (version, shown.as_posix()), key
+            best, best_key = (version, path.relative_to(root).as_posix()), key
     return best
 
 

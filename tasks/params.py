@@ -36,6 +36,7 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonDict
 
+from tasks.gomod import check_local_dirs
 from tasks.gopackages import check_main_package
 from tasks.goversion import check_builder_go
 from tasks.imageref import ImageRef, check_pinned_image, parse_image_ref, show
@@ -562,6 +563,7 @@ class BuildParams(BaseModel):
             where = f"source {show(source)}" + (f", directory {value!r}," if value != "." else "")
             hint = "" if value != "." else "; for a module in a subdirectory set module_dir"
             raise ValueError(f"{where} has no go.mod (expected the root of a Go module{hint})")
+        check_local_dirs(Path(source).expanduser(), value)  # replace/use paths go with it
         return value
 
     @field_validator("main_package")

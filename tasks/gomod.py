@@ -1,0 +1,146 @@
+"""What a local module's go.mod and go.work files say, read before any engine work.
+
+The files are the module's go.mod and every go.work from the module's directory
+up to the source root: the builder sees the source at /src, so Go's search for a
+workspace ends there (:func:`module_files`). Two things are read from them: the
+``go`` lines (``tasks/goversion.py`` holds them against the builder image) and
+the directories they point at, which must travel with the source.
+
+The engine receives the source directory and nothing beside it. A monorepo's
+service often replaces a sibling module with a path (``replace example.com/lib
+=> ../lib``) or sits in a workspace that ``use``s one; built with ``source`` set
+to the service alone, such a build opens a session, uploads, and only then
+fails in ``go mod download`` (``reading ../lib/go.mod: open /lib/go.mod: no such
+file or directory``). For a local source the files say so before any engine
+work, and the fix is known: a source that holds both, with ``module_dir``
+pointing at the service.
+
+Only a sure answer refuses: a directory replacement or ``use`` (Go's
+``modfile.IsDirectoryPath``: ``./``, ``../`` or absolute) that resolves outside
+the source, or inside it but with no go.mod (which Go requires of both), or an
+absolute path, which names this machine's file system, not the builder's. The
+grammar read is go.mod's own (``golang.org/x/mod/modfile``): ``//`` comments,
+``replace``/``use`` blocks, quoted paths. No PyPI package reads go.mod files and
+is kept up; this is the part of it that matters here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from tasks.imageref import show
+
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|`[^`]*`|//.*|\S+')
+
+
+def _tokens(line: str) -> list[str]:
+    out = []
+    for tok in _TOKEN.findall(line):
+        if tok.startswith("//"):
+            break
+        if tok[0] in '"`':
+            tok = tok[1:-1] if tok[0] == "`" else bytes(tok[1:-1], "utf-8").decode("unicode_escape")
+        out.append(tok)
+    return out
+
+
+def directives(text: str, verb: str) -> Iterator[list[str]]:
+    """The arguments of each ``verb`` directive, one-line or in a ``verb ( … )`` block."""
+    in_block = False
+    for line in text.splitlines():
+        toks = _tokens(line)
+        if not toks:
+            continue
+        if in_block:
+            if toks == [")"]:
+                in_block = False
+            else:
+                yield toks
+        elif toks[0] == verb:
+            if toks[1:] == ["("]:
+                in_block = True
+            elif len(toks) > 1:
+                yield toks[1:]
+
+
+def is_directory_path(path: str) -> bool:
+    """``modfile.IsDirectoryPath``: a replacement that names a directory, not a module."""
+    return (
+        path in (".", "..")
+        or path.startswith(("./", ".\\", "../", "..\\", "/", "\\"))
+        or (len(path) >= 2 and path[0].isascii() and path[0].isalpha() and path[1] == ":")
+    )
+
+
+def local_dirs(file: Path) -> Iterator[tuple[str, str]]:
+    """(what, directory as written) for each directory a go.mod or go.work names:
+    ``replace`` targets, and a go.work's ``use`` lines."""
+    try:
+        text = file.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return
+    for args in directives(text, "replace"):
+        if "=>" in args:
+            old, new = args[: args.index("=>")], args[args.index("=>") + 1 :]
+            if len(new) == 1 and old and is_directory_path(new[0]):
+                yield f"replaces {old[0]} with", new[0]
+    if file.name == "go.work":
+        for args in directives(text, "use"):
+            if len(args) == 1:
+                yield "uses", args[0]
+
+
+def module_files(source: Path, module_dir: str) -> list[Path]:
+    """The module's go.mod, then each go.work path from its directory up to the
+    source root (existing or not); [] for a module that resolves outside the source."""
+    root = source.resolve()
+    module = (root / module_dir).resolve()
+    if module != root and root not in module.parents:
+        return []
+    files = [module / "go.mod"]
+    here = module
+    while True:
+        files.append(here / "go.work")
+        if here == root:
+            return files
+        here = here.parent
+
+
+def go_line(path: Path) -> str | None:
+    """The version on a go.mod or go.work file's ``go`` line, if it has one."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for args in directives(text, "go"):
+        return args[0]
+    return None
+
+
+def check_local_dirs(source: Path, module_dir: str) -> None:
+    """Refuse a module whose go.mod or go.work names a directory the engine will
+    not have."""
+    root = source.resolve()
+    module = (root / module_dir).resolve()
+    for file in module_files(source, module_dir):
+        for what, written in local_dirs(file):
+            shown = file.relative_to(root).as_posix()
+            if written.startswith(("/", "\\")) or written[1:2] == ":":
+                raise ValueError(
+                    f"{shown} {what} {written}, an absolute path of this machine, which the "
+                    "engine does not have; use a relative path inside the source"
+                )
+            target = Path(os.path.normpath(file.parent / written.replace("\\", "/")))
+            if target != root and root not in target.parents:
+                common = Path(os.path.commonpath([root, target]))
+                inner = module.relative_to(common).as_posix() if module != common else "."
+                raise ValueError(
+                    f"{shown} {what} {written}, outside source {show(str(source))}, and the "
+                    f"engine gets only the source; set source to {show(str(common))} and "
+                    f"module_dir to {inner!r}"
+                )
+            if not (target / "go.mod").is_file():
+                raise ValueError(f"{shown} {what} {written}, which has no go.mod")

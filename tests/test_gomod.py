@@ -1,0 +1,127 @@
+"""A local module whose go.mod or go.work points at a directory the engine will not
+get (a sibling module beside the source) is refused before engine work, with
+the parameters that fix it; the fix then builds."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tasks.gomod import directives, go_line, local_dirs
+from tasks.params import ParamsError, parse_params
+from tests.dagger_test_engine.server import TestEngine
+from tests.flowruns import build
+from tests.oci_check import extract_file
+from tests.prefect_fixtures import PrefectAPI
+from tests.trees import write_tree
+
+LIB = {
+    "lib/go.mod": "module example.com/lib\n\ngo 1.22\n",
+    "lib/lib.go": 'package lib\n\nfunc Greeting() string { return "hello from lib" }\n',
+}
+SVC_MAIN = (
+    'package main\n\nimport (\n\t"fmt"\n\n\t"example.com/lib"\n)\n\n'
+    "func main() { fmt.Println(lib.Greeting()) }\n"
+)
+
+
+def service(replace_line: str) -> dict[str, str]:
+    return {
+        "svc/go.mod": (
+            "module example.com/svc\n\ngo 1.22\n\nrequire example.com/lib v0.0.0\n\n"
+            f"{replace_line}\n"
+        ),
+        "svc/main.go": SVC_MAIN,
+    }
+
+
+def test_directives_read_as_gos_modfile_does() -> None:
+    text = (
+        "module example.com/m // the module\n"
+        "go 1.23 // comment\n"
+        "replace example.com/a => ../a\n"
+        "replace (\n"
+        '\t"example.com/b" v1.0.0 => "./b dir" // quoted\n'
+        "\texample.com/c => example.com/c2 v1.2.3\n"
+        "\t// replace example.com/d => ../d\n"
+        ")\n"
+    )
+    assert list(directives(text, "replace")) == [
+        ["example.com/a", "=>", "../a"],
+        ["example.com/b", "v1.0.0", "=>", "./b dir"],
+        ["example.com/c", "=>", "example.com/c2", "v1.2.3"],
+    ]
+    assert list(directives(text, "go")) == [["1.23"]]
+
+
+def test_only_directory_replacements_and_uses_are_local(tmp_path: Path) -> None:
+    mod = tmp_path / "go.mod"
+    mod.write_text(
+        "module m\n\nreplace (\n\ta => ../a\n\tb => b2 v1.0.0\n\tc => C:\\src\\c\n)\n"
+    )
+    assert list(local_dirs(mod)) == [
+        ("replaces a with", "../a"),
+        ("replaces c with", "C:\\src\\c"),
+    ]
+    work = tmp_path / "go.work"
+    work.write_text("go 1.22\n\nuse (\n\t.\n\t./svc\n)\nuse ../x\n")
+    assert [d for _, d in local_dirs(work)] == [".", "./svc", "../x"]
+    assert go_line(work) == "1.22"
+
+
+def test_a_sibling_replacement_is_refused_with_the_fix(tmp_path: Path) -> None:
+    write_tree(tmp_path, {**LIB, **service("replace example.com/lib => ../lib")})
+    with pytest.raises(ParamsError) as err:
+        parse_params({"source": str(tmp_path / "svc")})
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("module_dir: go.mod replaces example.com/lib with ../lib, outside")
+    assert message.endswith(f"set source to {str(tmp_path)!r} and module_dir to 'svc'")
+
+
+def test_a_workspace_using_a_directory_outside_the_source_is_refused(tmp_path: Path) -> None:
+    write_tree(
+        tmp_path,
+        {
+            **LIB,
+            "repo/go.work": "go 1.22\n\nuse (\n\t./svc\n\t../lib\n)\n",
+            "repo/svc/go.mod": "module example.com/svc\n\ngo 1.22\n",
+            "repo/svc/main.go": "package main\n\nfunc main() {}\n",
+        },
+    )
+    with pytest.raises(ParamsError, match=r"^module_dir: go\.work uses \.\./lib, outside"):
+        parse_params({"source": str(tmp_path / "repo"), "module_dir": "svc"})
+
+
+def test_an_absolute_replacement_is_refused(tmp_path: Path) -> None:
+    write_tree(tmp_path, {**LIB, **service(f"replace example.com/lib => {tmp_path}/lib")})
+    with pytest.raises(ParamsError, match="an absolute path of this machine"):
+        parse_params({"source": str(tmp_path), "module_dir": "svc"})
+
+
+def test_a_replacement_without_a_module_is_refused(tmp_path: Path) -> None:
+    write_tree(tmp_path, service("replace example.com/lib => ../lib"))
+    (tmp_path / "lib").mkdir()
+    with pytest.raises(ParamsError, match=r"replaces example\.com/lib with \.\./lib, which has no"):
+        parse_params({"source": str(tmp_path), "module_dir": "svc"})
+
+
+def test_module_replacements_are_not_directories(tmp_path: Path) -> None:
+    write_tree(tmp_path, service("replace example.com/lib => example.com/fork v1.0.0"))
+    assert parse_params({"source": str(tmp_path / "svc")}).module_dir == "."
+
+
+def test_the_suggested_source_builds(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path
+) -> None:
+    repo = write_tree(tmp_path / "repo", {**LIB, **service("replace example.com/lib => ../lib")})
+    with pytest.raises(ParamsError, match="set source to"):
+        parse_params({"source": str(repo / "svc")})
+    out = tmp_path / "svc.oci.tar"
+    state = build(source=str(repo), module_dir="svc", output=str(out), run_checks=False)
+    assert state.is_completed(), state.message
+    binary = extract_file(f"oci-archive:{out}", "/usr/local/bin/svc", tmp_path / "bin", "amd64")
+    run = subprocess.run([str(binary)], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "hello from lib"
