@@ -16,7 +16,7 @@ gets a hint naming ``builder_image`` (:func:`toolchain_hint`).
 
 Versions compare as Go's ``go/version`` package compares them: ``1.21`` (a
 language version) < ``1.21rc1`` < ``1.21.0`` < ``1.21.1``. No PyPI package
-parses Go versions or go.mod files and is kept up; the grammar is small.
+parses Go versions and is kept up; the grammar is small.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from tasks.imageref import parse_image_ref, show
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+)|(beta|rc)(\d+))?", re.ASCII)
 _IMAGE_TAG = re.compile(r"(\d+\.\d+(?:\.\d+|(?:beta|rc)\d+)?)(?:-|$)", re.ASCII)
 _GO_REFUSAL = re.compile(
-    r"^go: (?P<what>\S+) requires go >= (?P<needed>\S+) "
+    r"^go: (?P<what>.+?) requires go >= (?P<needed>\S+) "
     r"\(running go (?P<running>\S+); GOTOOLCHAIN=local\)",
     re.M,
 )

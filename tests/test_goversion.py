@@ -132,8 +132,9 @@ def test_a_builder_that_may_be_new_enough_is_accepted(
 
 
 def test_the_hint_reads_gos_own_refusal(tmp_path: Path, dagger_engine: TestEngine) -> None:
-    """The message comes from running the real Go toolchain the test engine runs,
-    as a golang image does (GOTOOLCHAIN=local), not from a string written here."""
+    """The go.mod refusal comes from running the real Go toolchain the test engine
+    runs, as a golang image does (GOTOOLCHAIN=local), not from a string written
+    here; a dependency's refusal has the same shape (cmd/go's gover.TooNewError)."""
     src = module(tmp_path / "app", "1.99")
     env = {**os.environ, "GOTOOLCHAIN": "local", "GOPROXY": "off", "GOFLAGS": ""}
     go = str(dagger_engine.engine.executor.go_binary())
@@ -145,6 +146,10 @@ def test_the_hint_reads_gos_own_refusal(tmp_path: Path, dagger_engine: TestEngin
     assert hint.startswith("builder_image 'golang:1.22.5' runs Go ")
     assert "go.mod requires go >= 1.99" in hint
     assert toolchain_hint("main.go:3:1: syntax error", "golang:1.22.5") == ""
+    dependency = (
+        "go: example.com/dep@v1.4.0 requires go >= 1.28.1 (running go 1.27.3; GOTOOLCHAIN=local)"
+    )
+    assert "example.com/dep@v1.4.0 requires go >= 1.28.1" in toolchain_hint(dependency, "x")
 
 
 def test_an_engine_refusal_fails_once_with_the_hint(
