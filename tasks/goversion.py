@@ -31,7 +31,7 @@ _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+)|(beta|rc)(\d+))?", re.ASCII)
 _IMAGE_TAG = re.compile(r"(\d+\.\d+(?:\.\d+|(?:beta|rc)\d+)?)(?:-|$)", re.ASCII)
 _GO_REFUSAL = re.compile(
     r"^go: (?P<what>.+?) requires go >= (?P<needed>\S+) "
-    r"\(running go (?P<running>\S+); GOTOOLCHAIN=local\)",
+    r"\(running go (?P<running>[^;)\s]+)(?:; GOTOOLCHAIN=[^)]*)?\)",  # gover.TooNewError
     re.M,
 )
 _KIND = {None: 0, "beta": 1, "rc": 2}
