@@ -36,7 +36,7 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonDict
 
-from tasks.gomod import check_local_dirs
+from tasks.gomod import check_local_dirs, find_modules
 from tasks.gopackages import check_main_package
 from tasks.goversion import check_builder_go
 from tasks.imageref import ImageRef, check_pinned_image, parse_image_ref, show
@@ -561,6 +561,10 @@ class BuildParams(BaseModel):
         module = Path(source).expanduser() / value
         if not (module / "go.mod").is_file():
             where = f"source {show(source)}" + (f", directory {value!r}," if value != "." else "")
+            found = find_modules(Path(source).expanduser())
+            if found:
+                listed = ", ".join(repr(d) for d in found)
+                raise ValueError(f"{where} has no go.mod; set module_dir to a module: {listed}")
             hint = "" if value != "." else "; for a module in a subdirectory set module_dir"
             raise ValueError(f"{where} has no go.mod (expected the root of a Go module{hint})")
         check_local_dirs(Path(source).expanduser(), value)  # replace/use paths go with it

@@ -58,9 +58,7 @@ def test_directives_read_as_gos_modfile_does() -> None:
 
 def test_only_directory_replacements_and_uses_are_local(tmp_path: Path) -> None:
     mod = tmp_path / "go.mod"
-    mod.write_text(
-        "module m\n\nreplace (\n\ta => ../a\n\tb => b2 v1.0.0\n\tc => C:\\src\\c\n)\n"
-    )
+    mod.write_text("module m\n\nreplace (\n\ta => ../a\n\tb => b2 v1.0.0\n\tc => C:\\src\\c\n)\n")
     assert list(local_dirs(mod)) == [
         ("replaces a with", "../a"),
         ("replaces c with", "C:\\src\\c"),
@@ -125,3 +123,29 @@ def test_the_suggested_source_builds(
     binary = extract_file(f"oci-archive:{out}", "/usr/local/bin/svc", tmp_path / "bin", "amd64")
     run = subprocess.run([str(binary)], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "hello from lib"
+
+
+def test_a_source_without_a_module_at_its_root_names_its_modules(tmp_path: Path) -> None:
+    write_tree(
+        tmp_path,
+        {
+            "README.md": "# repo\n",
+            "backend/go.mod": "module example.com/backend\n",
+            "tools/gen/go.mod": "module example.com/gen\n",
+            "tools/gen/main.go": "package main\n\nfunc main() {}\n",
+            "backend/vendor/example.com/x/go.mod": "module example.com/x\n",  # not a candidate
+            "web/node_modules/pkg/go.mod": "module example.com/pkg\n",  # nor this
+            ".cache/mod/go.mod": "module example.com/cached\n",  # nor this
+        },
+    )
+    with pytest.raises(ParamsError) as err:
+        parse_params({"source": str(tmp_path)})
+    assert str(err.value) == (
+        f"module_dir: source {str(tmp_path)!r} has no go.mod; set module_dir to a module: "
+        "'backend', 'tools/gen'"
+    )
+    with pytest.raises(ParamsError, match=r"directory 'tools', has no go\.mod; .* 'tools/gen'$"):
+        parse_params({"source": str(tmp_path), "module_dir": "tools"})
+    assert parse_params({"source": str(tmp_path), "module_dir": "tools/gen"}).module_dir == (
+        "tools/gen"
+    )
