@@ -121,6 +121,17 @@ def go_line(path: Path) -> str | None:
     return None
 
 
+def module_path(module: Path) -> str | None:
+    """The module path on a go.mod's ``module`` line, if it has one."""
+    try:
+        text = (module / "go.mod").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for args in directives(text, "module"):
+        return args[0]
+    return None
+
+
 def check_local_dirs(source: Path, module_dir: str) -> None:
     """Refuse a module whose go.mod or go.work names a directory the engine will
     not have."""

@@ -36,7 +36,7 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonDict
 
-from tasks.gomod import check_local_dirs, find_modules
+from tasks.gomod import check_local_dirs, find_modules, module_path
 from tasks.gopackages import check_main_package
 from tasks.goversion import check_builder_go
 from tasks.imageref import ImageRef, check_pinned_image, parse_image_ref, show
@@ -362,7 +362,7 @@ class BuildParams(BaseModel):
         default=".",
         title="Main package",
         description="Go package to build, relative to the module directory, e.g. '.' or "
-        "'./cmd/server'.",
+        "'./cmd/server', or its import path (example.com/app/cmd/server).",
     )
     version: str = Field(
         default="",
@@ -573,13 +573,27 @@ class BuildParams(BaseModel):
     @field_validator("main_package")
     @classmethod
     def _valid_main_package(cls, value: str, info: ValidationInfo) -> str:
-        """Normalise to './path' because Go reads a bare 'cmd/x' as a standard-library
-        path; in a local module, also refuse a directory that surely holds no program
-        (``tasks/gopackages.py``: Go would build a library archive without a word)."""
+        """Normalise a path to './path' because Go reads a bare 'cmd/x' as a
+        standard-library path. An import path (its first element has a dot, as
+        ko and ``go install`` take them) stays one, for ``go build`` to resolve in
+        the module graph; in a local module, one inside the module becomes its
+        './path'. Then, in a local module, refuse a directory that surely holds no
+        program (``tasks/gopackages.py``: Go would build a library archive without
+        a word)."""
         value = cls._main_package_syntax(value)
         source, module_dir = info.data.get("source"), info.data.get("module_dir")
-        if source is not None and module_dir is not None and not is_git_url(source):
-            check_main_package(Path(source).expanduser() / module_dir, value)
+        if source is None or module_dir is None or is_git_url(source):
+            return value
+        module = Path(source).expanduser() / module_dir
+        if not value.startswith("./") and value != ".":
+            own = module_path(module)
+            if own and (value == own or value.startswith(own + "/")):
+                value = "./" + value[len(own) + 1 :] if value != own else "."
+            elif (module / value).is_dir():
+                value = f"./{value}"  # a directory whose name has a dot, as before
+            else:
+                return value  # another module's package (a tool among the requirements)
+        check_main_package(module, value)
         return value
 
     @staticmethod
@@ -595,13 +609,16 @@ class BuildParams(BaseModel):
             raise ValueError(f"{show(value)} must not contain '..' (stay inside the module)")
         if "..." in value:
             raise ValueError(f"{show(value)} is a wildcard; name the one main package to build")
-        if segments[0] == ".":
+        relative = segments[0] == "."
+        if relative:
             segments = segments[1:]
         if segments and segments[-1] == "":
             segments = segments[:-1]
         for segment in segments:
             if segment == "." or not _GO_PATH_SEGMENT_RE.fullmatch(segment):
                 raise ValueError(f"{show(value)} is not a valid Go package path")
+        if not relative and segments and "." in segments[0].lstrip("."):
+            return "/".join(segments)  # an import path: example.com/app/cmd/server
         return "./" + "/".join(segments) if segments else "."
 
     @field_validator("version")

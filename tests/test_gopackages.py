@@ -15,6 +15,7 @@ from tests.dagger_test_engine.server import TestEngine
 from tests.flowruns import build, task_runs
 from tests.git_servers import GitDaemon
 from tests.gitrepo import commit_all
+from tests.oci_check import extract_file
 from tests.prefect_fixtures import PrefectAPI
 from tests.trees import write_tree
 
@@ -166,3 +167,52 @@ def test_a_git_library_package_fails_once_after_go_build(
     assert not (tmp_path / "lib.tar").exists()
     compiles = [r for r in task_runs(state.state_details.flow_run_id) if "compile" in r.name]
     assert compiles and all(r.run_count == 1 for r in compiles)  # not retried
+
+
+def test_an_import_path_in_the_module_is_its_directory(tmp_path: Path) -> None:
+    """ko and ``go install`` take import paths; inside a local module one names a
+    directory, and is checked and named as that directory."""
+    root = library_with_commands(tmp_path / "lib")
+    write_tree(root, {"cmd.d/x/main.go": MAIN})
+    for given, normalised, app in [
+        ("example.com/lib/cmd/tool", "./cmd/tool", "tool"),
+        ("example.com/lib/cmd/admin/", "./cmd/admin", "admin"),
+        ("cmd.d/x", "./cmd.d/x", "x"),  # a directory with a dot is still a directory
+    ]:
+        params = parse_params({"source": str(root), "main_package": given})
+        assert (params.main_package, params.resolved_app_name()) == (normalised, app)
+    with pytest.raises(ParamsError, match=r"^main_package: '\.' is package lib, not a main"):
+        parse_params({"source": str(root), "main_package": "example.com/lib"})
+    with pytest.raises(ParamsError, match=r"^main_package: '\./cmd/nope' is not a directory"):
+        parse_params({"source": str(root), "main_package": "example.com/lib/cmd/nope"})
+    # Another module's program (a tool among the requirements) is go build's to find.
+    other = parse_params({"source": str(root), "main_package": "golang.org/x/tools/cmd/stringer"})
+    assert (other.main_package, other.resolved_app_name()) == (
+        "golang.org/x/tools/cmd/stringer",
+        "stringer",
+    )
+
+
+def test_a_git_source_builds_a_program_by_its_import_path(
+    prefect_api: PrefectAPI,
+    dagger_engine: TestEngine,
+    git_daemon: GitDaemon,
+    tmp_path: Path,
+) -> None:
+    repo = library_with_commands(tmp_path / "golib-ip")
+    commit_all(repo, "init")
+    git_daemon.add_repo("golib-ip", repo)
+    out = tmp_path / "tool.tar"
+    state = build(
+        source=git_daemon.url("golib-ip"),
+        main_package="example.com/lib/cmd/tool",
+        version="1.0.0",
+        output=str(out),
+        run_checks=False,
+    )
+    assert state.is_completed(), state.message
+    assert state.result().app == "tool"
+    builds = [e for e in dagger_engine.log.snapshot()["execs"] if e[:2] == ["go", "build"]]
+    assert builds[-1][-1] == "example.com/lib/cmd/tool"  # go build resolved it in the module
+    binary = extract_file(f"oci-archive:{out}", "/usr/local/bin/tool", tmp_path / "bin", "amd64")
+    assert subprocess.run([str(binary)], capture_output=True, text=True).stdout == "tool\n"
