@@ -32,7 +32,7 @@ from pydantic.fields import FieldInfo
 from flows import local_api, terminal
 from tasks.assemble import assemble_image, place_output, served_from_cache, still_valid
 from tasks.compile import binary_available, compile_binary
-from tasks.goversion import toolchain_hint
+from tasks.gohints import go_hint
 from tasks.params import BuildParams, ParamsError, parse_params
 from tasks.preflight import EngineUnavailable, preflight
 from tasks.publish import publish_image
@@ -90,7 +90,11 @@ async def multistage_build(**parameters: Any) -> BuildResult:
         with contextlib.suppress(AttributeError):  # for the CLI's summary
             exc.gobuild_stage = stages.current  # type: ignore[attr-defined]
             if params is not None and is_exec_error(exc):
-                exc.gobuild_hint = toolchain_hint(exc.stderr, params.builder_image)  # type: ignore[attr-defined]
+                exc.gobuild_hint = go_hint(  # type: ignore[attr-defined]
+                    exc.stderr,
+                    builder_image=params.builder_image,
+                    go_auth_secret_block=params.go_auth_secret_block,
+                )
         await report_failure(params or _unchecked(parameters), stages.current, exc)
         raise
     result = BuildResult.collect(params, version, source, binaries, image, published, stages)

@@ -12,7 +12,7 @@ lines are read from the files, and a ``golang`` image's tag names its Go
 on a sure answer; an image pinned by digest is not judged by its tag (the
 digest is what the engine pulls), and tags with no version (``alpine``,
 ``1-bookworm``) or other images are left to the engine, whose failure then
-gets a hint naming ``builder_image`` (:func:`toolchain_hint`).
+gets a hint naming ``builder_image`` (``tasks/gohints.py``).
 
 Versions compare as Go's ``go/version`` package compares them: ``1.21`` (a
 language version) < ``1.21rc1`` < ``1.21.0`` < ``1.21.1``. No PyPI package
@@ -29,11 +29,6 @@ from tasks.imageref import parse_image_ref, show
 
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+)|(beta|rc)(\d+))?", re.ASCII)
 _IMAGE_TAG = re.compile(r"(\d+\.\d+(?:\.\d+|(?:beta|rc)\d+)?)(?:-|$)", re.ASCII)
-_GO_REFUSAL = re.compile(
-    r"^go: (?P<what>.+?) requires go >= (?P<needed>\S+) "
-    r"\(running go (?P<running>[^;)\s]+)(?:; GOTOOLCHAIN=[^)]*)?\)",  # gover.TooNewError
-    re.M,
-)
 _KIND = {None: 0, "beta": 1, "rc": 2}
 _RELEASE = 3
 _FLOATING = 1 << 30  # a tag without a patch number is any patch of its minor
@@ -114,16 +109,3 @@ def _image_tag_for(version: str) -> str:
     if "rc" in version or "beta" in version:
         return version
     return ".".join(version.split(".")[:2])
-
-
-def toolchain_hint(stderr: str, builder_image: str) -> str:
-    """For a go command that stopped because the builder's Go is too old (which
-    the parameter check cannot see for git sources, digest-pinned images or a
-    dependency's go.mod): what to change, naming the parameter. '' otherwise."""
-    m = _GO_REFUSAL.search(stderr or "")
-    if m is None:
-        return ""
-    return (
-        f"builder_image {builder_image!r} runs Go {m['running']}, and {m['what']} "
-        f"requires go >= {m['needed']}: use a builder image with a newer Go"
-    )

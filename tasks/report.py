@@ -55,7 +55,7 @@ from pydantic import BaseModel, field_validator
 from tasks import progress
 from tasks.assemble import ImageArtifact
 from tasks.compile import CompiledBinary
-from tasks.goversion import toolchain_hint
+from tasks.gohints import go_hint
 from tasks.imageref import ImageRef, parse_image_ref
 from tasks.params import BuildParams
 from tasks.sdk import is_exec_error
@@ -443,7 +443,11 @@ def failure_markdown(params: BuildParams, stage: str, exc: BaseException) -> str
             *_stream_section("stdout", exc.stdout),
             *_stream_section("stderr", exc.stderr),
         ]
-        hint = toolchain_hint(exc.stderr, params.builder_image)
+        hint = go_hint(
+            exc.stderr,
+            builder_image=params.builder_image,
+            go_auth_secret_block=params.go_auth_secret_block,
+        )
         if hint:
             lines += [f"Hint: {hint}.", ""]
     else:

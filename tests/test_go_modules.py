@@ -219,6 +219,41 @@ def test_private_module_without_credentials_fails_at_once_with_the_go_error(
     assert len(downloads) == 1
     report = {a.key: a for a in artifacts(state.state_details.flow_run_id) if a.key}
     assert "401 Unauthorized" in report["build-lockedapp-failure"].data
+    assert "Hint: a module needs credentials: set go_auth_secret_block" in (
+        report["build-lockedapp-failure"].data
+    )
+
+
+@on_x86_64
+def test_an_untidy_module_fails_once_with_the_hint_to_tidy(
+    prefect_api: PrefectAPI,
+    proxied_engine: TestEngine,
+    goproxy: GoModuleProxy,
+    tmp_path: Path,
+) -> None:
+    """go.sum lost its lines for a requirement: go build (-mod=readonly) refuses,
+    in Go's own words, and the hint names the step in the repository."""
+    app = app_using_modules(goproxy, tmp_path / "untidy", "v1.0.0")
+    go_sum = app / "go.sum"
+    go_sum.write_text("".join(ln for ln in go_sum.read_text().splitlines(True) if PUBLIC not in ln))
+    Secret(value=goproxy.netrc()).save("go-proxy-netrc", overwrite=True)
+    state = build(
+        source=str(app),
+        go_env=go_env(goproxy),
+        go_auth_secret_block="go-proxy-netrc",
+        run_checks=False,
+        output=str(tmp_path / "u.tar"),
+    )
+    assert state.is_failed()
+    exc = state.result(raise_on_failure=False)
+    assert isinstance(exc, dagger.ExecError), exc
+    assert "missing go.sum entry" in exc.stderr
+    runs = {r.name: r for r in task_runs(state.state_details.flow_run_id)}
+    assert runs["compile linux/amd64"].run_count == 1
+    report = {a.key: a for a in artifacts(state.state_details.flow_run_id) if a.key}
+    assert "Hint: go.mod and go.sum are not tidy: run 'go mod tidy'" in (
+        report["build-untidy-failure"].data
+    )
 
 
 LEAKY_TEST = """package main

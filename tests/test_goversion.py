@@ -12,7 +12,8 @@ import dagger
 import pytest
 
 from flows.build import failure_summary
-from tasks.goversion import image_go, required_go, toolchain_hint, version_key
+from tasks.gohints import go_hint
+from tasks.goversion import image_go, required_go, version_key
 from tasks.params import ParamsError, parse_params
 from tests.dagger_test_engine.server import TestEngine
 from tests.flowruns import artifacts, build, task_runs
@@ -142,14 +143,16 @@ def test_the_hint_reads_gos_own_refusal(tmp_path: Path, dagger_engine: TestEngin
         [go, "build", "-o", os.devnull, "."], cwd=src, env=env, capture_output=True, text=True
     )
     assert proc.returncode != 0
-    hint = toolchain_hint(proc.stderr, "golang:1.22.5")
+    hint = go_hint(proc.stderr, builder_image="golang:1.22.5", go_auth_secret_block="")
     assert hint.startswith("builder_image 'golang:1.22.5' runs Go ")
     assert "go.mod requires go >= 1.99" in hint
-    assert toolchain_hint("main.go:3:1: syntax error", "golang:1.22.5") == ""
+    assert go_hint("main.go:3:1: syntax error", builder_image="x", go_auth_secret_block="") == ""
     dependency = (
         "go: example.com/dep@v1.4.0 requires go >= 1.28.1 (running go 1.27.3; GOTOOLCHAIN=local)"
     )
-    assert "example.com/dep@v1.4.0 requires go >= 1.28.1" in toolchain_hint(dependency, "x")
+    assert "example.com/dep@v1.4.0 requires go >= 1.28.1" in go_hint(
+        dependency, builder_image="x", go_auth_secret_block=""
+    )
 
 
 def test_an_engine_refusal_fails_once_with_the_hint(

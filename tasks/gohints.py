@@ -1,0 +1,68 @@
+"""One line on what to change, for the go command failures a user of this tool meets.
+
+A failed ``go`` command's own words are shown in full (the CLI's summary, the
+failure artifact); for the failures whose fix is a parameter of this build, or
+a known step in the repository, a hint follows them, naming it. Each pattern is
+the text cmd/go prints (matched on stderr, where go writes its own messages):
+
+- ``gover.TooNewError``: ``go.mod requires go >= 1.28 (running go 1.27.3;
+  GOTOOLCHAIN=local)``, also for a go.work or a dependency: ``builder_image``;
+- a module fetch refused for want of credentials (``401 Unauthorized``, ``403
+  Forbidden`` from a proxy, or git's ``terminal prompts disabled``):
+  ``go_auth_secret_block`` and ``GOPRIVATE``;
+- ``missing go.sum entry`` / ``updates to go.mod needed``: the module is not
+  tidy, and the build, like ``go build``, reads it with ``-mod=readonly``;
+- ``build constraints exclude all Go files``: nothing in the package builds for
+  the target with ``CGO_ENABLED=0`` (cgo files, ``//go:build`` lines, file-name
+  suffixes, ``build_tags``).
+
+Anything else gets no hint: a wrong hint costs more than none.
+"""
+
+from __future__ import annotations
+
+import re
+
+_TOO_NEW = re.compile(
+    r"^go: (?P<what>.+?) requires go >= (?P<needed>\S+) "
+    r"\(running go (?P<running>[^;)\s]+)(?:; GOTOOLCHAIN=[^)]*)?\)",
+    re.M,
+)
+_NEEDS_AUTH = re.compile(
+    r"(?:reading https?://\S+|\S+@\S+): (?:401 Unauthorized|403 Forbidden)"
+    r"|terminal prompts disabled|could not read Username",
+)
+_NOT_TIDY = re.compile(r"missing go\.sum entry|updates to go\.mod needed")
+_EXCLUDED = re.compile(r"build constraints exclude all Go files in (?P<dir>\S+)")
+
+
+def go_hint(stderr: str, *, builder_image: str, go_auth_secret_block: str) -> str:
+    """The hint for a failed go command's ``stderr``, '' when none applies."""
+    text = stderr or ""
+    if m := _TOO_NEW.search(text):
+        return (
+            f"builder_image {builder_image!r} runs Go {m['running']}, and {m['what']} "
+            f"requires go >= {m['needed']}: use a builder image with a newer Go"
+        )
+    if _NEEDS_AUTH.search(text):
+        if go_auth_secret_block:
+            return (
+                f"the module host refused the credentials of go_auth_secret_block "
+                f"{go_auth_secret_block!r}: check its .netrc machine, login and token"
+            )
+        return (
+            "a module needs credentials: set go_auth_secret_block to a Secret block "
+            "holding a .netrc for its host, and go_env GOPRIVATE to its path prefix"
+        )
+    if _NOT_TIDY.search(text):
+        return (
+            "go.mod and go.sum are not tidy: run 'go mod tidy' and commit both (the "
+            "build reads them with -mod=readonly, as go build does, and never rewrites them)"
+        )
+    if m := _EXCLUDED.search(text):
+        return (
+            f"no Go file in {m['dir']} builds for the target platform with CGO_ENABLED=0: "
+            'files that import "C" need cgo, which this static build leaves off; '
+            "//go:build lines, _GOOS/_GOARCH file names and build_tags decide the rest"
+        )
+    return ""
