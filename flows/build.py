@@ -32,11 +32,17 @@ from pydantic.fields import FieldInfo
 from flows import local_api, terminal
 from tasks.assemble import assemble_image, place_output, served_from_cache, still_valid
 from tasks.compile import binary_available, compile_binary
-from tasks.gohints import go_hint
 from tasks.params import BuildParams, ParamsError, parse_params
 from tasks.preflight import EngineUnavailable, preflight
 from tasks.publish import publish_image
-from tasks.report import BuildResult, Stages, output_tail, report_failure, report_success
+from tasks.report import (
+    BuildResult,
+    Stages,
+    failure_hint,
+    output_tail,
+    report_failure,
+    report_success,
+)
 from tasks.sdk import is_exec_error
 from tasks.session import EngineScope, session_opened_early
 from tasks.source import load_source
@@ -89,12 +95,8 @@ async def multistage_build(**parameters: Any) -> BuildResult:
     except BaseException as exc:
         with contextlib.suppress(AttributeError):  # for the CLI's summary
             exc.gobuild_stage = stages.current  # type: ignore[attr-defined]
-            if params is not None and is_exec_error(exc):
-                exc.gobuild_hint = go_hint(  # type: ignore[attr-defined]
-                    exc.stderr,
-                    builder_image=params.builder_image,
-                    go_auth_secret_block=params.go_auth_secret_block,
-                )
+            if params is not None:
+                exc.gobuild_hint = failure_hint(params, exc)  # type: ignore[attr-defined]
         await report_failure(params or _unchecked(parameters), stages.current, exc)
         raise
     result = BuildResult.collect(params, version, source, binaries, image, published, stages)

@@ -25,7 +25,8 @@ Event payloads (the contract automations rely on):
   ``references`` is empty for ``gobuild.image.exported``.
 - ``gobuild.build.failed``: ``app``, ``stage``, ``error`` (the first line of the
   error); for a failed command also ``command``, ``exit_code``, ``stdout_tail``
-  and ``stderr_tail`` (its last lines, as text).
+  and ``stderr_tail`` (its last lines, as text), and ``hint`` (what to change,
+  ``tasks/gohints.py``; '' where no fix is known).
 
 Command output is shown as the engine reported it: the engine scrubs secret
 values from it, and nothing else (no parameters, no credentials) is added.
@@ -434,6 +435,17 @@ def _stream_section(name: str, text: str) -> list[str]:
     return [f"{name} ({shown}):", "", *_fenced(tail), ""]
 
 
+def failure_hint(params: BuildParams, exc: BaseException) -> str:
+    """What to change for a failed go command whose fix is known, '' otherwise."""
+    if not is_exec_error(exc):
+        return ""
+    return go_hint(
+        exc.stderr,
+        builder_image=params.builder_image,
+        go_auth_secret_block=params.go_auth_secret_block,
+    )
+
+
 def failure_markdown(params: BuildParams, stage: str, exc: BaseException) -> str:
     lines = [f"# Build of `{params.resolved_app_name()}`: failed in {stage}", ""]
     if is_exec_error(exc):
@@ -443,11 +455,7 @@ def failure_markdown(params: BuildParams, stage: str, exc: BaseException) -> str
             *_stream_section("stdout", exc.stdout),
             *_stream_section("stderr", exc.stderr),
         ]
-        hint = go_hint(
-            exc.stderr,
-            builder_image=params.builder_image,
-            go_auth_secret_block=params.go_auth_secret_block,
-        )
+        hint = failure_hint(params, exc)
         if hint:
             lines += [f"Hint: {hint}.", ""]
     else:
@@ -475,6 +483,7 @@ def failure_payload(params: BuildParams, stage: str, exc: BaseException) -> dict
             exit_code=exc.exit_code,
             stdout_tail=output_tail(exc.stdout, EVENT_TAIL_LINES)[0],
             stderr_tail=output_tail(exc.stderr, EVENT_TAIL_LINES)[0],
+            hint=failure_hint(params, exc),
         )
     return payload
 

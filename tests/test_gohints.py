@@ -14,7 +14,7 @@ import dagger
 from flows.build import failure_summary
 from tasks.gohints import go_hint
 from tests.dagger_test_engine.server import TestEngine
-from tests.flowruns import artifacts, build
+from tests.flowruns import artifacts, build, events
 from tests.prefect_fixtures import PrefectAPI
 from tests.trees import write_tree
 
@@ -44,6 +44,8 @@ def test_a_cgo_only_program_fails_with_the_hint_that_builds_are_static(
     assert "builds for the target platform with CGO_ENABLED=0" in hint
     arts = {a.key: a for a in artifacts(state.state_details.flow_run_id) if a.key}
     assert "Hint: no Go file in " in arts["build-cgo-app-failure"].data
+    failed = events("gobuild.build.failed", {"app": "cgo-app"})
+    assert failed and failed[0].payload["hint"] == hint.removeprefix("hint: ")
 
 
 def test_a_compile_error_gets_no_hint(
