@@ -26,6 +26,7 @@ is kept up; this is the part of it that matters here.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -42,8 +43,13 @@ def _tokens(line: str) -> list[str]:
     for tok in _TOKEN.findall(line):
         if tok.startswith("//"):
             break
-        if tok[0] in '"`':
-            tok = tok[1:-1] if tok[0] == "`" else bytes(tok[1:-1], "utf-8").decode("unicode_escape")
+        if tok[0] == "`":
+            tok = tok[1:-1]
+        elif tok[0] == '"':
+            try:  # Go's escapes that paths use are JSON's too
+                tok = json.loads(tok)
+            except ValueError:
+                tok = tok[1:-1]
         out.append(tok)
     return out
 
