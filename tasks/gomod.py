@@ -30,9 +30,10 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
-from tasks.gopackages import SCAN_DEPTH, SCAN_DIRS, SKIP_DIRS
+from tasks.gopackages import scanned_dirs
 from tasks.imageref import show
 
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|`[^`]*`|//.*|\S+')
@@ -166,28 +167,7 @@ def check_local_dirs(source: Path, module_dir: str) -> None:
 
 def find_modules(root: Path, limit: int = 5) -> list[str]:
     """Up to ``limit`` directories under ``root`` that hold a go.mod, nearest first
-    (as ``module_dir`` values), for the hint of a source with none at its root.
-    The walk is that of :func:`tasks.gopackages.main_packages`: three levels,
-    no vendor, testdata, node_modules or hidden directories."""
-    found: list[str] = []
-    queue = [(root, 0)]
-    visited = 0
-    while queue and len(found) < limit and visited < SCAN_DIRS:
-        directory, depth = queue.pop(0)
-        visited += 1
-        if directory != root and (directory / "go.mod").is_file():
-            found.append(directory.relative_to(root).as_posix())
-        if depth >= SCAN_DEPTH:
-            continue
-        try:
-            subdirs = sorted(
-                e.path
-                for e in os.scandir(directory)
-                if e.is_dir(follow_symlinks=False)
-                and e.name not in SKIP_DIRS
-                and not e.name.startswith((".", "_"))
-            )
-        except OSError:
-            continue
-        queue += [(Path(d), depth + 1) for d in subdirs]
-    return found
+    (as ``module_dir`` values), for the hint of a source with none at its root;
+    the directories looked at are :func:`tasks.gopackages.scanned_dirs`."""
+    found = (d for d in scanned_dirs(root) if d != root and (d / "go.mod").is_file())
+    return [d.relative_to(root).as_posix() for d in islice(found, limit)]

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections import deque
+from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 _IGNORE_CONSTRAINT = re.compile(r"^//go:build\s+ignore\s*$|^//\s*\+build\s+ignore\s*$", re.M)
@@ -79,17 +82,16 @@ def packages_in(directory: Path) -> set[str | None]:
     return names or ({""} if ignored else set())
 
 
-def main_packages(module: Path, limit: int = 5) -> list[str]:
-    """Up to ``limit`` main packages of the module (``./cmd/x``), nearest first."""
-    found: list[str] = []
-    queue = [(module, 0)]
+def scanned_dirs(root: Path) -> Iterator[Path]:
+    """The directories under ``root`` (itself first), nearest first, as Go tools
+    would look at them: at most three levels and 2,000 directories, no vendor,
+    testdata, node_modules, hidden or ``_`` directories, no symlinks followed."""
+    queue = deque([(root, 0)])
     visited = 0
-    while queue and len(found) < limit and visited < SCAN_DIRS:
-        directory, depth = queue.pop(0)
+    while queue and visited < SCAN_DIRS:
+        directory, depth = queue.popleft()
         visited += 1
-        if "main" in packages_in(directory):
-            rel = directory.relative_to(module).as_posix()
-            found.append("." if rel == "." else f"./{rel}")
+        yield directory
         if depth >= SCAN_DEPTH:
             continue
         try:
@@ -102,8 +104,14 @@ def main_packages(module: Path, limit: int = 5) -> list[str]:
             )
         except OSError:
             continue
-        queue += [(Path(p), depth + 1) for p in subdirs]
-    return found
+        queue.extend((Path(d), depth + 1) for d in subdirs)
+
+
+def main_packages(module: Path, limit: int = 5) -> list[str]:
+    """Up to ``limit`` main packages of the module (``./cmd/x``), nearest first."""
+    found = (d for d in scanned_dirs(module) if "main" in packages_in(d))
+    rels = (d.relative_to(module).as_posix() for d in found)
+    return ["." if rel == "." else f"./{rel}" for rel in islice(rels, limit)]
 
 
 def check_main_package(module: Path, main_package: str) -> None:
