@@ -100,7 +100,6 @@ _VERSION_VARIABLE_RE = re.compile(
 _BUILD_TAG_RE = re.compile(r"[A-Za-z0-9_.]+")
 _LABEL_KEY_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _BLOCK_NAME_RE = re.compile(r"[a-z0-9-]+")
-_MAJOR_VERSION_RE = re.compile(r"v(?:[2-9]|[1-9][0-9]+)")  # cmd/go isVersionElement
 _GO_PATH_SEGMENT_RE = re.compile(r"[A-Za-z0-9_.~+-]+")
 _SCP_LIKE_RE = re.compile(
     r"(?P<user>[A-Za-z0-9._-]+)@(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):(?P<path>\S+)"
@@ -345,8 +344,8 @@ class BuildParams(BaseModel):
         title="App name",
         description=(
             "Binary and image name: lowercase letters, digits, '.', '_' and '-', at most 63 "
-            "characters. Empty names it as go build names the binary (./cmd/server: "
-            "server), or after the module directory or the source for the module root."
+            "characters. Empty derives it from the module directory in a monorepo, else "
+            "the source directory or repository name."
         ),
     )
     module_dir: str = Field(
@@ -813,17 +812,9 @@ class BuildParams(BaseModel):
         return Path(self.source).expanduser().resolve()
 
     def resolved_app_name(self) -> str:
-        """The app name; else the binary's name as ``go build`` gives it (the main
-        package's last path element, the one before it for a ``/vN`` suffix), so
-        that two programs of one repository never share a name (and an output
-        tarball); else the module directory's name in a monorepo, or the source's."""
+        """The app name, or the module directory's name in a monorepo, or the source's."""
         if self.app_name:
             return self.app_name
-        elements = [e for e in self.main_package.split("/") if e not in ("", ".")]
-        if elements and _MAJOR_VERSION_RE.fullmatch(elements[-1]):
-            elements.pop()  # cmd/go's DefaultExecName: example.com/tool/v2 installs as tool
-        if elements:
-            return _sanitize_name(elements[-1])
         if self.module_dir not in ("", "."):
             return _sanitize_name(self.module_dir.rsplit("/", 1)[-1])
         return _derive_app_name(self.source)

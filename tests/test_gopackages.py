@@ -171,26 +171,24 @@ def test_a_git_library_package_fails_once_after_go_build(
 
 def test_an_import_path_in_the_module_is_its_directory(tmp_path: Path) -> None:
     """ko and ``go install`` take import paths; inside a local module one names a
-    directory, and is checked and named as that directory."""
+    directory, and is checked as that directory."""
     root = library_with_commands(tmp_path / "lib")
     write_tree(root, {"cmd.d/x/main.go": MAIN})
-    for given, normalised, app in [
-        ("example.com/lib/cmd/tool", "./cmd/tool", "tool"),
-        ("example.com/lib/cmd/admin/", "./cmd/admin", "admin"),
-        ("cmd.d/x", "./cmd.d/x", "x"),  # a directory with a dot is still a directory
+    for given, normalised in [
+        ("example.com/lib/cmd/tool", "./cmd/tool"),
+        ("example.com/lib/cmd/admin/", "./cmd/admin"),
+        ("cmd.d/x", "./cmd.d/x"),  # a directory with a dot is still a directory
     ]:
-        params = parse_params({"source": str(root), "main_package": given})
-        assert (params.main_package, params.resolved_app_name()) == (normalised, app)
+        assert parse_params({"source": str(root), "main_package": given}).main_package == (
+            normalised
+        )
     with pytest.raises(ParamsError, match=r"^main_package: '\.' is package lib, not a main"):
         parse_params({"source": str(root), "main_package": "example.com/lib"})
     with pytest.raises(ParamsError, match=r"^main_package: '\./cmd/nope' is not a directory"):
         parse_params({"source": str(root), "main_package": "example.com/lib/cmd/nope"})
     # Another module's program (a tool among the requirements) is go build's to find.
     other = parse_params({"source": str(root), "main_package": "golang.org/x/tools/cmd/stringer"})
-    assert (other.main_package, other.resolved_app_name()) == (
-        "golang.org/x/tools/cmd/stringer",
-        "stringer",
-    )
+    assert other.main_package == "golang.org/x/tools/cmd/stringer"
 
 
 def test_a_git_source_builds_a_program_by_its_import_path(
@@ -211,8 +209,10 @@ def test_a_git_source_builds_a_program_by_its_import_path(
         run_checks=False,
     )
     assert state.is_completed(), state.message
-    assert state.result().app == "tool"
+    assert state.result().app == "golib-ip"  # named after the repository, as ever
     builds = [e for e in dagger_engine.log.snapshot()["execs"] if e[:2] == ["go", "build"]]
     assert builds[-1][-1] == "example.com/lib/cmd/tool"  # go build resolved it in the module
-    binary = extract_file(f"oci-archive:{out}", "/usr/local/bin/tool", tmp_path / "bin", "amd64")
+    binary = extract_file(
+        f"oci-archive:{out}", "/usr/local/bin/golib-ip", tmp_path / "bin", "amd64"
+    )
     assert subprocess.run([str(binary)], capture_output=True, text=True).stdout == "tool\n"

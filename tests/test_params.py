@@ -613,36 +613,3 @@ def test_publish_refs(in_module: Path) -> None:
     with pytest.raises(ValueError, match="commit hash"):
         params.publish_refs("")
     assert parse_params({}).publish_refs() == []
-
-
-@pytest.mark.parametrize(
-    ("main_package", "module_dir", "expected"),
-    [
-        ("./cmd/server", ".", "server"),  # as `go build ./cmd/server` names it
-        ("./cmd/Admin_Tool", ".", "admin_tool"),
-        ("./cmd/tool/v2", ".", "tool"),  # cmd/go's DefaultExecName skips a /vN suffix
-        ("./cmd/v1", ".", "v1"),  # v1 is no major-version suffix
-        ("./v3", "services/api", "api"),  # nothing before the suffix: the module's name
-        (".", "services/api", "api"),
-    ],
-)
-def test_app_name_follows_the_main_package_as_go_build_does(
-    main_package: str, module_dir: str, expected: str
-) -> None:
-    params = BuildParams(
-        source="https://example.com/org/monorepo.git",
-        module_dir=module_dir,
-        main_package=main_package,
-    )
-    assert params.resolved_app_name() == expected
-    assert params.resolved_output().name == f"{expected}.oci.tar"
-
-
-def test_two_programs_of_one_repository_get_two_tarballs(in_module: Path) -> None:
-    for name in ("api", "worker"):
-        (in_module / "cmd" / name).mkdir(parents=True)
-        (in_module / "cmd" / name / "main.go").write_text("package main\n\nfunc main() {}\n")
-    outputs = {
-        parse_params({"main_package": f"./cmd/{n}"}).resolved_output() for n in ("api", "worker")
-    }
-    assert len(outputs) == 2
