@@ -42,6 +42,14 @@ def library_with_commands(root: Path) -> Path:
     )
 
 
+def served_library(git_daemon: GitDaemon, tmp_path: Path, name: str) -> str:
+    """:func:`library_with_commands` committed and served as git repository ``name``."""
+    repo = library_with_commands(tmp_path / name)
+    commit_all(repo, "init")
+    git_daemon.add_repo(name, repo)
+    return git_daemon.url(name)
+
+
 def test_a_library_root_is_refused_naming_the_main_packages(tmp_path: Path) -> None:
     root = library_with_commands(tmp_path / "lib")
     with pytest.raises(ParamsError) as caught:
@@ -151,11 +159,8 @@ def test_a_git_library_package_fails_once_after_go_build(
     git_daemon: GitDaemon,
     tmp_path: Path,
 ) -> None:
-    repo = library_with_commands(tmp_path / "golib")
-    commit_all(repo, "init")
-    git_daemon.add_repo("golib", repo)
     state = build(
-        source=git_daemon.url("golib"),
+        source=served_library(git_daemon, tmp_path, "golib"),
         version="1.0.0",
         output=str(tmp_path / "lib.tar"),
         run_checks=False,
@@ -197,12 +202,9 @@ def test_a_git_source_builds_a_program_by_its_import_path(
     git_daemon: GitDaemon,
     tmp_path: Path,
 ) -> None:
-    repo = library_with_commands(tmp_path / "golib-ip")
-    commit_all(repo, "init")
-    git_daemon.add_repo("golib-ip", repo)
     out = tmp_path / "tool.tar"
     state = build(
-        source=git_daemon.url("golib-ip"),
+        source=served_library(git_daemon, tmp_path, "golib-ip"),
         main_package="example.com/lib/cmd/tool",
         version="1.0.0",
         output=str(out),
