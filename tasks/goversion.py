@@ -96,16 +96,16 @@ def check_builder_go(builder_image: str, source: Path, module_dir: str) -> None:
     needed_key = version_key(version)
     if needed_key is None or has_key >= needed_key:
         return
+    repository = parse_image_ref(builder_image).repository
     raise ValueError(
         f"{show(builder_image)} has Go {has}, but {where} needs go >= {version} "
         f"(golang images build with their own Go, GOTOOLCHAIN=local); use a newer "
-        f"image, e.g. golang:{_image_tag_for(version)}"
+        f"image, e.g. {repository}:{_pinned_tag_for(version)}"
     )
 
 
-def _image_tag_for(version: str) -> str:
-    """The golang tag that follows the newest patch of ``version``'s minor (a
-    pre-release names itself)."""
-    if "rc" in version or "beta" in version:
-        return version
-    return ".".join(version.split(".")[:2])
+def _pinned_tag_for(version: str) -> str:
+    """The first golang tag, pinned to a patch, whose Go satisfies ``version``: a
+    release or pre-release names itself, a language version its ``.0`` release."""
+    key = version_key(version)
+    return f"{version}.0" if key is not None and key[2] == _KIND[None] else version

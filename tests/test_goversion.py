@@ -99,7 +99,10 @@ def test_too_old_a_builder_is_refused_in_one_line_naming_it(tmp_path: Path) -> N
     assert "\n" not in message
     assert message.startswith("builder_image: 'golang:1.22.5-bookworm' has Go 1.22.5")
     assert "go.mod needs go >= 1.23.0" in message
-    assert message.endswith("e.g. golang:1.23")
+    assert message.endswith("e.g. golang:1.23.0")
+    lang = module(tmp_path / "lang", "1.24")
+    with pytest.raises(ParamsError, match=r"e\.g\. mirror\.gcr\.io/library/golang:1\.24\.0$"):
+        parse_params({"source": str(lang), "builder_image": "mirror.gcr.io/library/golang:1.23"})
 
 
 def test_a_workspace_newer_than_the_builder_is_refused(tmp_path: Path) -> None:
