@@ -15,8 +15,9 @@ file or directory``). For a local source the files say so before any engine
 work, and the fix is known: a source that holds both, with ``module_dir``
 pointing at the service.
 
-Only a sure answer refuses: a directory replacement or ``use`` (Go's
-``modfile.IsDirectoryPath``: ``./``, ``../`` or absolute) that resolves outside
+Only a sure answer refuses: a ``use``, or a directory replacement (Go's
+``modfile.IsDirectoryPath``: ``./``, ``../`` or absolute) of a module the go.mod
+requires (``go mod download`` reads every one of those), that resolves outside
 the source, or inside it but with no go.mod (which Go requires of both), or an
 absolute path, which names this machine's file system, not the builder's. The
 grammar read is go.mod's own (``golang.org/x/mod/modfile``): ``//`` comments,
@@ -83,18 +84,35 @@ def is_directory_path(path: str) -> bool:
     )
 
 
-def local_dirs(file: Path) -> Iterator[tuple[str, str]]:
-    """(what, directory as written) for each directory a go.mod or go.work names:
-    ``replace`` targets, and a go.work's ``use`` lines."""
+def requirements(go_mod: Path) -> set[tuple[str, str]]:
+    """(module path, version) of each ``require`` of a go.mod."""
+    try:
+        text = go_mod.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    return {(args[0], args[1]) for args in directives(text, "require") if len(args) >= 2}
+
+
+def local_dirs(file: Path, required: set[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+    """(what, directory as written) for each directory a go.mod or go.work names
+    that the build will read: ``replace`` targets of modules in ``required`` (the
+    module's requirements; Go never reads the replacement of a module it does not
+    need, so a stale one is harmless), and a go.work's ``use`` lines."""
     try:
         text = file.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return
     for args in directives(text, "replace"):
-        if "=>" in args:
-            old, new = args[: args.index("=>")], args[args.index("=>") + 1 :]
-            if len(new) == 1 and old and is_directory_path(new[0]):
-                yield f"replaces {old[0]} with", new[0]
+        if "=>" not in args:
+            continue
+        old, new = args[: args.index("=>")], args[args.index("=>") + 1 :]
+        if len(new) != 1 or not old or not is_directory_path(new[0]):
+            continue
+        used = any(
+            path == old[0] and (len(old) == 1 or version == old[1]) for path, version in required
+        )
+        if used:
+            yield f"replaces {old[0]} with", new[0]
     if file.name == "go.work":
         for args in directives(text, "use"):
             if len(args) == 1:
@@ -144,8 +162,9 @@ def check_local_dirs(source: Path, module_dir: str) -> None:
     not have."""
     root = source.resolve()
     module = (root / module_dir).resolve()
+    required = requirements(module / "go.mod")
     for file in module_files(source, module_dir):
-        for what, written in local_dirs(file):
+        for what, written in local_dirs(file, required):
             shown = file.relative_to(root).as_posix()
             if written.startswith(("/", "\\")) or written[1:2] == ":":
                 raise ValueError(

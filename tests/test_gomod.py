@@ -4,12 +4,14 @@ the parameters that fix it; the fix then builds."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
+import go as go_module
 import pytest
 
-from tasks.gomod import directives, go_line, local_dirs
+from tasks.gomod import directives, go_line, local_dirs, requirements
 from tasks.params import ParamsError, parse_params
 from tests.dagger_test_engine.server import TestEngine
 from tests.flowruns import build
@@ -56,17 +58,43 @@ def test_directives_read_as_gos_modfile_does() -> None:
     assert list(directives(text, "go")) == [["1.23"]]
 
 
-def test_only_directory_replacements_and_uses_are_local(tmp_path: Path) -> None:
+def test_only_directory_replacements_of_required_modules_and_uses_are_read(
+    tmp_path: Path,
+) -> None:
     mod = tmp_path / "go.mod"
-    mod.write_text("module m\n\nreplace (\n\ta => ../a\n\tb => b2 v1.0.0\n\tc => C:\\src\\c\n)\n")
-    assert list(local_dirs(mod)) == [
+    mod.write_text(
+        "module m\n\nrequire (\n\ta v1.0.0\n\tb v1.0.0\n\tc v1.0.0\n\td v1.0.0\n)\n\n"
+        "replace (\n\ta => ../a\n\tb => b2 v1.0.0\n\tc => C:\\src\\c\n"
+        "\td v0.9.0 => ../d-old\n\tgone => ../gone\n)\n"
+    )
+    required = requirements(mod)
+    assert required == {("a", "v1.0.0"), ("b", "v1.0.0"), ("c", "v1.0.0"), ("d", "v1.0.0")}
+    # b: a module, not a directory; d v0.9.0 and gone: replacements Go never reads.
+    assert list(local_dirs(mod, required)) == [
         ("replaces a with", "../a"),
         ("replaces c with", "C:\\src\\c"),
     ]
     work = tmp_path / "go.work"
     work.write_text("go 1.22\n\nuse (\n\t.\n\t./svc\n)\nuse ../x\n")
-    assert [d for _, d in local_dirs(work)] == [".", "./svc", "../x"]
+    assert [d for _, d in local_dirs(work, set())] == [".", "./svc", "../x"]
     assert go_line(work) == "1.22"
+
+
+def test_a_stale_replacement_outside_the_source_is_harmless(tmp_path: Path) -> None:
+    """Go reads no replacement of a module it does not require (checked with the
+    real go command: ``go mod download`` and ``go build`` pass), so neither do we."""
+    src = write_tree(
+        tmp_path / "app",
+        {
+            "go.mod": "module example.com/app\n\ngo 1.22\n\nreplace example.com/gone => ../gone\n",
+            "main.go": "package main\n\nfunc main() {}\n",
+        },
+    )
+    env = {**os.environ, "GOTOOLCHAIN": "local", "GOPROXY": "off", "GOFLAGS": "-mod=readonly"}
+    env["GOCACHE"] = str(tmp_path / "gocache")
+    go = str(Path(go_module.__file__).parent / "bin" / "go")
+    subprocess.run([go, "build", "-o", os.devnull, "."], cwd=src, env=env, check=True)
+    assert parse_params({"source": str(src)}).module_dir == "."
 
 
 def test_a_sibling_replacement_is_refused_with_the_fix(tmp_path: Path) -> None:
