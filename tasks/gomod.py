@@ -1,10 +1,11 @@
 """What a local module's go.mod and go.work files say, read before any engine work.
 
-The files are the module's go.mod and every go.work from the module's directory
-up to the source root: the builder sees the source at /src, so Go's search for a
-workspace ends there (:func:`module_files`). Two things are read from them: the
-``go`` lines (``tasks/goversion.py`` holds them against the builder image) and
-the directories they point at, which must travel with the source.
+The files are the module's go.mod and the go.work Go would use: the nearest one
+from the module's directory up to the source root (the builder sees the source
+at /src, so Go's search for a workspace ends there; :func:`module_files`). Two
+things are read from them: the ``go`` lines (``tasks/goversion.py`` holds them
+against the builder image) and the directories they point at, which must travel
+with the source.
 
 The engine receives the source directory and nothing beside it. A monorepo's
 service often replaces a sibling module with a path (``replace example.com/lib
@@ -120,19 +121,19 @@ def local_dirs(file: Path, required: set[tuple[str, str]]) -> Iterator[tuple[str
 
 
 def module_files(source: Path, module_dir: str) -> list[Path]:
-    """The module's go.mod, then each go.work path from its directory up to the
-    source root (existing or not); [] for a module that resolves outside the source."""
+    """The module's go.mod, and the go.work Go would use for it: the nearest one
+    from its directory up to the source root, if any; [] for a module that
+    resolves outside the source."""
     root = source.resolve()
     module = (root / module_dir).resolve()
     if module != root and root not in module.parents:
         return []
-    files = [module / "go.mod"]
     here = module
-    while True:
-        files.append(here / "go.work")
+    while not (here / "go.work").is_file():
         if here == root:
-            return files
+            return [module / "go.mod"]
         here = here.parent
+    return [module / "go.mod", here / "go.work"]
 
 
 def go_line(path: Path) -> str | None:

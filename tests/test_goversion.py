@@ -175,3 +175,19 @@ def test_an_engine_refusal_fails_once_with_the_hint(
     assert "go.mod requires go >= 1.99" in summary[-1]
     arts = {a.key: a for a in artifacts(state.state_details.flow_run_id) if a.key}
     assert f"Hint: builder_image {builder!r}" in arts["build-future-app-failure"].data
+
+
+def test_only_the_nearest_workspace_counts(tmp_path: Path) -> None:
+    """Go uses the first go.work it finds walking up; one further up is not read."""
+    write_tree(
+        tmp_path,
+        {
+            "go.work": "go 1.99\n\nuse ./services/api\n",
+            "services/go.work": "go 1.23\n\nuse ./api\n",
+            "services/api/go.mod": "module example.com/api\n\ngo 1.22\n",
+            "services/api/main.go": MAIN,
+        },
+    )
+    assert required_go(tmp_path, "services/api") == ("1.23", "services/go.work")
+    params = parse_params({"source": str(tmp_path), "module_dir": "services/api"})
+    assert params.builder_image == "golang:1.27.3-bookworm"
