@@ -83,9 +83,10 @@ def packages_in(directory: Path) -> set[str | None]:
 
 
 def scanned_dirs(root: Path) -> Iterator[Path]:
-    """The directories under ``root`` (itself first), nearest first, as Go tools
-    would look at them: at most three levels and 2,000 directories, no vendor,
-    testdata, node_modules, hidden or ``_`` directories, no symlinks followed."""
+    """The directories under ``root`` (itself first), nearest first: what Go's
+    ``./...`` would walk (no hidden, ``_``, testdata or vendor directories), and no
+    node_modules either, within three levels and 2,000 directories, no symlinks
+    followed."""
     queue = deque([(root, 0)])
     visited = 0
     while queue and visited < SCAN_DIRS:
