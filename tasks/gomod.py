@@ -76,22 +76,38 @@ def directives(text: str, verb: str) -> Iterator[list[str]]:
                 yield toks[1:]
 
 
+def _read(path: Path) -> str:
+    """A go.mod or go.work file's text; '' for one that is missing or unreadable,
+    which has no directives to act on."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _first_argument(path: Path, verb: str) -> str | None:
+    for args in directives(_read(path), verb):
+        return args[0]
+    return None
+
+
+def _is_absolute(path: str) -> bool:
+    """Absolute on Unix or Windows, as ``modfile.IsDirectoryPath`` reads paths."""
+    return path.startswith(("/", "\\")) or (
+        len(path) >= 2 and path[0].isascii() and path[0].isalpha() and path[1] == ":"
+    )
+
+
 def is_directory_path(path: str) -> bool:
     """``modfile.IsDirectoryPath``: a replacement that names a directory, not a module."""
     return (
-        path in (".", "..")
-        or path.startswith(("./", ".\\", "../", "..\\", "/", "\\"))
-        or (len(path) >= 2 and path[0].isascii() and path[0].isalpha() and path[1] == ":")
+        path in (".", "..") or path.startswith(("./", ".\\", "../", "..\\")) or _is_absolute(path)
     )
 
 
 def requirements(go_mod: Path) -> set[tuple[str, str]]:
     """(module path, version) of each ``require`` of a go.mod."""
-    try:
-        text = go_mod.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return set()
-    return {(args[0], args[1]) for args in directives(text, "require") if len(args) >= 2}
+    return {(args[0], args[1]) for args in directives(_read(go_mod), "require") if len(args) >= 2}
 
 
 def local_dirs(file: Path, required: set[tuple[str, str]]) -> Iterator[tuple[str, str]]:
@@ -99,10 +115,7 @@ def local_dirs(file: Path, required: set[tuple[str, str]]) -> Iterator[tuple[str
     that the build will read: ``replace`` targets of modules in ``required`` (the
     module's requirements; Go never reads the replacement of a module it does not
     need, so a stale one is harmless), and a go.work's ``use`` lines."""
-    try:
-        text = file.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return
+    text = _read(file)
     for args in directives(text, "replace"):
         if "=>" not in args:
             continue
@@ -138,24 +151,12 @@ def module_files(source: Path, module_dir: str) -> list[Path]:
 
 def go_line(path: Path) -> str | None:
     """The version on a go.mod or go.work file's ``go`` line, if it has one."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    for args in directives(text, "go"):
-        return args[0]
-    return None
+    return _first_argument(path, "go")
 
 
 def module_path(module: Path) -> str | None:
     """The module path on a go.mod's ``module`` line, if it has one."""
-    try:
-        text = (module / "go.mod").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    for args in directives(text, "module"):
-        return args[0]
-    return None
+    return _first_argument(module / "go.mod", "module")
 
 
 def check_local_dirs(source: Path, module_dir: str) -> None:
@@ -167,7 +168,7 @@ def check_local_dirs(source: Path, module_dir: str) -> None:
     for file in module_files(source, module_dir):
         for what, written in local_dirs(file, required):
             shown = file.relative_to(root).as_posix()
-            if written.startswith(("/", "\\")) or written[1:2] == ":":
+            if _is_absolute(written):
                 raise ValueError(
                     f"{shown} {what} {written}, an absolute path of this machine, which the "
                     "engine does not have; use a relative path inside the source"

@@ -580,10 +580,10 @@ class BuildParams(BaseModel):
         program (``tasks/gopackages.py``: Go would build a library archive without
         a word)."""
         value = cls._main_package_syntax(value)
-        source, module_dir = info.data.get("source"), info.data.get("module_dir")
-        if source is None or module_dir is None or is_git_url(source):
+        local = cls._local_module(info)
+        if local is None:
             return value
-        module = Path(source).expanduser() / module_dir
+        module = local[0] / local[1]
         if not value.startswith("./") and value != ".":
             own = module_path(module)
             if own and (value == own or value.startswith(own + "/")):
@@ -691,10 +691,20 @@ class BuildParams(BaseModel):
         """Pinned, and for a local module, new enough for its ``go`` line
         (``tasks/goversion.py``): the golang images never fetch a newer Go."""
         value = check_pinned_image(value, allow_scratch=False)
-        source, module_dir = info.data.get("source"), info.data.get("module_dir")
-        if source is not None and module_dir is not None and not is_git_url(source):
-            check_builder_go(value, Path(source).expanduser(), module_dir)
+        local = cls._local_module(info)
+        if local is not None:
+            check_builder_go(value, *local)
         return value
+
+    @staticmethod
+    def _local_module(info: ValidationInfo) -> tuple[Path, str] | None:
+        """(source directory, module_dir) of a local source whose two fields are
+        valid, for the checks that read its files; None for a git source (its
+        tree is only known to the engine) or when either field failed."""
+        source, module_dir = info.data.get("source"), info.data.get("module_dir")
+        if source is None or module_dir is None or is_git_url(source):
+            return None
+        return Path(source).expanduser(), module_dir
 
     @field_validator("runtime_image")
     @classmethod
