@@ -19,7 +19,8 @@ from pathlib import Path
 import dagger
 from dagger import dag
 
-from tasks.params import DEFAULT_BUILDER_IMAGE, DEFAULT_RUNTIME_IMAGE, goenv
+from tasks.goenv import goenv
+from tasks.params import DEFAULT_BUILDER_IMAGE, DEFAULT_RUNTIME_IMAGE
 
 GOMODCACHE = "/go/pkg/mod"
 GOCACHE = "/root/.cache/go-build"

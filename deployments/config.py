@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks.params import ParamsError, is_git_url, parse_params
+from tasks.params import ParamsError, parse_params
+from tasks.sourcespec import is_git_url
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",

@@ -35,9 +35,10 @@ from prefect.context import TaskRunContext
 from pydantic import BaseModel
 
 from tasks import binaries, progress
+from tasks.goenv import goenv
 from tasks.gopackages import is_program
 from tasks.image_store import file_sha256
-from tasks.params import BuildParams, goenv
+from tasks.params import BuildParams
 from tasks.retries import retry_options
 from tasks.secrets import GoAuth, load_secret_block, parse_go_auth
 from tasks.session import engine_ready, remember_in_engine

@@ -14,6 +14,9 @@ fail after the engine had started (the common case: a module with nothing at
 its root but ``cmd/<name>``, built with the default '.'). A file whose package
 clause cannot be found makes the answer "unknown", and the build goes on; the
 compile stage checks what ``go build`` wrote in any case (:func:`is_program`).
+
+The ``main_package`` parameter's own grammar is here too
+(:func:`main_package_syntax`): a directory of the module or an import path.
 """
 
 from __future__ import annotations
@@ -25,13 +28,44 @@ from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 
+from tasks.imageref import show
+
 _IGNORE_CONSTRAINT = re.compile(r"^//go:build\s+ignore\s*$|^//\s*\+build\s+ignore\s*$", re.M)
 _PACKAGE = re.compile(r"package\s+([A-Za-z_][A-Za-z0-9_]*)")
 _HEAD_BYTES = 64 * 1024  # a package clause comes after comments only
+_PATH_ELEMENT = re.compile(r"[A-Za-z0-9_.~+-]+")
 SCAN_DEPTH = 3
 SCAN_DIRS = 2000
 SKIP_DIRS = {"vendor", "testdata", "node_modules"}
 ELF_MAGIC = b"\x7fELF"
+
+
+def main_package_syntax(value: str) -> str:
+    """A ``main_package`` as ``go build`` should get it: a path becomes './path',
+    because Go reads a bare 'cmd/x' as a standard-library path; an import path
+    (its first element has a dot, as ko and ``go install`` take them) stays one."""
+    if not value:
+        raise ValueError("must not be empty (use '.' for the module root)")
+    if value.startswith("/") or "\\" in value or re.match(r"[A-Za-z]:", value):
+        raise ValueError(f"{show(value)} must be a path relative to the module root")
+    if any(ch.isspace() for ch in value):
+        raise ValueError(f"{show(value)} must not contain whitespace")
+    segments = value.split("/")
+    if ".." in segments:
+        raise ValueError(f"{show(value)} must not contain '..' (stay inside the module)")
+    if "..." in value:
+        raise ValueError(f"{show(value)} is a wildcard; name the one main package to build")
+    relative = segments[0] == "."
+    if relative:
+        segments = segments[1:]
+    if segments and segments[-1] == "":
+        segments = segments[:-1]
+    for segment in segments:
+        if segment == "." or not _PATH_ELEMENT.fullmatch(segment):
+            raise ValueError(f"{show(value)} is not a valid Go package path")
+    if not relative and segments and "." in segments[0].lstrip("."):
+        return "/".join(segments)  # an import path: example.com/app/cmd/server
+    return "./" + "/".join(segments) if segments else "."
 
 
 def package_name(path: Path) -> str | None:

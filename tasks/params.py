@@ -11,20 +11,22 @@ network or the Dagger engine, because Prefect validates parameters before a
 run starts and in the UI while a user types. Anything that needs the outside
 world (such as `git describe`) lives in the `resolved_*` methods instead.
 
-Image references follow `tasks.imageref` (the distribution/reference grammar).
+The grammars of single fields live where a reader looks for them, and this
+model applies them: the source and git ref in `tasks.sourcespec`, platforms and
+Go settings in `tasks.goenv`, the main package in `tasks.gopackages`, the
+module's go.mod and go.work in `tasks.gomod` and `tasks.goversion`, image
+references in `tasks.imageref` (the distribution/reference grammar).
 """
 
 from __future__ import annotations
 
 import difflib
-import platform as _platform
 import re
 import subprocess
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -36,22 +38,25 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonDict
 
+from tasks.goenv import (
+    GO_ENV_KEYS,
+    SUPPORTED_PLATFORMS,
+    check_go_env,
+    check_platforms,
+    default_platform,
+)
 from tasks.gomod import check_local_dirs, find_modules, module_path
-from tasks.gopackages import check_main_package
+from tasks.gopackages import check_main_package, main_package_syntax
 from tasks.goversion import check_builder_go
 from tasks.imageref import ImageRef, check_pinned_image, parse_image_ref, show
+from tasks.sourcespec import check_git_ref, check_source, is_git_url, repository_name
 
 __all__ = [
     "DEFAULT_BUILDER_IMAGE",
     "DEFAULT_RUNTIME_IMAGE",
-    "GO_ENV_KEYS",
-    "SUPPORTED_PLATFORMS",
     "BuildParams",
     "ImageRef",
     "ParamsError",
-    "default_platform",
-    "goenv",
-    "is_git_url",
     "parse_image_ref",
     "parse_params",
 ]
@@ -59,38 +64,7 @@ __all__ = [
 DEFAULT_BUILDER_IMAGE = "golang:1.27.3-bookworm"
 DEFAULT_RUNTIME_IMAGE = "alpine:3.22.2"
 
-# Platform -> Go environment. Kept as data so the list of what we support and
-# how Go spells it cannot drift apart.
-_PLATFORM_GOENV: dict[str, dict[str, str]] = {
-    "linux/amd64": {"GOOS": "linux", "GOARCH": "amd64"},
-    "linux/arm64": {"GOOS": "linux", "GOARCH": "arm64"},
-    "linux/arm/v7": {"GOOS": "linux", "GOARCH": "arm", "GOARM": "7"},
-    "linux/arm/v6": {"GOOS": "linux", "GOARCH": "arm", "GOARM": "6"},
-    "linux/386": {"GOOS": "linux", "GOARCH": "386"},
-    "linux/ppc64le": {"GOOS": "linux", "GOARCH": "ppc64le"},
-    "linux/s390x": {"GOOS": "linux", "GOARCH": "s390x"},
-    "linux/riscv64": {"GOOS": "linux", "GOARCH": "riscv64"},
-}
-SUPPORTED_PLATFORMS: tuple[str, ...] = tuple(_PLATFORM_GOENV)
-
-# `platform.machine()` spellings -> OCI platform of a Linux engine on that host.
-_MACHINE_PLATFORM = {
-    "x86_64": "linux/amd64",
-    "amd64": "linux/amd64",
-    "aarch64": "linux/arm64",
-    "arm64": "linux/arm64",
-    "armv7l": "linux/arm/v7",
-    "armv7": "linux/arm/v7",
-    "armv6l": "linux/arm/v6",
-    "i386": "linux/386",
-    "i686": "linux/386",
-    "x86": "linux/386",
-    "ppc64le": "linux/ppc64le",
-    "s390x": "linux/s390x",
-    "riscv64": "linux/riscv64",
-}
-
-# --- other field grammars ----------------------------------------------------
+# --- the grammars of the fields checked here ------------------------------------
 _APP_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._+-]{0,127}")
 _VERSION_VARIABLE_RE = re.compile(
@@ -100,36 +74,7 @@ _VERSION_VARIABLE_RE = re.compile(
 _BUILD_TAG_RE = re.compile(r"[A-Za-z0-9_.]+")
 _LABEL_KEY_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _BLOCK_NAME_RE = re.compile(r"[a-z0-9-]+")
-_GO_PATH_SEGMENT_RE = re.compile(r"[A-Za-z0-9_.~+-]+")
-_SCP_LIKE_RE = re.compile(
-    r"(?P<user>[A-Za-z0-9._-]+)@(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):(?P<path>\S+)"
-)
-# What the Dagger engine fetches (util/gitutil/url.go in dagger/dagger): the engine,
-# not this process, clones the repository, so a file:// URL names a path on the
-# engine's machine and is refused there as "invalid protocol".
-_GIT_SCHEMES = ("https", "http", "ssh", "git")
-_SHORT_SHA_RE = re.compile(r"[0-9a-f]{4,39}")
-_GIT_REF_FORBIDDEN = set(" ~^:?*[\\")
 _MAX_LABELS = 64
-# The Go settings a build may set: those that decide where and how modules are
-# fetched and verified (`go help environment`, `go help module-private`). The
-# build owns the rest (GOOS/GOARCH per platform, CGO_ENABLED, GOMODCACHE...).
-# GOAUTH is not here: it may run commands, and credentials come from
-# go_auth_secret_block as a mounted .netrc, which GOAUTH's default reads.
-GO_ENV_KEYS: tuple[str, ...] = (
-    "GOPROXY",
-    "GOPRIVATE",
-    "GONOPROXY",
-    "GONOSUMDB",
-    "GOSUMDB",
-    "GOINSECURE",
-    "GOFLAGS",
-    "GOVCS",
-)
-# Values that are lists of patterns or hosts: Go splits them on ',' (and GOPROXY
-# on '|'), never on spaces. GOFLAGS and GOSUMDB ("name+key url") take spaces.
-_GO_ENV_SPACED = {"GOFLAGS", "GOSUMDB"}
-_URL_IN_TEXT_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s,|]+")
 
 
 class ParamsError(ValueError):
@@ -143,98 +88,6 @@ class ParamsError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("; ".join(problems))
-
-
-def is_git_url(source: str) -> bool:
-    """Tell a git URL from a local path, using the same forms `git clone` accepts."""
-    if "://" in source:
-        return True
-    return _SCP_LIKE_RE.fullmatch(source) is not None
-
-
-def _check_git_url(source: str) -> None:
-    if any(ch.isspace() or not ch.isprintable() for ch in source):
-        raise ValueError(f"git URL {show(source)} must not contain whitespace or control chars")
-    if "://" not in source:
-        return  # scp-like form; the regex that recognised it already checked its shape
-    scheme = source.split("://", 1)[0].lower()
-    if scheme == "file":
-        raise ValueError(
-            f"{show(source)}: the Dagger engine does not fetch file:// URLs; give the "
-            "checkout's directory instead (it is sent as a local directory, its commit recorded)"
-        )
-    if scheme not in _GIT_SCHEMES:
-        raise ValueError(
-            f"{show(source)} has unsupported URL scheme {scheme!r} "
-            f"(supported: {', '.join(s + '://' for s in _GIT_SCHEMES)}, git@host:path)"
-        )
-    try:
-        parts = urlsplit(source)
-        _ = parts.port  # raises on a non-numeric port
-    except ValueError as exc:
-        raise ValueError(f"{show(source)} is not a valid URL: {exc}") from None
-    if not parts.hostname or parts.path.strip("/") == "":
-        raise ValueError(f"{show(source)} needs both a host and a repository path")
-    # A token in the URL would be stored in the deployment and shown in the UI.
-    if parts.password is not None or (scheme in ("https", "http") and parts.username is not None):
-        raise ValueError(
-            f"git URL for host {parts.hostname!r} embeds credentials; remove them from the URL "
-            "and name a Prefect Secret block holding the token in git_secret_block"
-        )
-
-
-def _check_local_source(source: str) -> None:
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise ValueError(
-            f"{show(source)} does not exist (expected a local Go module directory or a git URL)"
-        )
-    if not path.is_dir():
-        raise ValueError(f"{show(source)} is not a directory")
-
-
-def _check_go_env_item(key: str, value: str) -> None:
-    """One go_env entry: a known key, a one-line value, no credentials."""
-    if key not in GO_ENV_KEYS:
-        if key == "GONOSUMCHECK":
-            hint = " (not a Go setting; use GONOSUMDB=<patterns> or GOSUMDB=off)"
-        elif key.upper() in GO_ENV_KEYS:
-            hint = f" (did you mean {key.upper()!r}?)"
-        elif key == "GOAUTH":
-            hint = " (credentials come from go_auth_secret_block, as a .netrc)"
-        else:
-            hint = ""
-        raise ValueError(f"key {show(key)} is not allowed{hint}; allowed: {', '.join(GO_ENV_KEYS)}")
-    if any(not ch.isprintable() for ch in value):
-        raise ValueError(f"value of {key} must be one line without control characters")
-    if key not in _GO_ENV_SPACED and any(ch.isspace() for ch in value):
-        raise ValueError(f"value of {key} must not contain spaces (Go separates items with ',')")
-    for url in _URL_IN_TEXT_RE.findall(value):
-        try:
-            parts = urlsplit(url)
-            has_credentials = parts.username is not None or parts.password is not None
-        except ValueError:
-            raise ValueError(f"value of {key} has a malformed URL") from None
-        if has_credentials:
-            # Never echoed: the value holds a password. Parameters are stored in
-            # Prefect and shown in the UI; credentials go in a Secret block.
-            raise ValueError(
-                f"value of {key} embeds credentials in a URL (host {parts.hostname!r}); "
-                "remove them and name a Prefect Secret block holding a .netrc in "
-                "go_auth_secret_block"
-            )
-    if key == "GOFLAGS":
-        for flag in value.split():
-            if not flag.startswith("-"):
-                raise ValueError(
-                    f"GOFLAGS entry {show(flag)} is not a flag; each entry must be a "
-                    "standalone -flag or -flag=value"
-                )
-            if flag.lstrip("-").split("=", 1)[0] == "mod":
-                raise ValueError(
-                    f"GOFLAGS must not set {show(flag)}: the build sets -mod itself "
-                    "(-mod=readonly, or -mod=vendor for a vendored module)"
-                )
 
 
 def _relative_dir(value: str, what: str) -> str:
@@ -253,42 +106,6 @@ def _sanitize_name(raw: str) -> str:
     name = re.sub(r"[^a-z0-9._-]+", "-", raw.lower())
     name = re.sub(r"^[^a-z0-9]+", "", name)[:63]
     return name.rstrip("._-") or "app"
-
-
-def _derive_app_name(source: str) -> str:
-    """Name the app after its repository or directory, as a person would."""
-    if is_git_url(source):
-        if "://" in source:
-            path = urlsplit(source).path
-        else:
-            scp = _SCP_LIKE_RE.fullmatch(source)
-            path = scp["path"] if scp else source
-        last = path.rstrip("/").rsplit("/", 1)[-1]
-        last = last.removesuffix(".git")
-    else:
-        last = Path(source).expanduser().resolve().name
-    return _sanitize_name(last)
-
-
-def default_platform() -> str:
-    """The Linux platform matching this host, so a default build runs natively.
-
-    The Dagger engine normally runs on the same machine as the flow (Docker
-    Desktop on macOS runs a Linux VM of the host's architecture), and asking
-    the engine itself would mean engine work during validation.
-    """
-    return _MACHINE_PLATFORM.get(_platform.machine().lower(), "linux/amd64")
-
-
-def goenv(platform: str) -> dict[str, str]:
-    """Go cross-compilation environment for an OCI platform string."""
-    try:
-        return dict(_PLATFORM_GOENV[platform])
-    except KeyError:
-        raise ValueError(
-            f"{show(platform)} is not a supported platform "
-            f"(supported: {', '.join(SUPPORTED_PLATFORMS)})"
-        ) from None
 
 
 def _platforms_schema_default(schema: JsonDict) -> None:
@@ -499,39 +316,14 @@ class BuildParams(BaseModel):
     @field_validator("source")
     @classmethod
     def _valid_source(cls, value: str) -> str:
-        if not value:
-            raise ValueError("must not be empty (use '.' for the current directory)")
-        if is_git_url(value):
-            _check_git_url(value)
-        else:
-            _check_local_source(value)
-        return value
+        return check_source(value)
 
     @field_validator("git_ref")
     @classmethod
     def _valid_git_ref(cls, value: str, info: ValidationInfo) -> str:
         if not value:
             return value
-        # Rules from git-check-ref-format, plus no leading '-' so the ref can
-        # never be read as a command-line option.
-        bad = (
-            value.startswith(("-", "/"))
-            or value.endswith(("/", ".", ".lock"))
-            or value == "@"
-            or ".." in value
-            or "@{" in value
-            or "//" in value
-            or any(ch in _GIT_REF_FORBIDDEN or not ch.isprintable() for ch in value)
-        )
-        if bad:
-            raise ValueError(f"{show(value)} is not a valid branch, tag or commit name")
-        if _SHORT_SHA_RE.fullmatch(value):
-            # The engine treats only a full 40-hex SHA as a commit and looks anything
-            # else up as a ref name (util/gitutil/commit.go), which a short SHA is not.
-            raise ValueError(
-                f"{show(value)} looks like an abbreviated commit; give the full 40-character "
-                "commit SHA (or a branch or tag name)"
-            )
+        check_git_ref(value)
         source = info.data.get("source")
         if source is not None and not is_git_url(source):
             raise ValueError(
@@ -579,7 +371,7 @@ class BuildParams(BaseModel):
         './path'. Then, in a local module, refuse a directory that surely holds no
         program (``tasks/gopackages.py``: Go would build a library archive without
         a word)."""
-        value = cls._main_package_syntax(value)
+        value = main_package_syntax(value)
         local = cls._local_module(info)
         if local is None:
             return value
@@ -594,31 +386,6 @@ class BuildParams(BaseModel):
                 return value  # another module's package (a tool among the requirements)
         check_main_package(module, value)
         return value
-
-    @staticmethod
-    def _main_package_syntax(value: str) -> str:
-        if not value:
-            raise ValueError("must not be empty (use '.' for the module root)")
-        if value.startswith("/") or "\\" in value or re.match(r"[A-Za-z]:", value):
-            raise ValueError(f"{show(value)} must be a path relative to the module root")
-        if any(ch.isspace() for ch in value):
-            raise ValueError(f"{show(value)} must not contain whitespace")
-        segments = value.split("/")
-        if ".." in segments:
-            raise ValueError(f"{show(value)} must not contain '..' (stay inside the module)")
-        if "..." in value:
-            raise ValueError(f"{show(value)} is a wildcard; name the one main package to build")
-        relative = segments[0] == "."
-        if relative:
-            segments = segments[1:]
-        if segments and segments[-1] == "":
-            segments = segments[:-1]
-        for segment in segments:
-            if segment == "." or not _GO_PATH_SEGMENT_RE.fullmatch(segment):
-                raise ValueError(f"{show(value)} is not a valid Go package path")
-        if not relative and segments and "." in segments[0].lstrip("."):
-            return "/".join(segments)  # an import path: example.com/app/cmd/server
-        return "./" + "/".join(segments) if segments else "."
 
     @field_validator("version")
     @classmethod
@@ -671,19 +438,7 @@ class BuildParams(BaseModel):
     @field_validator("platforms")
     @classmethod
     def _valid_platforms(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("at least one platform is required")
-        seen: set[str] = set()
-        for item in value:
-            if item not in _PLATFORM_GOENV:
-                raise ValueError(
-                    f"{show(item)} is not a supported platform "
-                    f"(supported: {', '.join(SUPPORTED_PLATFORMS)})"
-                )
-            if item in seen:
-                raise ValueError(f"{show(item)} is listed twice")
-            seen.add(item)
-        return value
+        return check_platforms(value)
 
     @field_validator("builder_image")
     @classmethod
@@ -761,9 +516,7 @@ class BuildParams(BaseModel):
     @field_validator("go_env")
     @classmethod
     def _valid_go_env(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, text in value.items():
-            _check_go_env_item(key, text)
-        return value
+        return check_go_env(value)
 
     @field_validator("output")
     @classmethod
@@ -827,7 +580,7 @@ class BuildParams(BaseModel):
             return self.app_name
         if self.module_dir not in ("", "."):
             return _sanitize_name(self.module_dir.rsplit("/", 1)[-1])
-        return _derive_app_name(self.source)
+        return _sanitize_name(repository_name(self.source))
 
     def resolved_version(self) -> str:
         """The version to stamp; never raises, because a missing tag must not fail a build.

@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from deployments.config import ConfigError, load_nightly_config
-from tasks.params import default_platform
+from tasks.goenv import default_platform
 from tests.git_servers import GitDaemon
 from tests.oci_check import extract_file, inspect_config
 from tests.registry_fixtures import Registry

@@ -17,20 +17,18 @@ from typing import Any
 
 import pytest
 
-from tasks import params as params_module
+from tasks import goenv as goenv_module
+from tasks.goenv import SUPPORTED_PLATFORMS, default_platform, goenv
 from tasks.params import (
     DEFAULT_BUILDER_IMAGE,
     DEFAULT_RUNTIME_IMAGE,
-    SUPPORTED_PLATFORMS,
     BuildParams,
     ImageRef,
     ParamsError,
-    default_platform,
-    goenv,
-    is_git_url,
     parse_image_ref,
     parse_params,
 )
+from tasks.sourcespec import is_git_url
 
 SHA = "sha256:" + "0123456789abcdef" * 4
 
@@ -118,7 +116,7 @@ def test_default_platform_follows_host(monkeypatch: pytest.MonkeyPatch) -> None:
         ("arm64", "linux/arm64"),
         ("armv7l", "linux/arm/v7"),
     ]:
-        monkeypatch.setattr(params_module._platform, "machine", lambda m=machine: m)
+        monkeypatch.setattr(goenv_module._platform, "machine", lambda m=machine: m)
         assert default_platform() == expected
         assert BuildParams().platforms == [expected]
 
