@@ -14,7 +14,11 @@ the text cmd/go prints (matched on stderr, where go writes its own messages):
   tidy, and the build, like ``go build``, reads it with ``-mod=readonly``;
 - ``build constraints exclude all Go files``: nothing in the package builds for
   the target with ``CGO_ENABLED=0`` (cgo files, ``//go:build`` lines, file-name
-  suffixes, ``build_tags``).
+  suffixes, ``build_tags``);
+- ``go test`` whose tests could not reach a network service (net's ``dial tcp
+  ADDR: connect: connection refused``, ``lookup HOST: no such host``, in the test
+  output on stdout): the builder runs the tests, not the database or API they
+  expect, so such tests belong behind a build tag, or ``run_checks`` off.
 
 Anything else gets no hint: a wrong hint costs more than none.
 """
@@ -34,10 +38,23 @@ _NEEDS_AUTH = re.compile(
 )
 _NOT_TIDY = re.compile(r"missing go\.sum entry|updates to go\.mod needed")
 _EXCLUDED = re.compile(r"build constraints exclude all Go files in (?P<dir>\S+)")
+_UNREACHABLE = re.compile(
+    r"dial (?:tcp|udp|unix)[46]? (?P<addr>\S+): connect: connection refused"
+    r"|dial (?:tcp|udp)[46]?: lookup (?P<host>\S+)(?: on \S+)?: no such host"
+)
 
 
-def go_hint(stderr: str, *, builder_image: str, go_auth_secret_block: str) -> str:
-    """The hint for a failed go command's ``stderr``, '' when none applies."""
+def go_hint(
+    stderr: str,
+    *,
+    builder_image: str,
+    go_auth_secret_block: str,
+    command: list[str] | tuple[str, ...] = (),
+    stdout: str = "",
+) -> str:
+    """The hint for a failed go ``command``, from its ``stderr`` (go's own
+    messages) and, for ``go test``, its ``stdout`` (the tests' output); '' when
+    none applies."""
     text = stderr or ""
     if m := _TOO_NEW.search(text):
         return (
@@ -64,5 +81,11 @@ def go_hint(stderr: str, *, builder_image: str, go_auth_secret_block: str) -> st
             f"no Go file in {m['dir']} builds for the target platform with CGO_ENABLED=0: "
             'files that import "C" need cgo, which this static build leaves off; '
             "//go:build lines, _GOOS/_GOARCH file names and build_tags decide the rest"
+        )
+    if list(command[:2]) == ["go", "test"] and (m := _UNREACHABLE.search(stdout or "")):
+        return (
+            f"the tests could not reach {m['addr'] or m['host']}, a service the builder "
+            "does not run: keep such tests behind a build tag (//go:build integration) or "
+            "let them skip when it is absent, or set run_checks to false"
         )
     return ""

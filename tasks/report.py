@@ -443,6 +443,8 @@ def failure_hint(params: BuildParams, exc: BaseException) -> str:
         exc.stderr,
         builder_image=params.builder_image,
         go_auth_secret_block=params.go_auth_secret_block,
+        command=exc.command,
+        stdout=exc.stdout,
     )
 
 

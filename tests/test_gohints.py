@@ -3,10 +3,12 @@ words, on the terminal and in the failure artifact; any other failure gets none.
 
 The go.mod refusal (``tests/test_goversion.py``), a fetch without credentials and
 an untidy go.sum (``tests/test_go_modules.py``) are checked where their fixtures
-live; this file holds the cgo case and the cases with no hint."""
+live; this file holds the cgo case, tests that need a service the builder does
+not run, and the cases with no hint."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import dagger
@@ -78,3 +80,69 @@ def test_refused_credentials_name_the_block_that_holds_them() -> None:
     )
     none = go_hint(stderr, builder_image="golang:1.27.3", go_auth_secret_block="")
     assert none.startswith("a module needs credentials: set go_auth_secret_block")
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_tests_that_need_a_service_get_the_hint_to_tag_them_or_skip_checks(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path
+) -> None:
+    """An integration test that dials a database the builder does not run: Go's
+    own net error, printed by the test on stdout, gives the hint."""
+    address = f"127.0.0.1:{_closed_port()}"
+    src = write_tree(
+        tmp_path / "db-app",
+        {
+            "go.mod": "module example.com/dbapp\n\ngo 1.22\n",
+            "main.go": "package main\n\nfunc main() {}\n",
+            "db_test.go": (
+                'package main\n\nimport (\n\t"net"\n\t"testing"\n)\n\n'
+                "func TestStore(t *testing.T) {\n"
+                f'\tconn, err := net.Dial("tcp", "{address}")\n'
+                "\tif err != nil {\n\t\tt.Fatal(err)\n\t}\n\tconn.Close()\n}\n"
+            ),
+        },
+    )
+    state = build(source=str(src), output=str(tmp_path / "d.tar"))
+    exc = state.result(raise_on_failure=False)
+    assert isinstance(exc, dagger.ExecError), exc
+    assert exc.command[:2] == ["go", "test"]
+    assert f"dial tcp {address}: connect: connection refused" in exc.stdout  # Go's words
+    hint = failure_summary(exc).splitlines()[-1]
+    assert hint.startswith(f"hint: the tests could not reach {address}, a service")
+    assert hint.endswith("or set run_checks to false")
+    arts = {a.key: a for a in artifacts(state.state_details.flow_run_id) if a.key}
+    assert f"Hint: the tests could not reach {address}" in arts["build-db-app-failure"].data
+
+
+def test_the_service_hint_reads_only_a_go_test_s_own_output() -> None:
+    lookup = (
+        "--- FAIL: TestAPI\n    api_test.go:9: dial tcp: lookup db on 10.0.0.2:53: no such host\n"
+    )
+    hint = go_hint(
+        "",
+        builder_image="golang:1.27.3",
+        go_auth_secret_block="",
+        command=["go", "test", "./..."],
+        stdout=lookup,
+    )
+    assert hint.startswith("the tests could not reach db, a service the builder does not run")
+    # The same words from another command, or on go's own stderr, are not the tests'.
+    for command, stdout, stderr in (
+        (["go", "build", "-o", "/out/app", "."], lookup, ""),
+        (["go", "test", "./..."], "", "dial tcp: lookup proxy.golang.org: no such host"),
+    ):
+        assert (
+            go_hint(
+                stderr,
+                builder_image="golang:1.27.3",
+                go_auth_secret_block="",
+                command=command,
+                stdout=stdout,
+            )
+            == ""
+        )
