@@ -30,7 +30,13 @@ from pydantic import Field
 from pydantic.fields import FieldInfo
 
 from flows import local_api, terminal
-from tasks.assemble import assemble_image, place_output, served_from_cache, still_valid
+from tasks.assemble import (
+    assemble_image,
+    place_output,
+    prepare_output,
+    served_from_cache,
+    still_valid,
+)
 from tasks.compile import binary_available, compile_binary
 from tasks.params import BuildParams, ParamsError, parse_params
 from tasks.preflight import EngineUnavailable, preflight
@@ -53,6 +59,7 @@ async def multistage_build(**parameters: Any) -> BuildResult:
     params = None
     try:
         params = parse_params(_defaults_resolved(parameters))  # one line per bad field
+        output = prepare_output(params)
         stages.refresh = params.force_rebuild
         stages.current = "engine slot"
         async with EngineScope() as engine:
@@ -90,7 +97,7 @@ async def multistage_build(**parameters: Any) -> BuildResult:
                 version,
                 valid=still_valid,
             )
-            place_output(image, params.resolved_output())
+            place_output(image, output)
             published = await stages.run("publish", publish_image, params, image, source)
     except BaseException as exc:
         with contextlib.suppress(AttributeError):  # for the CLI's summary
@@ -279,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     progress_mode = values.pop("progress", "auto")  # not a flow parameter
     try:
         params = parse_params(values)
+        prepare_output(params)
         preflight()  # before Prefect starts: a missing engine is a one-line answer, at once
     except (ParamsError, EngineUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -32,7 +32,7 @@ from tasks.binaries import available, host_file, result_storage
 from tasks.compile import CompiledBinary
 from tasks.image_store import file_sha256
 from tasks.oci_layout import image_digests
-from tasks.params import BuildParams
+from tasks.params import BuildParams, ParamsError
 from tasks.retries import retry_options
 from tasks.session import engine_ready, in_engine
 from tasks.source import SourceInfo
@@ -167,6 +167,18 @@ async def assemble_image(
     )
     image_store.prune(output, stored)
     return image
+
+
+def prepare_output(params: BuildParams) -> Path:
+    """The run's output path, proven writable before any engine work: the export
+    comes after the compile, and a path it cannot write would fail the build only
+    then. Refused as the ``output`` parameter, which is how a user fixes it."""
+    output = params.resolved_output()
+    try:
+        image_store.check_writable(output)
+    except ValueError as exc:
+        raise ParamsError([f"output: {exc}"]) from None
+    return output
 
 
 def place_output(image: ImageArtifact, output: Path) -> None:

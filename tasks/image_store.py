@@ -34,6 +34,24 @@ def store_dir(output: Path) -> Path:
     return output.parent / STORE_DIR
 
 
+def check_writable(output: Path) -> None:
+    """Make the store beside ``output`` and write a file in it, so that a path this
+    process cannot write (a read-only mount, another user's directory) is refused
+    before the engine compiles anything, not when the export lands; raises
+    ValueError with the reason. The store and the output's directory are where
+    the export would put them, so creating them early leaves nothing stray."""
+    store = store_dir(output)
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".probe.", dir=store)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise ValueError(
+            f"{str(output)!r} cannot be written: {exc.strerror or exc} ({exc.filename or store})"
+        ) from None
+
+
 def file_sha256(path: Path) -> str:
     with open(path, "rb") as fh:
         return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()

@@ -328,6 +328,9 @@ BAD_INPUTS = [
     ({"labels": {"Bad Key": "x"}}, "labels"),
     ({"ldflags": "-X 'a=b'"}, "ldflags"),
     ({"main_package": "../elsewhere"}, "main_package"),
+    # Valid as a path, but no process may create a directory in sysfs: refused
+    # before the compile, not when the export lands.
+    ({"output": "/sys/gobuild-test/app.tar"}, "output"),
 ]
 
 
@@ -373,6 +376,10 @@ def test_cli_without_engine_fails_fast_with_one_line(tmp_path: Path, hello_go: P
 
     proc = cli("--platform", "x")
     assert proc.returncode == 2 and proc.stderr.startswith("error: platforms:")
+
+    proc = cli("--output", "/sys/gobuild-test/app.tar")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: output: '/sys/gobuild-test/")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_flow_parameters_have_titles_descriptions_and_defaults() -> None:

@@ -62,3 +62,16 @@ def test_prune_drops_only_old_images_beyond_the_newest_and_never_the_current(
     assert left == {*recent, *stored[6:], stored[0], other}
     image_store.prune(out, current=recent[0], keep_newest=1, keep_days=1)
     assert set(recent) <= {p for p in (tmp_path / ".gobuild-images").iterdir()}
+
+
+def test_check_writable_leaves_only_the_store_and_names_what_failed(tmp_path: Path) -> None:
+    output = tmp_path / "out" / "app.oci.tar"
+    image_store.check_writable(output)
+    store = image_store.store_dir(output)
+    assert store.is_dir() and list(store.iterdir()) == []  # the probe file is gone
+    assert not output.exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"'.*/file/app\.oci\.tar' cannot be written: "):
+        image_store.check_writable(tmp_path / "file" / "app.oci.tar")
+    with pytest.raises(ValueError, match=r"cannot be written: Operation not permitted"):
+        image_store.check_writable(Path("/sys/gobuild-test/app.tar"))
