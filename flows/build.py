@@ -182,6 +182,12 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--module-dir", help="directory of the Go module inside the source")
     ap.add_argument("--main-package")
     ap.add_argument("--version")
+    ap.add_argument("--version-variable", help="Go variable that receives the version")
+    ap.add_argument(
+        "--ldflags",
+        help="extra linker flags; {{.Commit}}, {{.CommitDate}}... expanded "
+        "(write --ldflags='-X ...')",
+    )
     ap.add_argument("--builder-image")
     ap.add_argument("--runtime-image")
     ap.add_argument("--build-tag", dest="build_tags", action="append")

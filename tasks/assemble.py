@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,14 +91,6 @@ def runtime(
     return ctr
 
 
-def source_epoch(source: SourceInfo) -> int:
-    """The source's time (commit time or newest file) as Unix seconds."""
-    try:
-        return int(datetime.fromisoformat(source.created).timestamp())
-    except ValueError:
-        return 0
-
-
 def assemble_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     params: BuildParams = parameters["params"]
     binaries: list[CompiledBinary] = parameters["binaries"]
@@ -146,7 +137,7 @@ async def assemble_image(
                 binary = dag.host().file(str(path))
             # The source's time, not the file's: the same binary then gives the
             # same layer, so registries share it between builds.
-            binary = binary.with_timestamps(source_epoch(source))
+            binary = binary.with_timestamps(source.epoch())
             variants.append(runtime(binary, params, b.platform, labels))
         # Export into the image store under a unique name, then keep it under its
         # content hash: a failed export leaves nothing, and concurrent builds of

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,7 @@ from tasks import binaries, progress
 from tasks.goenv import goenv
 from tasks.gopackages import is_program
 from tasks.image_store import file_sha256
+from tasks.ldflags import expand, stamp_values
 from tasks.params import BuildParams
 from tasks.retries import retry_options
 from tasks.secrets import GoAuth, load_secret_block, parse_go_auth
@@ -182,10 +184,17 @@ async def is_vendored(src: dagger.Directory, params: BuildParams, source: Source
     return await src.exists(manifest)
 
 
-def build_args(params: BuildParams, version: str, output: str) -> list[str]:
-    ldflags = f"-s -w -X {params.version_variable}={version}"
+def stamp(source: SourceInfo, version: str) -> dict[str, str]:
+    """What ``-ldflags`` may stamp into the binary (``tasks/ldflags.py``)."""
+    return stamp_values(version, source.commit, source.created, source.epoch())
+
+
+def build_args(params: BuildParams, values: Mapping[str, str], output: str) -> list[str]:
+    """``go build`` with the version in ``version_variable`` and the user's
+    ``ldflags``, their placeholders expanded from ``values`` (:func:`stamp`)."""
+    ldflags = f"-s -w -X {params.version_variable}={values['Version']}"
     if params.ldflags:
-        ldflags += " " + params.ldflags
+        ldflags += " " + expand(params.ldflags, values)
     args = ["go", "build", "-trimpath", "-ldflags", ldflags]
     if params.build_tags:
         args += ["-tags", ",".join(params.build_tags)]
@@ -197,13 +206,15 @@ def binary_path(params: BuildParams) -> str:
     return f"{OUT}/{params.resolved_app_name()}"
 
 
-def binary(builder_ctr: dagger.Container, params: BuildParams, platform: str, version: str):
+def binary(
+    builder_ctr: dagger.Container, params: BuildParams, platform: str, values: Mapping[str, str]
+):
     """The chain that yields the static binary for ``platform`` (not evaluated)."""
     out = binary_path(params)
     ctr = builder_ctr
     for key, value in goenv(platform).items():
         ctr = ctr.with_env_variable(key, value)
-    return ctr.with_exec(build_args(params, version, out)).file(out)
+    return ctr.with_exec(build_args(params, values, out)).file(out)
 
 
 def compile_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -222,6 +233,9 @@ def compile_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> st
         "source": source.digest,
         "platform": parameters["platform"],
         "version": parameters["version"],
+        # What the ldflags placeholders stamp: the commit and its time, which the
+        # file digest alone does not decide (a new commit of the same files).
+        "ldflags_expanded": expand(params.ldflags, stamp(source, parameters["version"])),
         **params.model_dump(
             include={
                 "builder_image",
@@ -267,10 +281,11 @@ async def compile_binary(
     )
     await progress.engine_steps(f"compile {platform}", steps)  # timed, once per run
     storage = await binaries.result_storage()
-    built = binary(builder_ctr, params, platform, version)
+    values = stamp(source, version)
+    built = binary(builder_ctr, params, platform, values)
     with tempfile.TemporaryDirectory(prefix="gobuild-") as tmp:
         path = Path(tmp, params.resolved_app_name())
-        go_build = progress.command_text(build_args(params, version, binary_path(params)))
+        go_build = progress.command_text(build_args(params, values, binary_path(params)))
         async with progress.step(f"compile {platform}", go_build):
             await built.export(str(path))
         if not is_program(path):  # a git source's package is only seen here

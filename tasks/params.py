@@ -49,6 +49,7 @@ from tasks.gomod import check_local_dirs, find_modules, module_path
 from tasks.gopackages import check_main_package, main_package_syntax
 from tasks.goversion import check_builder_go
 from tasks.imageref import ImageRef, check_pinned_image, parse_image_ref, show
+from tasks.ldflags import check_ldflags
 from tasks.sourcespec import check_git_ref, check_source, is_git_url, repository_name
 
 __all__ = [
@@ -199,7 +200,12 @@ class BuildParams(BaseModel):
     ldflags: str = Field(
         default="",
         title="Extra ldflags",
-        description="Additional Go linker flags, appended after '-s -w' and the version flag.",
+        description=(
+            "Additional Go linker flags, appended after '-s -w' and the version flag. "
+            "{{.Version}}, {{.Commit}}, {{.ShortCommit}}, {{.CommitDate}} and "
+            "{{.CommitTimestamp}} are expanded, as GoReleaser does: e.g. "
+            "'-X main.commit={{.Commit}} -X main.date={{.CommitDate}}'."
+        ),
     )
     build_tags: list[str] = Field(
         default=[],
@@ -411,19 +417,7 @@ class BuildParams(BaseModel):
     @field_validator("ldflags")
     @classmethod
     def _valid_ldflags(cls, value: str) -> str:
-        # The flags are split on whitespace, not by a shell: quoting would not
-        # work as the user expects, and substitutions must never look like they do.
-        for bad, why in (
-            ("\n", "newlines"),
-            ("\r", "newlines"),
-            ("'", "quotes"),
-            ('"', "quotes"),
-            ("`", "backticks"),
-            ("$(", "'$(' command substitution"),
-        ):
-            if bad in value:
-                raise ValueError(f"{show(value)} must not contain {why}")
-        return value
+        return check_ldflags(value)
 
     @field_validator("build_tags")
     @classmethod

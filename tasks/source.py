@@ -53,6 +53,13 @@ class SourceInfo(BaseModel):
     # where only the engine knows the tree (git).
     vendor_manifests: list[str] | None = None
 
+    def epoch(self) -> int:
+        """The source's time (``created``) in Unix seconds, 0 where unknown."""
+        try:
+            return int(datetime.fromisoformat(self.created).timestamp())
+        except ValueError:
+            return 0
+
 
 def digest_tree(context: BuildContext) -> tuple[str, int, int, int, float]:
     """-> (sha256 digest, files, bytes kept, bytes excluded, newest mtime) of the

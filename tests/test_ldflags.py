@@ -1,0 +1,114 @@
+"""GoReleaser's placeholders in ``ldflags``: the commit and its time stamped into
+the binary, a new commit of the same files rebuilt (its stamp differs), and the
+clock refused, since it would make every build differ (``tasks/ldflags.py``)."""
+
+from __future__ import annotations
+
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from flows.build import parse_args
+from tasks.ldflags import check_ldflags, expand, stamp_values
+from tasks.params import ParamsError, parse_params
+from tests.dagger_test_engine.server import TestEngine
+from tests.flowruns import build
+from tests.gitrepo import commit_all, git
+from tests.oci_check import extract_file
+from tests.prefect_fixtures import PrefectAPI
+from tests.trees import write_tree
+
+STAMPED_MAIN = """package main
+
+import "fmt"
+
+var (
+\tversion = "dev"
+\tcommit  = "none"
+\tshort   = "none"
+\tdate    = "unknown"
+\tepoch   = "0"
+)
+
+func main() { fmt.Println(version, commit, short, date, epoch) }
+"""
+FLAGS = (
+    "-X main.commit={{.Commit}} -X main.short={{ .ShortCommit }} "
+    "-X main.date={{.CommitDate}} -X main.epoch={{.CommitTimestamp}}"
+)
+
+
+def test_placeholders_expand_and_unknown_ones_are_refused() -> None:
+    values = stamp_values("1.2.3", "0123456789abcdef", "2026-11-28T04:00:00Z", 1795838400)
+    assert expand("-X main.v={{.Version}} -X main.c={{ .ShortCommit }}", values) == (
+        "-X main.v=1.2.3 -X main.c=0123456"
+    )
+    assert stamp_values("dev", "", "", 0)["Commit"] == "unknown"
+    assert check_ldflags(FLAGS) == FLAGS
+    for bad, words in (
+        ("-X main.date={{.Date}}", "would stamp the clock"),
+        ("-X main.x={{.Branch}}", "unknown placeholder {{.Branch}}; known: {{.Version}}"),
+        ("-X main.x={{ .Commit | upper }}", "only plain placeholders"),
+        ("-X main.x={{.Commit}", "only plain placeholders"),
+        ("-X 'main.x=a b'", "must not contain quotes"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            check_ldflags(bad)
+
+
+def test_a_bad_placeholder_is_refused_as_the_ldflags_parameter(hello_go: Path) -> None:
+    with pytest.raises(ParamsError, match=r"^ldflags: \{\{\.Date\}\} would stamp the clock"):
+        parse_params({"source": str(hello_go), "ldflags": "-X main.date={{.Date}}"})
+
+
+def test_the_command_line_takes_ldflags_and_the_version_variable(hello_go: Path) -> None:
+    values = parse_args([str(hello_go), f"--ldflags={FLAGS}", "--version-variable", "main.release"])
+    params = parse_params(values)
+    assert params.ldflags == FLAGS and params.version_variable == "main.release"
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="runs an x86_64 binary")
+def test_the_commit_and_its_time_are_stamped_and_a_new_commit_rebuilds(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path
+) -> None:
+    repo = write_tree(
+        tmp_path / "stamped",
+        {"go.mod": "module example.com/stamped\n\ngo 1.22\n", "main.go": STAMPED_MAIN},
+    )
+    first = commit_all(repo, "one")
+
+    def built(flags: str, n: int) -> list[str]:
+        out = tmp_path / f"s{n}.tar"
+        state = build(
+            source=str(repo), version="1.2.3", ldflags=flags, run_checks=False, output=str(out)
+        )
+        assert state.is_completed(), state.message
+        binary = extract_file(f"oci-archive:{out}", "/usr/local/bin/stamped", tmp_path / f"b{n}")
+        return subprocess.run(
+            [str(binary)], capture_output=True, text=True, check=True
+        ).stdout.split()
+
+    def go_builds() -> int:
+        return sum(e[:2] == ["go", "build"] for e in dagger_engine.log.snapshot()["execs"])
+
+    date = git(repo, "log", "-1", "--format=%cI")
+    epoch = git(repo, "log", "-1", "--format=%ct")
+    assert built(FLAGS, 1) == ["1.2.3", first, first[:7], date, epoch]
+
+    # A new commit of the same files: their digest is the same, the stamp is not.
+    git(repo, "commit", "-q", "--allow-empty", "-m", "two")
+    second = git(repo, "rev-parse", "HEAD")
+    before = go_builds()
+    assert built(FLAGS, 2)[1] == second
+    assert go_builds() == before + 1
+
+    # Without placeholders the commit is not in the binary, so the next empty commit
+    # changes nothing: the compile is served from Prefect's cache.
+    assert built("", 3)[1] == "none"
+    git(repo, "commit", "-q", "--allow-empty", "-m", "three")
+    before = go_builds()
+    assert built("", 4)[1] == "none"
+    assert go_builds() == before
