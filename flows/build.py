@@ -185,7 +185,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--version-variable", help="Go variable that receives the version")
     ap.add_argument(
         "--ldflags",
-        help="extra linker flags; {{.Commit}}, {{.CommitDate}}... expanded "
+        help="extra linker flags; ${COMMIT}, ${COMMIT_DATE}... expanded "
         "(write --ldflags='-X ...')",
     )
     ap.add_argument("--builder-image")

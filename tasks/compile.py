@@ -192,7 +192,7 @@ def stamp(source: SourceInfo, version: str) -> dict[str, str]:
 def build_args(params: BuildParams, values: Mapping[str, str], output: str) -> list[str]:
     """``go build`` with the version in ``version_variable`` and the user's
     ``ldflags``, their placeholders expanded from ``values`` (:func:`stamp`)."""
-    ldflags = f"-s -w -X {params.version_variable}={values['Version']}"
+    ldflags = f"-s -w -X {params.version_variable}={values['VERSION']}"
     if params.ldflags:
         ldflags += " " + expand(params.ldflags, values)
     args = ["go", "build", "-trimpath", "-ldflags", ldflags]

@@ -202,9 +202,9 @@ class BuildParams(BaseModel):
         title="Extra ldflags",
         description=(
             "Additional Go linker flags, appended after '-s -w' and the version flag. "
-            "{{.Version}}, {{.Commit}}, {{.ShortCommit}}, {{.CommitDate}} and "
-            "{{.CommitTimestamp}} are expanded, as GoReleaser does: e.g. "
-            "'-X main.commit={{.Commit}} -X main.date={{.CommitDate}}'."
+            "${VERSION}, ${COMMIT}, ${SHORT_COMMIT}, ${COMMIT_DATE} (the source's time, "
+            "RFC 3339) and ${COMMIT_TIMESTAMP} are expanded, e.g. "
+            "'-X main.commit=${COMMIT} -X main.date=${COMMIT_DATE}'; $$ is a literal $."
         ),
     )
     build_tags: list[str] = Field(

@@ -1,6 +1,8 @@
-"""GoReleaser's placeholders in ``ldflags``: the commit and its time stamped into
-the binary, a new commit of the same files rebuilt (its stamp differs), and the
-clock refused, since it would make every build differ (``tasks/ldflags.py``)."""
+"""Placeholders in ``ldflags``: the commit and its time stamped into the binary,
+a new commit of the same files rebuilt (its stamp differs), the clock refused
+(it would make every build differ), and GoReleaser's ``{{.Commit}}`` refused with
+the spelling to write, since ``prefect deploy`` would blank it
+(``tasks/ldflags.py``)."""
 
 from __future__ import annotations
 
@@ -36,32 +38,49 @@ var (
 func main() { fmt.Println(version, commit, short, date, epoch) }
 """
 FLAGS = (
-    "-X main.commit={{.Commit}} -X main.short={{ .ShortCommit }} "
-    "-X main.date={{.CommitDate}} -X main.epoch={{.CommitTimestamp}}"
+    "-X main.commit=${COMMIT} -X main.short=${SHORT_COMMIT} "
+    "-X main.date=${COMMIT_DATE} -X main.epoch=${COMMIT_TIMESTAMP}"
 )
 
 
 def test_placeholders_expand_and_unknown_ones_are_refused() -> None:
     values = stamp_values("1.2.3", "0123456789abcdef", "2026-11-28T04:00:00Z", 1795838400)
-    assert expand("-X main.v={{.Version}} -X main.c={{ .ShortCommit }}", values) == (
-        "-X main.v=1.2.3 -X main.c=0123456"
+    assert expand("-X main.v=${VERSION} -X main.c=${SHORT_COMMIT} -X main.p=a$$b", values) == (
+        "-X main.v=1.2.3 -X main.c=0123456 -X main.p=a$b"
     )
-    assert stamp_values("dev", "", "", 0)["Commit"] == "unknown"
+    assert stamp_values("dev", "", "", 0)["COMMIT"] == "unknown"
     assert check_ldflags(FLAGS) == FLAGS
     for bad, words in (
-        ("-X main.date={{.Date}}", "would stamp the clock"),
-        ("-X main.x={{.Branch}}", "unknown placeholder {{.Branch}}; known: {{.Version}}"),
-        ("-X main.x={{ .Commit | upper }}", "only plain placeholders"),
-        ("-X main.x={{.Commit}", "only plain placeholders"),
+        ("-X main.date=${DATE}", "${DATE} would stamp the clock"),
+        ("-X main.x=${BRANCH}", "unknown placeholder ${BRANCH}; known: ${VERSION}, ${COMMIT}"),
+        ("-X main.x=$COMMIT", "a '$' starts a placeholder such as ${COMMIT} (write $$ for"),
+        ("-X main.x=a$", "a '$' starts a placeholder"),
+        (
+            "-X main.x={{.Commit}}",
+            "{{.Commit}}: Prefect's deployment templating owns {{ }} "
+            "and would blank it; write ${COMMIT}",
+        ),
+        ("-X main.x={{ .ShortCommit }}", "write ${SHORT_COMMIT}"),
+        ("-X main.x={{.Date}}", "{{.Date}} would stamp the clock"),
+        ("-X main.x={{.Env.FOO}}", "placeholders are ${VERSION}"),
         ("-X 'main.x=a b'", "must not contain quotes"),
     ):
         with pytest.raises(ValueError, match=re.escape(words)):
             check_ldflags(bad)
 
 
+def test_prefect_deploy_would_blank_goreleaser_s_spelling_but_not_ours() -> None:
+    """Why ``{{.Commit}}`` is refused: the templating ``prefect deploy`` applies to
+    a prefect.yaml's parameters (unknown placeholders become '')."""
+    from prefect.utilities.templating import apply_values
+
+    assert apply_values({"ldflags": "-X main.c={{.Commit}}"}, {}) == {"ldflags": "-X main.c="}
+    assert apply_values({"ldflags": FLAGS}, {}) == {"ldflags": FLAGS}
+
+
 def test_a_bad_placeholder_is_refused_as_the_ldflags_parameter(hello_go: Path) -> None:
-    with pytest.raises(ParamsError, match=r"^ldflags: \{\{\.Date\}\} would stamp the clock"):
-        parse_params({"source": str(hello_go), "ldflags": "-X main.date={{.Date}}"})
+    with pytest.raises(ParamsError, match=r"^ldflags: \$\{DATE\} would stamp the clock"):
+        parse_params({"source": str(hello_go), "ldflags": "-X main.date=${DATE}"})
 
 
 def test_the_command_line_takes_ldflags_and_the_version_variable(hello_go: Path) -> None:

@@ -23,7 +23,7 @@ def test_compile_chain_passes_build_tags_to_the_gate_and_the_build(
     async def main() -> None:
         async with dagger.connection(dagger.Config(retry=None)):
             src = dag.host().directory(str(hello_go))
-            chain = binary(builder(src, params), params, "linux/amd64", {"Version": "7.7.7"})
+            chain = binary(builder(src, params), params, "linux/amd64", {"VERSION": "7.7.7"})
             assert dagger_engine.log.snapshot()["execs"] == []  # built, not evaluated
             await chain.export(str(out))
 
