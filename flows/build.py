@@ -185,8 +185,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--version-variable", help="Go variable that receives the version")
     ap.add_argument(
         "--ldflags",
-        help="extra linker flags; ${COMMIT}, ${COMMIT_DATE}... expanded "
-        "(write --ldflags='-X ...')",
+        help="extra linker flags; ${COMMIT}, ${COMMIT_DATE}... expanded (write --ldflags='-X ...')",
     )
     ap.add_argument("--builder-image")
     ap.add_argument("--runtime-image")
@@ -207,6 +206,13 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--tag-nightly", action="store_true", default=None)
     ap.add_argument("--tag-latest", action="store_true", default=None)
     ap.add_argument("--no-checks", dest="run_checks", action="store_false", default=None)
+    ap.add_argument(
+        "--no-gitignore",
+        dest="use_gitignore",
+        action="store_false",
+        default=None,
+        help="send what git ignores too (.dockerignore alone decides, as in docker build)",
+    )
     ap.add_argument("--force", dest="force_rebuild", action="store_true", default=None)
     ap.add_argument(
         "--progress",

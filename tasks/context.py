@@ -19,7 +19,9 @@ Two ignore files decide the list:
   be untracked from, Docker never reads it, and neither does the engine unless
   asked. Nor when git lists nothing under the source (the whole directory is
   ignored by an enclosing checkout): an empty context is never what was meant.
-  Use ``.dockerignore`` to leave files out there.
+  Use ``.dockerignore`` to leave files out there. The ``use_gitignore`` parameter
+  turns git's part off, for files a checkout generates and ignores but the build
+  needs (a web app's ``dist/`` under ``//go:embed``).
 * ``.dockerignore`` at the source root is read as Docker reads it (patternmatcher's
   ``ignorefile.ReadAll``) and matched as Docker and the engine match it
   (patternmatcher ``New`` + ``MatchesUsingParentResults``, the engine's
@@ -150,11 +152,16 @@ def read_dockerignore(root: Path) -> tuple[list[str], PatternMatcher]:
         raise PatternError(f"{root / DOCKERIGNORE}: {exc}") from None
 
 
-def build_context(root: Path, output: Path | None = None) -> BuildContext:
+def build_context(
+    root: Path, output: Path | None = None, *, use_gitignore: bool = True
+) -> BuildContext:
     """The files of ``root`` the engine will receive, and the excludes that make
-    it send exactly those (module docstring). One walk, one ``git ls-files``."""
+    it send exactly those (module docstring). One walk, one ``git ls-files``;
+    without ``use_gitignore``, no git: the directory as ``docker build`` sends it,
+    ``.dockerignore`` alone deciding (generated files a ``//go:embed`` needs that
+    git ignores, such as a web app's ``dist/``)."""
     dockerignore, matcher = read_dockerignore(root)
-    walk = _Walk(root, matcher, git_listing(root))
+    walk = _Walk(root, matcher, git_listing(root) if use_gitignore else None)
     if output is not None:
         # The output tarball and the image store beside it, when inside the source.
         # Relative, not "/…": the engine silently drops patterns that are not local

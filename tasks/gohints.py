@@ -15,6 +15,10 @@ the text cmd/go prints (matched on stderr, where go writes its own messages):
 - ``build constraints exclude all Go files``: nothing in the package builds for
   the target with ``CGO_ENABLED=0`` (cgo files, ``//go:build`` lines, file-name
   suffixes, ``build_tags``);
+- ``pattern P: no matching files found`` (or ``contains no embeddable files``): a
+  ``//go:embed`` names files the engine did not receive, most often generated ones
+  git ignores (a web app's ``dist/``), which a local checkout does not send
+  unless ``use_gitignore`` is off;
 - ``go test`` whose tests could not reach a network service (net's ``dial tcp
   ADDR: connect: connection refused``, ``lookup HOST: no such host``, in the test
   output on stdout): the builder runs the tests, not the database or API they
@@ -38,6 +42,10 @@ _NEEDS_AUTH = re.compile(
 )
 _NOT_TIDY = re.compile(r"missing go\.sum entry|updates to go\.mod needed")
 _EXCLUDED = re.compile(r"build constraints exclude all Go files in (?P<dir>\S+)")
+_EMBED = re.compile(
+    r"pattern (?P<pattern>\S+): (?:no matching files found|cannot embed directory "
+    r"\S+: contains no embeddable files)"
+)
 _UNREACHABLE = re.compile(
     r"dial (?:tcp|udp|unix)[46]? (?P<addr>\S+): connect: connection refused"
     r"|dial (?:tcp|udp)[46]?: lookup (?P<host>\S+)(?: on \S+)?: no such host"
@@ -81,6 +89,13 @@ def go_hint(
             f"no Go file in {m['dir']} builds for the target platform with CGO_ENABLED=0: "
             'files that import "C" need cgo, which this static build leaves off; '
             "//go:build lines, _GOOS/_GOARCH file names and build_tags decide the rest"
+        )
+    if m := _EMBED.search(text):
+        return (
+            f"//go:embed {m['pattern']} found no files in the source the engine received: "
+            "a local checkout sends what git would commit, so set use_gitignore to false "
+            "for generated files git ignores (.dockerignore then decides alone); a git URL "
+            "holds committed files only"
         )
     if list(command[:2]) == ["go", "test"] and (m := _UNREACHABLE.search(stdout or "")):
         return (

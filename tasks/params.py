@@ -157,6 +157,16 @@ class BuildParams(BaseModel):
             "source (or JSON with username and token); sent to the engine as a Dagger secret."
         ),
     )
+    use_gitignore: bool = Field(
+        default=True,
+        title="Apply .gitignore",
+        description=(
+            "For a local git checkout, send only what git would commit (tracked files and "
+            "untracked ones .gitignore does not ignore). Off sends the directory as "
+            "docker build does, .dockerignore alone deciding: for generated files the "
+            "build needs that git ignores, such as a web app's dist/ under //go:embed."
+        ),
+    )
     app_name: str = Field(
         default="",
         title="App name",
@@ -335,6 +345,18 @@ class BuildParams(BaseModel):
             raise ValueError(
                 f"{show(value)} given, but source {show(source)} is a local directory; "
                 "a ref only applies to git sources"
+            )
+        return value
+
+    @field_validator("use_gitignore")
+    @classmethod
+    def _gitignore_is_local(cls, value: bool, info: ValidationInfo) -> bool:
+        # Off would silently do nothing: a git URL's tree holds committed files only.
+        source = info.data.get("source")
+        if not value and source is not None and is_git_url(source):
+            raise ValueError(
+                f"false, but source {show(source)} is a git URL, whose tree holds only "
+                "committed files; it applies to a local checkout"
             )
         return value
 

@@ -135,7 +135,7 @@ async def git_token(params: BuildParams) -> Credentials | None:
 def describe_local(params: BuildParams) -> SourceInfo:
     root = params.local_source()
     assert root is not None
-    context = build_context(root, params.resolved_output())
+    context = build_context(root, params.resolved_output(), use_gitignore=params.use_gitignore)
     digest, files, kept, excluded, newest = digest_tree(context)
     commit = _git(root, "rev-parse", "HEAD")  # also when the source is a subdirectory
     created = _git(root, "log", "-1", "--format=%cI") if commit else ""

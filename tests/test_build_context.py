@@ -399,7 +399,6 @@ def test_literal_pattern_matches_that_path_only(name: str) -> None:
 # --------------------------------------------------------------------------- the context
 
 
-
 @pytest.fixture(autouse=True)
 def _plain_git(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     """No global or system git config: a user's core.excludesFile would change
@@ -445,6 +444,20 @@ def test_untracked_ignored_directory_is_two_patterns(tmp_path: Path) -> None:
     assert ctx.files == [".gitignore", "a.go", "node_modules.go", "sub/.gitignore", "sub/keep.tmp"]
     assert ctx.excludes == ["**/.git", "**/.git/**", "node_modules", "node_modules/**", "sub/x.tmp"]
     assert ctx.bytes_excluded >= 50
+
+
+def test_without_use_gitignore_a_checkout_is_sent_as_docker_build_sends_it(
+    tmp_path: Path,
+) -> None:
+    """A web app built into an ignored ``dist/`` that ``//go:embed`` needs: git's
+    part turned off, .dockerignore alone decides (and .git stays out)."""
+    checkout(tmp_path, {".gitignore": "dist/\n*.log\n", ".dockerignore": "*.log\n", "a.go": "a"})
+    write_tree(tmp_path, {"dist/index.html": "<p>hi</p>", "debug.log": "noise"})
+    assert "dist/index.html" not in build_context(tmp_path).files
+    ctx = build_context(tmp_path, use_gitignore=False)
+    assert not ctx.from_git
+    assert ctx.files == [".dockerignore", ".gitignore", "a.go", "dist/index.html"]
+    assert ctx.excludes == ["*.log", "**/.git", "**/.git/**"]
 
 
 def test_gitignore_is_not_applied_outside_a_checkout(tmp_path: Path) -> None:

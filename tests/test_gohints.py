@@ -3,20 +3,25 @@ words, on the terminal and in the failure artifact; any other failure gets none.
 
 The go.mod refusal (``tests/test_goversion.py``), a fetch without credentials and
 an untidy go.sum (``tests/test_go_modules.py``) are checked where their fixtures
-live; this file holds the cgo case, tests that need a service the builder does
-not run, and the cases with no hint."""
+live; this file holds the cgo case, a ``//go:embed`` of files git ignores, tests
+that need a service the builder does not run, and the cases with no hint."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
 from pathlib import Path
 
 import dagger
+import pytest
 
-from flows.build import failure_summary
+from flows.build import failure_summary, parse_args
 from tasks.gohints import go_hint
+from tasks.params import ParamsError, parse_params
 from tests.dagger_test_engine.server import TestEngine
 from tests.flowruns import artifacts, build, events
+from tests.gitrepo import commit_all
+from tests.oci_check import extract_file
 from tests.prefect_fixtures import PrefectAPI
 from tests.trees import write_tree
 
@@ -146,3 +151,59 @@ def test_the_service_hint_reads_only_a_go_test_s_own_output() -> None:
             )
             == ""
         )
+
+
+EMBED_MAIN = """package main
+
+import (
+\t"embed"
+\t"fmt"
+)
+
+//go:embed all:dist
+var dist embed.FS
+
+func main() {
+\tpage, _ := dist.ReadFile("dist/index.html")
+\tfmt.Print(string(page))
+}
+"""
+
+
+def test_an_embed_of_files_git_ignores_gets_the_hint_and_builds_without_gitignore(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path
+) -> None:
+    """The common Go + web app shape: ``dist/`` is built in the checkout, ignored
+    by git, and embedded. Sent as git would commit it, Go finds no files, and the
+    hint names use_gitignore; with it off the page is in the binary."""
+    repo = write_tree(
+        tmp_path / "webapp",
+        {
+            "go.mod": "module example.com/webapp\n\ngo 1.22\n",
+            "main.go": EMBED_MAIN,
+            ".gitignore": "dist/\n",
+        },
+    )
+    commit_all(repo, "app")
+    write_tree(repo, {"dist/index.html": "<h1>built by npm</h1>"})
+
+    state = build(source=str(repo), run_checks=False, output=str(tmp_path / "w1.tar"))
+    exc = state.result(raise_on_failure=False)
+    assert isinstance(exc, dagger.ExecError), exc
+    assert "pattern all:dist: no matching files found" in exc.stderr  # Go's own words
+    hint = failure_summary(exc).splitlines()[-1]
+    assert hint.startswith("hint: //go:embed all:dist found no files in the source")
+    assert "set use_gitignore to false" in hint
+
+    out = tmp_path / "w2.tar"
+    values = parse_args([str(repo), "--no-gitignore", "--no-checks", "--output", str(out)])
+    state = build(**values)
+    assert state.is_completed(), state.message
+    binary = extract_file(f"oci-archive:{out}", "/usr/local/bin/webapp", tmp_path / "bin")
+    page = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout
+    assert page == "<h1>built by npm</h1>"
+
+
+def test_use_gitignore_off_is_refused_for_a_git_url() -> None:
+    with pytest.raises(ParamsError, match=r"^use_gitignore: false, but source .* is a git URL"):
+        parse_params({"source": "https://git.example.com/org/app.git", "use_gitignore": False})
