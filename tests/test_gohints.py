@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import dagger
 import pytest
@@ -34,6 +35,14 @@ func main() { C.puts(C.CString("hello from C")) }
 """
 
 
+def failed_command(state: Any) -> tuple[dagger.ExecError, str]:
+    """The failed go command of a build, and the last line the CLI prints for it
+    (the hint, when there is one)."""
+    exc = state.result(raise_on_failure=False)
+    assert isinstance(exc, dagger.ExecError), exc
+    return exc, failure_summary(exc).splitlines()[-1]
+
+
 def test_a_cgo_only_program_fails_with_the_hint_that_builds_are_static(
     prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path
 ) -> None:
@@ -43,10 +52,8 @@ def test_a_cgo_only_program_fails_with_the_hint_that_builds_are_static(
     )
     state = build(source=str(src), run_checks=False, output=str(tmp_path / "c.tar"))
     assert state.is_failed()
-    exc = state.result(raise_on_failure=False)
-    assert isinstance(exc, dagger.ExecError), exc
+    exc, hint = failed_command(state)
     assert "build constraints exclude all Go files in" in exc.stderr  # Go's own words
-    hint = failure_summary(exc).splitlines()[-1]
     assert hint.startswith("hint: no Go file in ")
     assert "builds for the target platform with CGO_ENABLED=0" in hint
     arts = {a.key: a for a in artifacts(state.state_details.flow_run_id) if a.key}
@@ -66,9 +73,8 @@ def test_a_compile_error_gets_no_hint(
         },
     )
     state = build(source=str(src), run_checks=False, output=str(tmp_path / "t.tar"))
-    exc = state.result(raise_on_failure=False)
-    assert isinstance(exc, dagger.ExecError), exc
-    assert not any(line.startswith("hint:") for line in failure_summary(exc).splitlines())
+    _, last = failed_command(state)  # a hint would be the last line
+    assert not last.startswith("hint:")
     arts = {a.key: a for a in artifacts(state.state_details.flow_run_id) if a.key}
     assert "Hint:" not in arts["build-typo-app-failure"].data
 
@@ -113,11 +119,9 @@ def test_tests_that_need_a_service_get_the_hint_to_tag_them_or_skip_checks(
         },
     )
     state = build(source=str(src), output=str(tmp_path / "d.tar"))
-    exc = state.result(raise_on_failure=False)
-    assert isinstance(exc, dagger.ExecError), exc
+    exc, hint = failed_command(state)
     assert exc.command[:2] == ["go", "test"]
     assert f"dial tcp {address}: connect: connection refused" in exc.stdout  # Go's words
-    hint = failure_summary(exc).splitlines()[-1]
     assert hint.startswith(f"hint: the tests could not reach {address}, a service")
     assert hint.endswith("or set run_checks to false")
     arts = {a.key: a for a in artifacts(state.state_details.flow_run_id) if a.key}
@@ -188,10 +192,8 @@ def test_an_embed_of_files_git_ignores_gets_the_hint_and_builds_without_gitignor
     write_tree(repo, {"dist/index.html": "<h1>built by npm</h1>"})
 
     state = build(source=str(repo), run_checks=False, output=str(tmp_path / "w1.tar"))
-    exc = state.result(raise_on_failure=False)
-    assert isinstance(exc, dagger.ExecError), exc
+    exc, hint = failed_command(state)
     assert "pattern all:dist: no matching files found" in exc.stderr  # Go's own words
-    hint = failure_summary(exc).splitlines()[-1]
     assert hint.startswith("hint: //go:embed all:dist found no files in the source")
     assert "set use_gitignore to false" in hint
 
