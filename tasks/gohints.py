@@ -22,7 +22,9 @@ the text cmd/go prints (matched on stderr, where go writes its own messages):
 - ``go test`` whose tests could not reach a network service (net's ``dial tcp
   ADDR: connect: connection refused``, ``lookup HOST: no such host``, in the test
   output on stdout): the builder runs the tests, not the database or API they
-  expect, so such tests belong behind a build tag, or ``run_checks`` off.
+  expect. Such tests can skip under ``testing.Short()`` with ``GOFLAGS=-short``
+  in ``go_env`` (a test flag: ``go test`` takes it from GOFLAGS, ``go build`` and
+  ``go vet`` ignore it), sit behind a build tag, or ``run_checks`` goes off.
 
 Anything else gets no hint: a wrong hint costs more than none.
 """
@@ -100,7 +102,7 @@ def go_hint(
     if list(command[:2]) == ["go", "test"] and (m := _UNREACHABLE.search(stdout or "")):
         return (
             f"the tests could not reach {m['addr'] or m['host']}, a service the builder "
-            "does not run: keep such tests behind a build tag (//go:build integration) or "
-            "let them skip when it is absent, or set run_checks to false"
+            "does not run: let such tests skip under testing.Short() and set go_env "
+            "GOFLAGS to -short, keep them behind a build tag, or set run_checks to false"
         )
     return ""

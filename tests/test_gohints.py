@@ -99,11 +99,12 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_tests_that_need_a_service_get_the_hint_to_tag_them_or_skip_checks(
+def test_tests_that_need_a_service_get_the_hint_to_skip_them_in_short_mode(
     prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path
 ) -> None:
     """An integration test that dials a database the builder does not run: Go's
-    own net error, printed by the test on stdout, gives the hint."""
+    own net error, printed by the test on stdout, gives the hint, and the hint's
+    GOFLAGS=-short lets a test that honours testing.Short() skip."""
     address = f"127.0.0.1:{_closed_port()}"
     src = write_tree(
         tmp_path / "db-app",
@@ -113,6 +114,7 @@ def test_tests_that_need_a_service_get_the_hint_to_tag_them_or_skip_checks(
             "db_test.go": (
                 'package main\n\nimport (\n\t"net"\n\t"testing"\n)\n\n'
                 "func TestStore(t *testing.T) {\n"
+                '\tif testing.Short() {\n\t\tt.Skip("needs the database")\n\t}\n'
                 f'\tconn, err := net.Dial("tcp", "{address}")\n'
                 "\tif err != nil {\n\t\tt.Fatal(err)\n\t}\n\tconn.Close()\n}\n"
             ),
@@ -126,6 +128,9 @@ def test_tests_that_need_a_service_get_the_hint_to_tag_them_or_skip_checks(
     assert hint.endswith("or set run_checks to false")
     arts = {a.key: a for a in artifacts(state.state_details.flow_run_id) if a.key}
     assert f"Hint: the tests could not reach {address}" in arts["build-db-app-failure"].data
+
+    state = build(source=str(src), go_env={"GOFLAGS": "-short"}, output=str(tmp_path / "d.tar"))
+    assert state.is_completed(), state.message
 
 
 def test_the_service_hint_reads_only_a_go_test_s_own_output() -> None:
