@@ -207,6 +207,13 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--tag-latest", action="store_true", default=None)
     ap.add_argument("--no-checks", dest="run_checks", action="store_false", default=None)
     ap.add_argument(
+        "--no-vet",
+        dest="run_vet",
+        action="store_false",
+        default=None,
+        help="leave go vet out of the checks (go test still runs)",
+    )
+    ap.add_argument(
         "--no-gitignore",
         dest="use_gitignore",
         action="store_false",

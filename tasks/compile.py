@@ -168,7 +168,8 @@ def builder_steps(
     ctr = ctr.with_directory(SRC, src)
     if params.run_checks:
         tags = ["-tags", ",".join(params.build_tags)] if params.build_tags else []
-        for check in (["go", "vet", *tags, "./..."], ["go", "test", *tags, "./..."]):
+        checks = [["go", "vet", *tags, "./..."]] if params.run_vet else []
+        for check in [*checks, ["go", "test", *tags, "./..."]]:
             ctr = ctr.with_exec(check)
             steps.append((check, ctr))
     return ctr, steps
@@ -245,6 +246,7 @@ def compile_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> st
                 "ldflags",
                 "build_tags",
                 "run_checks",
+                "run_vet",
                 "app_name",
                 "go_env",
             }

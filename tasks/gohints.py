@@ -19,6 +19,9 @@ the text cmd/go prints (matched on stderr, where go writes its own messages):
   ``//go:embed`` names files the engine did not receive, most often generated ones
   git ignores (a web app's ``dist/``), which a local checkout does not send
   unless ``use_gitignore`` is off;
+- ``go vet`` findings (``file.go:L:C: ...``, with no ``vet:`` type error, which
+  would be the compiler's failure too): go vet's analyzers flag code that
+  ``go build`` and ``go test`` accept (``run_vet``);
 - ``go test`` whose tests could not reach a network service (net's ``dial tcp
   ADDR: connect: connection refused``, ``lookup HOST: no such host``, in the test
   output on stdout): the builder runs the tests, not the database or API they
@@ -48,6 +51,8 @@ _EMBED = re.compile(
     r"pattern (?P<pattern>\S+): (?:no matching files found|cannot embed directory "
     r"\S+: contains no embeddable files)"
 )
+_VET_FINDING = re.compile(r"^\S+\.go:\d+:\d+: ", re.M)
+_VET_TYPE_ERROR = re.compile(r"^vet: ", re.M)
 _UNREACHABLE = re.compile(
     r"dial (?:tcp|udp|unix)[46]? (?P<addr>\S+): connect: connection refused"
     r"|dial (?:tcp|udp)[46]?: lookup (?P<host>\S+)(?: on \S+)?: no such host"
@@ -98,6 +103,15 @@ def go_hint(
             "a local checkout sends what git would commit, so set use_gitignore to false "
             "for generated files git ignores (.dockerignore then decides alone); a git URL "
             "holds committed files only"
+        )
+    if (
+        list(command[:2]) == ["go", "vet"]
+        and _VET_FINDING.search(text)
+        and not _VET_TYPE_ERROR.search(text)
+    ):
+        return (
+            "go vet reports code that go build and go test accept: fix what it names, or "
+            "set run_vet to false to keep go test (which runs vet's high-confidence checks)"
         )
     if list(command[:2]) == ["go", "test"] and (m := _UNREACHABLE.search(stdout or "")):
         return (

@@ -253,6 +253,15 @@ class BuildParams(BaseModel):
         title="Run checks",
         description="Run go vet and go test before building, and stop if they fail.",
     )
+    run_vet: bool = Field(
+        default=True,
+        title="Run go vet",
+        description=(
+            "Part of the checks: off leaves go vet out and keeps go test, which runs vet's "
+            "high-confidence analyzers itself; for projects whose code go vet's other "
+            "analyzers (composites, copylocks...) flag but that build and test."
+        ),
+    )
     go_env: dict[str, str] = Field(
         default={},
         title="Go environment",

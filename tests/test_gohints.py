@@ -3,8 +3,9 @@ words, on the terminal and in the failure artifact; any other failure gets none.
 
 The go.mod refusal (``tests/test_goversion.py``), a fetch without credentials and
 an untidy go.sum (``tests/test_go_modules.py``) are checked where their fixtures
-live; this file holds the cgo case, a ``//go:embed`` of files git ignores, tests
-that need a service the builder does not run, and the cases with no hint."""
+live; this file holds the cgo case, a ``//go:embed`` of files git ignores, go
+vet's findings, tests that need a service the builder does not run, and the
+cases with no hint."""
 
 from __future__ import annotations
 
@@ -214,3 +215,66 @@ def test_an_embed_of_files_git_ignores_gets_the_hint_and_builds_without_gitignor
 def test_use_gitignore_off_is_refused_for_a_git_url() -> None:
     with pytest.raises(ParamsError, match=r"^use_gitignore: false, but source .* is a git URL"):
         parse_params({"source": "https://git.example.com/org/app.git", "use_gitignore": False})
+
+
+COPYLOCK_MAIN = """package main
+
+import (
+\t"fmt"
+\t"sync"
+)
+
+type counter struct {
+\tmu sync.Mutex
+\tn  int
+}
+
+func show(c counter) { fmt.Println(c.n) }
+
+func main() { show(counter{n: 1}) }
+"""
+
+
+def test_go_vet_findings_get_the_hint_and_run_vet_off_keeps_go_test(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path
+) -> None:
+    """Code that builds and passes go test, where go vet's copylocks analyzer (not
+    among the checks go test runs) finds a lock passed by value."""
+    src = write_tree(
+        tmp_path / "vet-app",
+        {
+            "go.mod": "module example.com/vetapp\n\ngo 1.22\n",
+            "main.go": COPYLOCK_MAIN,
+            "main_test.go": (
+                'package main\n\nimport "testing"\n\n'
+                "func TestShow(t *testing.T) { show(counter{}) }\n"
+            ),
+        },
+    )
+    state = build(source=str(src), output=str(tmp_path / "v1.tar"))
+    exc, hint = failed_command(state)
+    assert exc.command[:2] == ["go", "vet"]
+    assert "passes lock by value" in exc.stderr  # go vet's own words
+    assert hint.startswith("hint: go vet reports code that go build and go test accept")
+    assert "set run_vet to false" in hint
+
+    before = len(dagger_engine.log.snapshot()["execs"])
+    values = parse_args([str(src), "--no-vet", "--output", str(tmp_path / "v2.tar")])
+    state = build(**values)
+    assert state.is_completed(), state.message
+    execs = dagger_engine.log.snapshot()["execs"][before:]
+    assert ["go", "test", "./..."] in execs
+    assert not any(e[:2] == ["go", "vet"] for e in execs)
+
+
+def test_a_type_error_that_go_vet_meets_first_gets_no_vet_hint() -> None:
+    stderr = "# example.com/app\n# [example.com/app]\nvet: ./main.go:3:15: undefined: thing\n"
+    assert (
+        go_hint(
+            stderr,
+            builder_image="golang:1.27.3",
+            go_auth_secret_block="",
+            command=["go", "vet", "./..."],
+        )
+        == ""
+    )
