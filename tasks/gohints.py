@@ -10,6 +10,9 @@ the text cmd/go prints (matched on stderr, where go writes its own messages):
 - a module fetch refused for want of credentials (``401 Unauthorized``, ``403
   Forbidden`` from a proxy, or git's ``terminal prompts disabled``):
   ``go_auth_secret_block`` and ``GOPRIVATE``;
+- ``exec: "git": executable file not found``: a module fetched from its
+  repository (``GOPRIVATE``, ``GOPROXY=direct``) by a builder image without git,
+  such as the ``-alpine`` golang images: ``builder_image``;
 - ``missing go.sum entry`` / ``updates to go.mod needed``: the module is not
   tidy, and the build, like ``go build``, reads it with ``-mod=readonly``;
 - ``build constraints exclude all Go files``: nothing in the package builds for
@@ -45,6 +48,7 @@ _NEEDS_AUTH = re.compile(
     r"(?:reading https?://\S+|\S+@\S+): (?:401 Unauthorized|403 Forbidden)"
     r"|terminal prompts disabled|could not read Username",
 )
+_NO_GIT = re.compile(r'exec: "git": executable file not found')
 _NOT_TIDY = re.compile(r"missing go\.sum entry|updates to go\.mod needed")
 _EXCLUDED = re.compile(r"build constraints exclude all Go files in (?P<dir>\S+)")
 _EMBED = re.compile(
@@ -85,6 +89,12 @@ def go_hint(
         return (
             "a module needs credentials: set go_auth_secret_block to a Secret block "
             "holding a .netrc for its host, and go_env GOPRIVATE to its path prefix"
+        )
+    if _NO_GIT.search(text):
+        return (
+            f"builder_image {builder_image!r} has no git, which Go needs to fetch a module "
+            "from its repository (GOPRIVATE, GOPROXY=direct): use a golang image that has "
+            "it, such as a -bookworm one"
         )
     if _NOT_TIDY.search(text):
         return (

@@ -9,6 +9,7 @@ cases with no hint."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -277,4 +278,45 @@ def test_a_type_error_that_go_vet_meets_first_gets_no_vet_hint() -> None:
             command=["go", "vet", "./..."],
         )
         == ""
+    )
+
+
+def test_a_builder_without_git_is_named_when_go_needs_git(
+    tmp_path: Path, dagger_engine: TestEngine
+) -> None:
+    """cmd/go's own words, from the real toolchain the test engine runs, when it
+    must fetch a module from its repository (GOPROXY=direct) on a PATH without git,
+    as in an -alpine golang image. For a github.com path Go knows the VCS, and
+    looks for git before any network."""
+    src = write_tree(
+        tmp_path / "nogit",
+        {
+            "go.mod": (
+                "module example.com/nogit\n\ngo 1.22\n\nrequire github.com/example/lib v1.0.0\n"
+            )
+        },
+    )
+    go = Path(dagger_engine.engine.executor.go_binary())
+    env = {
+        "HOME": str(tmp_path),
+        "PATH": str(go.parent),
+        "GOPROXY": "direct",
+        "GOTOOLCHAIN": "local",
+        "GOFLAGS": "-mod=mod",
+        "GOMODCACHE": str(tmp_path / "mod"),
+        "GOCACHE": str(tmp_path / "cache"),
+    }
+    assert not shutil.which("git", path=env["PATH"])
+    proc = subprocess.run(
+        [str(go), "mod", "download"], cwd=src, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode != 0
+    hint = go_hint(
+        proc.stderr,
+        builder_image="golang:1.27.3-alpine",
+        go_auth_secret_block="",
+        command=["go", "mod", "download"],
+    )
+    assert hint.startswith("builder_image 'golang:1.27.3-alpine' has no git, which Go needs"), (
+        proc.stderr
     )
