@@ -13,6 +13,9 @@ the text cmd/go prints (matched on stderr, where go writes its own messages):
 - ``exec: "git": executable file not found``: a module fetched from its
   repository (``GOPRIVATE``, ``GOPROXY=direct``) by a builder image without git,
   such as the ``-alpine`` golang images: ``builder_image``;
+- ``no modules specified`` (``go mod download``) or ``go.mod file not found``:
+  no go.mod where ``module_dir`` points, in a git URL's tree, which only the engine
+  sees (a local source is checked before any engine work): ``module_dir``;
 - ``missing go.sum entry`` / ``updates to go.mod needed``: the module is not
   tidy, and the build, like ``go build``, reads it with ``-mod=readonly``;
 - ``build constraints exclude all Go files``: nothing in the package builds for
@@ -49,6 +52,9 @@ _NEEDS_AUTH = re.compile(
     r"|terminal prompts disabled|could not read Username",
 )
 _NO_GIT = re.compile(r'exec: "git": executable file not found')
+_NO_MODULE = re.compile(
+    r"^go: no modules specified|^go: go\.mod file not found in current directory", re.M
+)
 _NOT_TIDY = re.compile(r"missing go\.sum entry|updates to go\.mod needed")
 _EXCLUDED = re.compile(r"build constraints exclude all Go files in (?P<dir>\S+)")
 _EMBED = re.compile(
@@ -68,6 +74,7 @@ def go_hint(
     *,
     builder_image: str,
     go_auth_secret_block: str,
+    module_dir: str = ".",
     command: list[str] | tuple[str, ...] = (),
     stdout: str = "",
 ) -> str:
@@ -95,6 +102,11 @@ def go_hint(
             f"builder_image {builder_image!r} has no git, which Go needs to fetch a module "
             "from its repository (GOPRIVATE, GOPROXY=direct): use a golang image that has "
             "it, such as a -bookworm one"
+        )
+    if _NO_MODULE.search(text):
+        return (
+            f"the source has no go.mod in module_dir {module_dir!r}: set module_dir to the "
+            "directory of the Go module (the one holding go.mod)"
         )
     if _NOT_TIDY.search(text):
         return (

@@ -443,6 +443,7 @@ def failure_hint(params: BuildParams, exc: BaseException) -> str:
         exc.stderr,
         builder_image=params.builder_image,
         go_auth_secret_block=params.go_auth_secret_block,
+        module_dir=params.module_dir,
         command=exc.command,
         stdout=exc.stdout,
     )

@@ -23,6 +23,7 @@ from tasks.gohints import go_hint
 from tasks.params import ParamsError, parse_params
 from tests.dagger_test_engine.server import TestEngine
 from tests.flowruns import artifacts, build, events
+from tests.git_servers import GitDaemon
 from tests.gitrepo import commit_all
 from tests.oci_check import extract_file
 from tests.prefect_fixtures import PrefectAPI
@@ -320,3 +321,33 @@ def test_a_builder_without_git_is_named_when_go_needs_git(
     assert hint.startswith("builder_image 'golang:1.27.3-alpine' has no git, which Go needs"), (
         proc.stderr
     )
+
+
+def test_a_git_source_whose_module_is_in_a_subdirectory_gets_the_module_dir_hint(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, git_daemon: GitDaemon, tmp_path: Path
+) -> None:
+    """Only the engine sees a git URL's tree, so a module in ``server/`` built with
+    the default module_dir fails in go; the hint names module_dir, and with it set
+    the build completes."""
+    repo = write_tree(
+        tmp_path / "mono",
+        {
+            "README.md": "a service and its web app\n",
+            "server/go.mod": "module example.com/server\n\ngo 1.22\n",
+            "server/main.go": "package main\n\nfunc main() {}\n",
+        },
+    )
+    commit_all(repo, "one")
+    url = git_daemon.add_repo("mono", repo)
+    state = build(source=url, run_checks=False, output=str(tmp_path / "m1.tar"))
+    exc, hint = failed_command(state)
+    assert exc.command == ["go", "mod", "download"]
+    assert "go: no modules specified" in exc.stderr  # Go's own words
+    assert hint == (
+        "hint: the source has no go.mod in module_dir '.': set module_dir to the directory "
+        "of the Go module (the one holding go.mod)"
+    )
+    state = build(
+        source=url, module_dir="server", run_checks=False, output=str(tmp_path / "m2.tar")
+    )
+    assert state.is_completed(), state.message
