@@ -40,15 +40,12 @@ def check_writable(output: Path) -> None:
     before the engine compiles anything, not when the export lands; raises
     ValueError with the reason. The store and the output's directory are where
     the export would put them, so creating them early leaves nothing stray."""
-    store = store_dir(output)
     try:
-        store.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".probe.", dir=store)
-        os.close(fd)
-        os.unlink(name)
+        new_partial(output).unlink()  # what the export does first
     except OSError as exc:
         raise ValueError(
-            f"{str(output)!r} cannot be written: {exc.strerror or exc} ({exc.filename or store})"
+            f"{str(output)!r} cannot be written: {exc.strerror or exc} "
+            f"({exc.filename or store_dir(output)})"
         ) from None
 
 

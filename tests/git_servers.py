@@ -34,14 +34,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.gitrepo import git as git_in
+from tests.registry_fixtures import free_port
 
 TOKEN_USERNAME = "x-access-token"  # the engine's default Basic-auth username for a token
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _git_env() -> dict[str, str]:
@@ -93,7 +88,7 @@ class GitDaemon(_Repos):
 
     def __init__(self, base: Path) -> None:
         super().__init__(base)
-        self._port = _free_port()
+        self._port = free_port()
         self.log = base.parent / f"git-daemon-{self._port}.log"
         self._log_fh = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(

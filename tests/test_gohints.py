@@ -10,7 +10,6 @@ cases with no hint."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from tests.git_servers import GitDaemon
 from tests.gitrepo import commit_all
 from tests.oci_check import extract_file
 from tests.prefect_fixtures import PrefectAPI
+from tests.registry_fixtures import free_port
 from tests.trees import write_tree
 
 CGO_MAIN = """package main
@@ -96,19 +96,13 @@ def test_refused_credentials_name_the_block_that_holds_them() -> None:
     assert none.startswith("a module needs credentials: set go_auth_secret_block")
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_tests_that_need_a_service_get_the_hint_to_skip_them_in_short_mode(
     prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path
 ) -> None:
     """An integration test that dials a database the builder does not run: Go's
     own net error, printed by the test on stdout, gives the hint, and the hint's
     GOFLAGS=-short lets a test that honours testing.Short() skip."""
-    address = f"127.0.0.1:{_closed_port()}"
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
     src = write_tree(
         tmp_path / "db-app",
         {
