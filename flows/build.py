@@ -190,6 +190,26 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--builder-image")
     ap.add_argument("--runtime-image")
     ap.add_argument("--build-tag", dest="build_tags", action="append")
+    ap.add_argument(
+        "--runtime-arg",
+        dest="runtime_args",
+        action="append",
+        help="default argument of the image (CMD), repeatable; write --runtime-arg=--flag=x "
+        "for one that starts with -",
+    )
+    ap.add_argument(
+        "--runtime-env", action="append", help="KEY=VALUE in the image's environment, repeatable"
+    )
+    ap.add_argument(
+        "--expose", dest="exposed_ports", action="append", help="PORT[/udp] to expose, repeatable"
+    )
+    ap.add_argument("--runtime-workdir", help="working directory of the image")
+    ap.add_argument(
+        "--runtime-file",
+        dest="runtime_files",
+        action="append",
+        help="SRC[:DEST] of the module to copy into the image, repeatable",
+    )
     ap.add_argument("--label", dest="labels", action="append", help="KEY=VALUE, repeatable")
     ap.add_argument("--registry-secret-block")
     ap.add_argument("--git-secret-block", help="Secret block with a token for a private git URL")
@@ -228,7 +248,11 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
         "and one at least every 10 s while a step runs), quiet (only the result)",
     )
     ns = vars(ap.parse_args(argv))
-    for name, flag in (("labels", "--label"), ("go_env", "--go-env")):
+    for name, flag in (
+        ("labels", "--label"),
+        ("go_env", "--go-env"),
+        ("runtime_env", "--runtime-env"),
+    ):
         if ns.get(name):
             pairs = [item.partition("=") for item in ns[name]]
             bad = [k for k, sep, _ in pairs if not sep]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +34,9 @@ from tasks.image_store import file_sha256
 from tasks.oci_layout import image_digests
 from tasks.params import BuildParams, ParamsError
 from tasks.retries import retry_options
+from tasks.runtimespec import RuntimeFile, image_path, image_workdir, parse_port, parse_runtime_file
 from tasks.session import engine_ready, in_engine
-from tasks.source import SourceInfo
+from tasks.source import SourceInfo, git_token, runtime_sources, source_directory
 
 if TYPE_CHECKING:
     import dagger
@@ -70,10 +72,24 @@ def source_url(source: SourceInfo) -> str:
     return source.location if source.kind == "git" else f"file://{source.location}"
 
 
+RuntimeItem = tuple[str, "dagger.Directory | dagger.File"]
+
+
 def runtime(
-    binary: dagger.File, params: BuildParams, platform: str, labels: dict[str, str]
+    binary: dagger.File,
+    params: BuildParams,
+    platform: str,
+    labels: dict[str, str],
+    files: Sequence[RuntimeItem] = (),
 ) -> dagger.Container:
-    """The runtime chain for one platform (not evaluated)."""
+    """The runtime chain for one platform (not evaluated): the base, the runtime
+    files (:func:`runtime_files`), the binary, then the image config: entrypoint,
+    default arguments, environment, ports, working directory, user, labels.
+
+    The files go in before the binary, so none can replace it. The default
+    arguments follow the entrypoint because setting an entrypoint clears them
+    (core/schema/container.go, withEntrypoint without keepDefaultArgs), which also
+    drops the base image's own CMD (alpine's /bin/sh)."""
     import dagger
     from dagger import dag
 
@@ -81,14 +97,48 @@ def runtime(
     ctr = dag.container(platform=dagger.Platform(platform))
     if params.runtime_image != "scratch":
         ctr = ctr.from_(params.runtime_image)
-    ctr = (
-        ctr.with_file(path, binary, permissions=0o755)
-        .with_entrypoint([path])
-        .with_user(RUNTIME_USER)
-    )
+    for target, item in files:
+        if isinstance(item, dagger.Directory):
+            ctr = ctr.with_directory(target, item)
+        else:
+            ctr = ctr.with_file(target, item)
+    ctr = ctr.with_file(path, binary, permissions=0o755).with_entrypoint([path])
+    if params.runtime_args:
+        ctr = ctr.with_default_args(params.runtime_args)
+    for name, value in params.runtime_env.items():
+        ctr = ctr.with_env_variable(name, value)
+    for spec in params.exposed_ports:
+        port, protocol = parse_port(spec)
+        ctr = ctr.with_exposed_port(port, protocol=dagger.NetworkProtocol(protocol.upper()))
+    workdir = image_workdir(params.runtime_workdir, _entries(params))
+    if workdir:
+        ctr = ctr.with_workdir(workdir)
+    ctr = ctr.with_user(RUNTIME_USER)
     for key, value in sorted(labels.items()):
         ctr = ctr.with_label(key, value)
     return ctr
+
+
+def _entries(params: BuildParams) -> list[RuntimeFile]:
+    return [parse_runtime_file(spec) for spec in params.runtime_files]
+
+
+def runtime_files(
+    params: BuildParams, source: SourceInfo, tree: dagger.Directory
+) -> list[RuntimeItem]:
+    """Each of ``runtime_files`` taken from the source ``tree`` (not evaluated),
+    with the path it lands at. Stamped with the source's time, as the binary is,
+    so the same files give the same layer."""
+    workdir = image_workdir(params.runtime_workdir, _entries(params))
+    items: list[RuntimeItem] = []
+    for (_, rel), entry in zip(runtime_sources(params), _entries(params), strict=True):
+        item: dagger.Directory | dagger.File
+        if rel in source.runtime_dirs:
+            item = (tree if rel == "." else tree.directory(rel)).with_timestamps(source.epoch())
+        else:
+            item = tree.file(rel).with_timestamps(source.epoch())
+        items.append((image_path(entry, workdir), item))
+    return items
 
 
 def assemble_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -102,6 +152,17 @@ def assemble_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> s
         "labels": oci_labels(params, parameters["source"], parameters["version"]),
         "app": params.resolved_app_name(),
         "output": str(params.resolved_output()),
+        "config": [
+            params.runtime_args,
+            params.runtime_env,
+            params.exposed_ports,
+            params.runtime_workdir,
+        ],
+        # The files' contents: the source's digest covers them (and more, so
+        # another change to the source assembles again; the compile is still cached).
+        "files": [params.module_dir, params.runtime_files, parameters["source"].digest]
+        if params.runtime_files
+        else [],
     }
     return hashlib.sha256(json.dumps(determinants, sort_keys=True).encode()).hexdigest()
 
@@ -124,7 +185,10 @@ async def assemble_image(
     output = params.resolved_output()
     output.parent.mkdir(parents=True, exist_ok=True)
     storage = await result_storage()
-    async with contextlib.AsyncExitStack() as files:
+    files: list[RuntimeItem] = []
+    if params.runtime_files:
+        files = runtime_files(params, source, source_directory(source, await git_token(params)))
+    async with contextlib.AsyncExitStack() as stored_files:
         variants = []
         for b in binaries:
             # Compiled in this session: still in the engine. Served from Prefect's
@@ -133,12 +197,12 @@ async def assemble_image(
             if binary is None:
                 from dagger import dag
 
-                path = await files.enter_async_context(host_file(b.key, storage))
+                path = await stored_files.enter_async_context(host_file(b.key, storage))
                 binary = dag.host().file(str(path))
             # The source's time, not the file's: the same binary then gives the
             # same layer, so registries share it between builds.
             binary = binary.with_timestamps(source.epoch())
-            variants.append(runtime(binary, params, b.platform, labels))
+            variants.append(runtime(binary, params, b.platform, labels, files))
         # Export into the image store under a unique name, then keep it under its
         # content hash: a failed export leaves nothing, and concurrent builds of
         # one app never overwrite each other's tarball (tasks/image_store.py).

@@ -21,6 +21,7 @@ __all__ = [
     "SUPPORTED_PLATFORMS",
     "check_go_env",
     "check_platforms",
+    "credentials_in_url",
     "default_platform",
     "goenv",
 ]
@@ -119,6 +120,21 @@ def check_go_env(go_env: dict[str, str]) -> dict[str, str]:
     return go_env
 
 
+def credentials_in_url(value: str, key: str) -> str | None:
+    """The host of the first URL in ``value`` that carries a user or password,
+    else None. Parameters are stored in Prefect and shown in its UI, so such a
+    value must be refused, and the refusal must not echo it."""
+    for url in _URL_IN_TEXT_RE.findall(value):
+        try:
+            parts = urlsplit(url)
+            has_credentials = parts.username is not None or parts.password is not None
+        except ValueError:
+            raise ValueError(f"value of {key} has a malformed URL") from None
+        if has_credentials:
+            return parts.hostname or ""
+    return None
+
+
 def _check_item(key: str, value: str) -> None:
     if key not in GO_ENV_KEYS:
         if key == "GONOSUMCHECK":
@@ -134,20 +150,15 @@ def _check_item(key: str, value: str) -> None:
         raise ValueError(f"value of {key} must be one line without control characters")
     if key not in _GO_ENV_SPACED and any(ch.isspace() for ch in value):
         raise ValueError(f"value of {key} must not contain spaces (Go separates items with ',')")
-    for url in _URL_IN_TEXT_RE.findall(value):
-        try:
-            parts = urlsplit(url)
-            has_credentials = parts.username is not None or parts.password is not None
-        except ValueError:
-            raise ValueError(f"value of {key} has a malformed URL") from None
-        if has_credentials:
-            # Never echoed: the value holds a password. Parameters are stored in
-            # Prefect and shown in the UI; credentials go in a Secret block.
-            raise ValueError(
-                f"value of {key} embeds credentials in a URL (host {parts.hostname!r}); "
-                "remove them and name a Prefect Secret block holding a .netrc in "
-                "go_auth_secret_block"
-            )
+    host = credentials_in_url(value, key)
+    if host is not None:
+        # Never echoed: the value holds a password. Parameters are stored in
+        # Prefect and shown in the UI; credentials go in a Secret block.
+        raise ValueError(
+            f"value of {key} embeds credentials in a URL (host {host!r}); "
+            "remove them and name a Prefect Secret block holding a .netrc in "
+            "go_auth_secret_block"
+        )
     if key == "GOFLAGS":
         for flag in value.split():
             if not flag.startswith("-"):

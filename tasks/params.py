@@ -50,6 +50,16 @@ from tasks.gopackages import check_main_package, main_package_syntax
 from tasks.goversion import check_builder_go
 from tasks.imageref import ImageRef, check_pinned_image, parse_image_ref, show
 from tasks.ldflags import check_ldflags
+from tasks.runtimespec import (
+    FILES_WORKDIR,
+    check_exposed_ports,
+    check_runtime_args,
+    check_runtime_env,
+    check_runtime_files,
+    check_workdir,
+    parse_runtime_file,
+    source_path,
+)
 from tasks.sourcespec import check_git_ref, check_source, is_git_url, repository_name
 
 __all__ = [
@@ -246,6 +256,46 @@ class BuildParams(BaseModel):
         description=(
             "Base image of the final stage, pinned by version tag or digest; 'scratch' and "
             "distroless images (gcr.io/distroless/static-debian12:nonroot) work too."
+        ),
+    )
+    runtime_args: list[str] = Field(
+        default=[],
+        title="Default arguments",
+        description=(
+            "Arguments after the entrypoint when the container is started without any "
+            '(the image\'s CMD), e.g. ["serve", "--addr=:8080"].'
+        ),
+    )
+    runtime_env: dict[str, str] = Field(
+        default={},
+        title="Runtime environment",
+        description=(
+            'Environment variables of the image, e.g. {"GIN_MODE": "release"}. Readable '
+            "by anyone who can pull the image, so no secrets: names ending in PASSWORD, "
+            "TOKEN, SECRET, API_KEY... are refused."
+        ),
+    )
+    exposed_ports: list[str] = Field(
+        default=[],
+        title="Exposed ports",
+        description="Ports the service listens on (the image's EXPOSE): 8080, 8080/tcp or 53/udp.",
+    )
+    runtime_workdir: str = Field(
+        default="",
+        title="Working directory",
+        description=(
+            "Absolute working directory of the image. Empty keeps the base image's, or is "
+            f"{FILES_WORKDIR} when runtime files are placed relative to it."
+        ),
+    )
+    runtime_files: list[str] = Field(
+        default=[],
+        title="Runtime files",
+        description=(
+            "Files and directories of the module the binary reads at run time, copied into "
+            "the image: SRC or SRC:DEST, SRC relative to the module directory, DEST absolute "
+            "or relative to the working directory (default: SRC there), e.g. "
+            '["templates", "migrations:/migrations"].'
         ),
     )
     run_checks: bool = Field(
@@ -490,6 +540,50 @@ class BuildParams(BaseModel):
     @classmethod
     def _valid_runtime_image(cls, value: str) -> str:
         return check_pinned_image(value, allow_scratch=True)
+
+    @field_validator("runtime_args")
+    @classmethod
+    def _valid_runtime_args(cls, value: list[str]) -> list[str]:
+        return check_runtime_args(value)
+
+    @field_validator("runtime_env")
+    @classmethod
+    def _valid_runtime_env(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_runtime_env(value)
+
+    @field_validator("exposed_ports", mode="before")
+    @classmethod
+    def _valid_exposed_ports(cls, value: Any) -> Any:
+        # Before pydantic's str check: a deployment's YAML or JSON says 8080, not "8080".
+        if isinstance(value, list):
+            return check_exposed_ports(value)
+        return value
+
+    @field_validator("runtime_workdir")
+    @classmethod
+    def _valid_runtime_workdir(cls, value: str) -> str:
+        return check_workdir(value)
+
+    @field_validator("runtime_files")
+    @classmethod
+    def _valid_runtime_files(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        """The grammar, then, in a local module, that each source exists (a git
+        tree is only known to the engine, which the assemble stage asks)."""
+        module_dir = info.data.get("module_dir")
+        if module_dir is None:
+            return value  # reported as module_dir's own problem
+        check_runtime_files(value, module_dir, info.data.get("runtime_workdir") or "")
+        local = cls._local_module(info)
+        if local is None:
+            return value
+        root = local[0].resolve()
+        for spec in value:
+            path = root / source_path(parse_runtime_file(spec), module_dir)
+            if not path.exists():
+                raise ValueError(f"{show(spec)}: {path} does not exist")
+            if not path.resolve().is_relative_to(root):
+                raise ValueError(f"{show(spec)}: {path} leads outside the source {str(root)!r}")
+        return value
 
     @field_validator("image_refs")
     @classmethod

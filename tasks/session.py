@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import contextvars
 import os
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -293,6 +294,8 @@ class EngineScope:
         # later stage uses them there instead of uploading the host's copy.
         self.files: dict[str, dagger.File] = {}
         self._token: contextvars.Token[EngineScope | None] | None = None
+        # Makes this run's host directory call its own (see host_snapshot_excludes).
+        self.snapshot = secrets.token_hex(8)
 
     async def __aenter__(self) -> EngineScope:
         await self._stack.__aenter__()
@@ -360,6 +363,24 @@ def in_engine(sha256: str) -> dagger.File | None:
     """The file with this digest still in this run's session, if any."""
     scope = _CURRENT.get()
     return scope.files.get(sha256) if scope is not None else None
+
+
+def host_snapshot_excludes() -> list[str]:
+    """An exclude pattern unique to this flow run, for its ``host().directory``.
+
+    The engine caches ``host.directory`` per client by its arguments, unless
+    ``noCache`` (dagql ``RequestedCacheInput``: PerClientInput, core/schema/host.go).
+    A session outlives one run where it is shared: ``dagger run`` around a worker
+    (``DAGGER_SESSION_PORT``), or runs that overlap in one process (SharedSession).
+    There, a second build of one directory would get the first build's snapshot
+    and compile old code under the new source's digest. ``noCache`` would read the
+    directory again at each use, so the compile of each platform and the assemble
+    stage would each see a snapshot of its own, and cost a request to pin one. A
+    pattern that names no file makes the call this run's own: one snapshot for the
+    run, read once, as in a session of its own. Outside a flow run (the stages'
+    plain functions) the caller owns the session: nothing is added."""
+    scope = _CURRENT.get()
+    return [f".gobuild-run-{scope.snapshot}"] if scope is not None else []
 
 
 def current_scope() -> EngineScope | None:

@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING
 from prefect import task
 from pydantic import BaseModel
 
+from tasks import progress
 from tasks.context import BuildContext, build_context
-from tasks.params import BuildParams
+from tasks.params import BuildParams, ParamsError
 from tasks.retries import retry_options
+from tasks.runtimespec import parse_runtime_file, source_path
 from tasks.secrets import Credentials, load_secret_block, parse_git_token
-from tasks.session import engine_ready
+from tasks.session import engine_ready, host_snapshot_excludes
 
 if TYPE_CHECKING:
     import dagger
@@ -52,6 +54,10 @@ class SourceInfo(BaseModel):
     # stage then knows a vendored module without a round trip to the engine. None
     # where only the engine knows the tree (git).
     vendor_manifests: list[str] | None = None
+    # Which `runtime_files` sources are directories (source-relative paths): the
+    # assemble stage copies a directory and a file with different calls, and only
+    # this stage has looked at the tree (the host's, or the engine's for git).
+    runtime_dirs: list[str] = []
 
     def epoch(self) -> int:
         """The source's time (``created``) in Unix seconds, 0 where unknown."""
@@ -122,7 +128,7 @@ def source_directory(info: SourceInfo, token: Credentials | None = None) -> dagg
         return ref.tree(discard_git_dir=True)
     from dagger import dag
 
-    return dag.host().directory(info.location, exclude=info.excludes)
+    return dag.host().directory(info.location, exclude=[*info.excludes, *host_snapshot_excludes()])
 
 
 async def git_token(params: BuildParams) -> Credentials | None:
@@ -132,10 +138,42 @@ async def git_token(params: BuildParams) -> Credentials | None:
     return parse_git_token(value, params.git_secret_block)
 
 
+def runtime_sources(params: BuildParams) -> list[tuple[str, str]]:
+    """(entry as given, source-relative path) for each of ``runtime_files``."""
+    return [
+        (spec, source_path(parse_runtime_file(spec), params.module_dir))
+        for spec in params.runtime_files
+    ]
+
+
+def _check_runtime_files_sent(params: BuildParams, context: BuildContext) -> list[str]:
+    """Each runtime file must be among the files sent, or the image would lack it
+    (or the engine fail on a missing path after the compile): refused in one line
+    naming the parameter, before any engine work. -> the entries that are
+    directories."""
+    sent = [rel for rel, _ in context.entries]
+    dirs = []
+    for spec, rel in runtime_sources(params):
+        if rel == "." or any(f == rel or f.startswith(rel + "/") for f in sent):
+            if rel == "." or (context.root / rel).is_dir():
+                dirs.append(rel)
+            continue
+        why = ".dockerignore or .gitignore" if context.from_git else ".dockerignore"
+        hint = " (use_gitignore=false sends what git ignores)" if context.from_git else ""
+        raise ParamsError(
+            [
+                f"runtime_files: {spec!r}: nothing under {rel!r} is sent to the engine; "
+                f"{why} leaves it out{hint}"
+            ]
+        )
+    return dirs
+
+
 def describe_local(params: BuildParams) -> SourceInfo:
     root = params.local_source()
     assert root is not None
     context = build_context(root, params.resolved_output(), use_gitignore=params.use_gitignore)
+    runtime_dirs = _check_runtime_files_sent(params, context)
     digest, files, kept, excluded, newest = digest_tree(context)
     commit = _git(root, "rev-parse", "HEAD")  # also when the source is a subdirectory
     created = _git(root, "log", "-1", "--format=%cI") if commit else ""
@@ -156,6 +194,7 @@ def describe_local(params: BuildParams) -> SourceInfo:
             for rel, _ in context.entries
             if rel.rsplit("/", 2)[-2:] == ["vendor", "modules.txt"]
         ),
+        runtime_dirs=runtime_dirs,
     )
 
 
@@ -185,7 +224,17 @@ async def describe_git(params: BuildParams) -> SourceInfo:
             f"source: {params.source} refused access ({exc}); name a Prefect Secret block "
             "holding a token for it in git_secret_block"
         ) from None
-    digest = await repo.commit(commit).tree(discard_git_dir=True).digest()
+    if os.environ.get("DAGGER_SESSION_PORT") and not _FULL_SHA.fullmatch(params.git_ref):
+        # core/git_remote.go caches ls-remote under the session's ID.
+        progress.note(
+            f"load source: {params.git_ref or 'HEAD'} resolved to {commit[:12]} in a Dagger "
+            "session opened outside this build (DAGGER_SESSION_PORT), which lists a git "
+            "remote once: a ref moved since its first listing still resolves to the commit "
+            "listed then. Pin git_ref to a commit, or give each build a session of its own."
+        )
+    tree = repo.commit(commit).tree(discard_git_dir=True)
+    digest = await tree.digest()
+    runtime_dirs = await _git_runtime_dirs(params, tree)
     return SourceInfo(
         kind="git",
         location=params.source,
@@ -195,7 +244,27 @@ async def describe_git(params: BuildParams) -> SourceInfo:
         # The engine's git API gives no commit time; like ko, fall back to the Unix
         # epoch rather than the clock.
         created="1970-01-01T00:00:00Z",
+        runtime_dirs=runtime_dirs,
     )
+
+
+async def _git_runtime_dirs(params: BuildParams, tree: dagger.Directory) -> list[str]:
+    """As for a local source (``_check_runtime_files_sent``), asking the engine,
+    which alone has the tree: before the compile, so a missing path fails first."""
+    import dagger
+
+    dirs = []
+    for spec, rel in runtime_sources(params):
+        if rel == "." or await tree.exists(rel, expected_type=dagger.ExistsType.DIRECTORY_TYPE):
+            dirs.append(rel)
+        elif not await tree.exists(rel):
+            raise ParamsError(
+                [
+                    f"runtime_files: {spec!r}: {rel!r} is not in {params.source} "
+                    f"at {params.git_ref or 'HEAD'}"
+                ]
+            )
+    return dirs
 
 
 @task(name="load source", **retry_options())

@@ -96,6 +96,31 @@ def test_two_platforms_build_concurrently_with_reports(
     assert exported and exported[0].resource.id == "gobuild.image.hello-go"
 
 
+def test_builds_sharing_one_session_each_compile_their_own_source(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, hello_go: Path, tmp_path: Path
+) -> None:
+    """Every build of a test runs in one engine session (DAGGER_SESSION_PORT), as
+    under ``dagger run`` around a worker, where the engine keeps a host directory
+    per client by its arguments (core/schema/host.go, dagql RequestedCacheInput).
+    A second build of one directory must still compile what the directory now
+    holds, not the first build's snapshot."""
+    src = tmp_path / "app"
+    shutil.copytree(hello_go, src)
+    out = tmp_path / "app.tar"
+    first = build(source=str(src), version="1.0.0", output=str(out), run_checks=False)
+    assert first.is_completed(), first.message
+    main = src / "main.go"
+    main.write_text(main.read_text().replace('"hello-go %s\\n"', '"edited %s\\n"'))
+    second = build(source=str(src), version="1.0.0", output=str(out), run_checks=False)
+    assert second.is_completed(), second.message
+    assert second.result().source_digest != first.result().source_digest
+    sessions = {r["session"] for r in dagger_engine.log.snapshot()["requests"]}
+    assert len(sessions) == 1  # the premise: one session for both builds
+    binary = extract_file(f"oci-archive:{out}", "/usr/local/bin/app", tmp_path / "bin")
+    proc = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=True)
+    assert proc.stdout == "edited 1.0.0\n"
+
+
 def test_second_run_in_a_new_process_is_cached_even_on_a_fresh_engine(
     prefect_api: PrefectAPI, test_engine_session: TestEngine, hello_go: Path, tmp_path: Path
 ) -> None:

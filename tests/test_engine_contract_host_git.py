@@ -551,6 +551,53 @@ def test_with_directory_patterns_are_not_dropped_or_joined(
     assert "abs/main.go" in listing(tmp_path / "c")
 
 
+@pytest.mark.real_engine
+def test_exists_with_expected_type_follows_symlinks(dagger_engine: Engine, tmp_path: Path) -> None:
+    """core/directory.go Exists, and the cases of core/integration/directory_test.go
+    TestExists and TestExistsUsingAbsoluteSymlink: a file test follows symlinks
+    (as ``test -f`` does) unless told not to or asked for SYMLINK_TYPE; an absolute
+    link resolves from the directory's own root. Here on a host directory, whose
+    symlinks the file sync keeps as they are (the runtime files' check asks this
+    of a git tree)."""
+    src = write_tree(tmp_path / "src", {"quotes/descartes": "Cogito, ergo sum"})
+    (src / "i-am").symlink_to("quotes/descartes")
+    (src / "nothing").symlink_to("quotes/does-not-exist")
+    (src / "absolute").symlink_to("/quotes/descartes")
+    (src / "via").symlink_to("quotes")
+    d_type, f_type, l_type = (
+        dagger.ExistsType.DIRECTORY_TYPE,
+        dagger.ExistsType.REGULAR_TYPE,
+        dagger.ExistsType.SYMLINK_TYPE,
+    )
+    cases = [
+        ("We believe in nothing Lebowski", None, False, False),
+        ("quotes", None, False, True),
+        ("quotes", d_type, False, True),
+        ("quotes/descartes", d_type, False, False),
+        ("quotes/descartes", f_type, False, True),
+        ("quotes", f_type, False, False),
+        ("i-am", l_type, False, True),
+        ("quotes/descartes", l_type, False, False),
+        ("i-am", f_type, False, True),
+        ("nothing", None, True, True),
+        ("nothing", None, False, False),
+        ("i-am", f_type, True, False),
+        ("absolute", f_type, False, True),
+        ("via", d_type, False, True),
+        ("via/descartes", f_type, False, True),
+    ]
+
+    async def pipeline():
+        d = dag.host().directory(str(src))
+        out = []
+        for path, kind, no_follow, _ in cases:
+            opts = {"expected_type": kind} if kind is not None else {}
+            out.append(await d.exists(path, do_not_follow_symlinks=no_follow, **opts))
+        return out
+
+    assert run(pipeline) == [expected for *_, expected in cases]
+
+
 # --------------------------------------------------------------------------- git
 
 

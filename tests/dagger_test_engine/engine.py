@@ -136,8 +136,11 @@ class ContainerState:
         return dict(self.env)
 
     def with_env(self, name: str, value: str) -> ContainerState:
-        env = [(k, v) for k, v in self.env if k != name]
-        env.append((name, value))
+        """core/util.go AddEnv: a variable already set keeps its place."""
+        if any(k == name for k, _ in self.env):
+            env = [(k, value if k == name else v) for k, v in self.env]
+        else:
+            env = [*self.env, (name, value)]
         return replace(self, env=tuple(env))
 
     def image_config(self) -> dict[str, Any]:
@@ -334,7 +337,18 @@ class Directory(Obj):
         return fs.tree_digest(self.tree())
 
     def f_exists(self, path: str, expectedType=None, doNotFollowSymlinks=False) -> bool:
-        return fs.norm(path) in self.tree()
+        """core/directory.go Exists: stat the path, following symlinks unless told
+        not to or asked for SYMLINK_TYPE; with expectedType, the type must match."""
+        follow = not (doNotFollowSymlinks or expectedType == "SYMLINK_TYPE")
+        entry = fs.lookup(self.tree(), path, follow=follow)
+        if entry is None:
+            return False
+        kinds = {"DIRECTORY_TYPE": "dir", "REGULAR_TYPE": "file", "SYMLINK_TYPE": "symlink"}
+        if expectedType is None:
+            return True
+        if expectedType not in kinds:
+            raise EngineError(f"invalid path type {expectedType}")
+        return entry.kind == kinds[expectedType]
 
     def f_file(self, path: str, expand: bool = False) -> File:
         key = fs.norm(path)

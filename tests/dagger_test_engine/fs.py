@@ -129,6 +129,34 @@ def with_timestamps(tree: Tree, unix: int) -> Tree:
     )
 
 
+def lookup(tree: Tree, path: str, *, follow: bool = True) -> Entry | None:
+    """The entry at ``path`` (None if there is none), resolving symlinks in its
+    directories and, with ``follow``, in its last element, as a stat inside the
+    snapshot does (a link's target is taken relative to its directory, an absolute
+    one from the snapshot's root; 40 links at most, as Linux allows)."""
+    parts = norm(path).split("/") if norm(path) else []
+    done: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        key = "/".join([*done, part])
+        entry = tree.get(key)
+        if entry is None:
+            return None
+        if entry.kind == "symlink" and (parts or follow):
+            hops += 1
+            if hops > 40:
+                return None
+            base = "" if entry.target.startswith("/") else "/".join(done)
+            parts = [p for p in norm(f"{base}/{entry.target}").split("/") if p] + parts
+            done = []
+            continue
+        done.append(part)
+    if not done:
+        return Entry("dir", 0o755)
+    return tree.get("/".join(done))
+
+
 def with_parents(entries: dict[str, Entry], key: str) -> None:
     """Real filesystems have every parent directory of a file; keep that invariant."""
     parent = PurePosixPath(key).parent
