@@ -105,8 +105,13 @@ def test_bad_runtime_parameters_are_refused_in_one_line_each(tmp_path: Path) -> 
     message = problems(source=str(src), runtime_env={"DSN": "postgres://u:hunter2@db/x"})
     assert "runtime_env: value of DSN embeds credentials" in message
     assert "hunter2" not in message
+    for name in ("GITHUB_TOKEN", "jwt_secret", "AWS_SECRET_ACCESS_KEY", "STRIPE_API_KEY", "PASS"):
+        assert f"runtime_env: {name} looks like a secret" in problems(
+            source=str(src), runtime_env={name: "x"}
+        )
     # Names that only contain such a word pass.
-    parse_params({"source": str(src), "runtime_env": {"TOKEN_URL": "https://auth/x"}})
+    ok = {"TOKEN_URL": "https://auth/x", "AWS_ACCESS_KEY_ID": "AKIA", "SSO_BYPASS": "1"}
+    assert parse_params({"source": str(src), "runtime_env": ok}).runtime_env == ok
     assert "runtime_files: 'static': " in problems(source=str(src), runtime_files=["static"])
     assert "does not exist" in problems(source=str(src), runtime_files=["static"])
     assert "leads outside the source" in problems(
