@@ -31,7 +31,7 @@ from tasks import image_store, progress
 from tasks.binaries import available, host_file, result_storage
 from tasks.compile import CompiledBinary
 from tasks.image_store import file_sha256
-from tasks.oci_layout import image_digests
+from tasks.oci_layout import image_digests, runtime_config
 from tasks.params import BuildParams, ParamsError
 from tasks.retries import retry_options
 from tasks.runtimespec import RuntimeFile, image_path, image_workdir, parse_port, parse_runtime_file
@@ -52,6 +52,8 @@ class ImageArtifact(BaseModel):
     digest: str  # of the manifest (one platform) or the image index (several)
     platforms: dict[str, str]  # platform -> manifest digest
     size: int
+    # How the container starts, read back from the tarball (oci_layout.runtime_config).
+    config: dict[str, Any] = {}
 
 
 def oci_labels(params: BuildParams, source: SourceInfo, version: str) -> dict[str, str]:
@@ -219,6 +221,7 @@ async def assemble_image(
         digest=digest,
         platforms=platforms,
         size=stored.stat().st_size,
+        config=runtime_config(stored),
     )
     image_store.prune(output, stored)
     return image

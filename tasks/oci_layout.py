@@ -108,6 +108,29 @@ def image_digests(tarball: Path) -> tuple[str, dict[str, str]]:
     return top, platforms
 
 
+# What a report shows of an image's config: how the container starts and what it
+# is told, as the engine wrote it (not as the build asked for it).
+RUNTIME_KEYS = ("Entrypoint", "Cmd", "WorkingDir", "User", "ExposedPorts", "Env")
+
+
+def runtime_config(tarball: Path) -> dict[str, Any]:
+    """The first image's ``RUNTIME_KEYS`` (every platform gets the same): the
+    environment as names only, since a report is no place for values."""
+    with tarfile.open(tarball) as tar:
+        layout = Layout(tar)
+        images = layout.images()
+        if not images:
+            return {}
+        config = layout.json(layout.blob_name(images[0].manifest["config"]["digest"]))
+    settings = config.get("config") or {}
+    found = {key: settings[key] for key in RUNTIME_KEYS if settings.get(key)}
+    if "ExposedPorts" in found:
+        found["ExposedPorts"] = sorted(found["ExposedPorts"])
+    if "Env" in found:
+        found["Env"] = [item.partition("=")[0] for item in found["Env"]]
+    return found
+
+
 def split_by_platform(tarball: Path, dest: Path) -> dict[str, Path]:
     """Write one single-manifest layout per platform under ``dest``.
 

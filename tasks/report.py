@@ -107,6 +107,7 @@ class BuildResult(BaseModel):
     commit: str
     go_version: str
     stages: list[StageRecord]
+    image_config: dict[str, Any] = {}  # how the container starts (ImageArtifact.config)
 
     @field_validator("platforms", "binaries")
     @classmethod
@@ -147,6 +148,7 @@ class BuildResult(BaseModel):
             commit=source.commit,
             go_version=binaries[0].go_version,
             stages=stages.records,
+            image_config=image.config,
         )
 
     def published(self) -> list[PublishedImage]:
@@ -341,6 +343,7 @@ def success_markdown(result: BuildResult) -> str:
         f"- commit: `{result.commit or 'n/a'}`",
         f"- Go version: {result.go_version}",
         "",
+        *_config_section(result.image_config),
         "## References",
         "",
     ]
@@ -360,6 +363,29 @@ def success_markdown(result: BuildResult) -> str:
             "to push, so it need not equal the tarball's image digest.",
         ]
     return "\n".join(lines) + "\n"
+
+
+_CONFIG_NAMES = {
+    "Entrypoint": "entrypoint",
+    "Cmd": "default arguments",
+    "WorkingDir": "working directory",
+    "User": "user",
+    "ExposedPorts": "exposed ports",
+    "Env": "environment (names)",
+}
+
+
+def _config_section(config: dict[str, Any]) -> list[str]:
+    """How the container starts, as the exported image says."""
+    if not config:
+        return []
+    lines = ["## Image config", ""]
+    for key, name in _CONFIG_NAMES.items():
+        value = config.get(key)
+        if value:
+            shown = " ".join(f"`{v}`" for v in value) if isinstance(value, list) else f"`{value}`"
+            lines.append(f"- {name}: {shown}")
+    return [*lines, ""]
 
 
 async def report_success(result: BuildResult) -> None:

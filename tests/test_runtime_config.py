@@ -16,7 +16,7 @@ from flows.build import parse_args
 from tasks.params import ParamsError, parse_params
 from tasks.runtimespec import check_exposed_ports, parse_runtime_file
 from tests.dagger_test_engine.server import TestEngine
-from tests.flowruns import build, task_runs
+from tests.flowruns import artifacts, build, task_runs
 from tests.git_servers import GitDaemon
 from tests.gitrepo import commit_all, git
 from tests.oci_check import extract_file, inspect_config
@@ -221,6 +221,15 @@ def test_image_gets_args_env_ports_workdir_and_files(
     conf = extract_file(archive, "/etc/pages/pages.yaml", tmp_path / "pages.yaml")
     assert conf.read_text() == "greeting: hi"
     assert run_as_the_image(archive, cfg, tmp_path) == "<h1>hello</h1>|mode=release\n"
+    # The report in the UI says how the container starts, as the tarball says it;
+    # the environment by names only.
+    arts = {a.key: a for a in artifacts(state.state_details.flow_run_id) if a.key}
+    report = arts["build-pages"].data
+    assert "## Image config" in report
+    assert "- default arguments: `render`" in report
+    assert "- working directory: `/app`" in report
+    assert "- exposed ports: `53/udp` `8080/tcp`" in report
+    assert "`PAGES_MODE`" in report and "PAGES_MODE=release" not in report
 
     # Only the image's config changed: the compile is served from cache, the
     # image is assembled again with the new arguments.
