@@ -204,6 +204,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
         "--expose", dest="exposed_ports", action="append", help="PORT[/udp] to expose, repeatable"
     )
     ap.add_argument("--runtime-workdir", help="working directory of the image")
+    ap.add_argument("--runtime-user", help="UID[:GID] or user name (default 65532)")
     ap.add_argument(
         "--runtime-file",
         dest="runtime_files",

@@ -1,7 +1,9 @@
 """Stage 3, assemble runtime: the small image around each platform's binary.
 
-Per platform: the pinned runtime base at that platform, the binary at a fixed
-path, the entrypoint, a non-root numeric user, and the OCI labels. All platforms
+Per platform: the pinned runtime base at that platform, the runtime files, the
+binary at a fixed path, the entrypoint, the image config (``tasks/runtimespec.py``:
+default arguments, environment, ports, working directory, a non-root numeric user
+by default), and the OCI labels. All platforms
 go into one OCI image-layout tarball, which is this stage's artifact and the
 input of the publish stage, so publishing never needs to rebuild.
 
@@ -42,7 +44,6 @@ if TYPE_CHECKING:
     import dagger
 
 BIN_DIR = "/usr/local/bin"
-RUNTIME_USER = "65532"  # the distroless "nonroot" uid: numeric, so no /etc/passwd is needed
 _CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
 
@@ -115,7 +116,7 @@ def runtime(
     workdir = image_workdir(params.runtime_workdir, _entries(params))
     if workdir:
         ctr = ctr.with_workdir(workdir)
-    ctr = ctr.with_user(RUNTIME_USER)
+    ctr = ctr.with_user(params.runtime_user)
     for key, value in sorted(labels.items()):
         ctr = ctr.with_label(key, value)
     return ctr
@@ -159,6 +160,7 @@ def assemble_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> s
             params.runtime_env,
             params.exposed_ports,
             params.runtime_workdir,
+            params.runtime_user,
         ],
         # The files' contents: the source's digest covers them (and more, so
         # another change to the source assembles again; the compile is still cached).

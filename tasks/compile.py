@@ -218,6 +218,24 @@ def binary(
     return ctr.with_exec(build_args(params, values, out)).file(out)
 
 
+async def main_packages(builder_ctr: dagger.Container, params: BuildParams) -> list[str] | None:
+    """The module's main packages as ``./dir``, as ``go list`` sees them in the
+    builder; asked only after ``go build`` wrote a package archive, which for a git
+    source is the first moment anything knows (a local module's are named before
+    any engine work, ``tasks/gopackages.py``). None if go list itself failed."""
+    tags = ["-tags", ",".join(params.build_tags)] if params.build_tags else []
+    template = '{{if eq .Name "main"}}{{.Dir}}{{end}}'
+    root = module_path(params)
+    try:
+        out = await builder_ctr.with_exec(
+            ["go", "list", "-e", *tags, "-f", template, "./..."]
+        ).stdout()
+    except Exception:  # only to name candidates in a message already failing
+        return None
+    dirs = [line.strip() for line in out.splitlines() if line.strip()]
+    return ["." if d == root else "./" + d.removeprefix(root + "/") for d in dirs]
+
+
 def compile_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """Everything that determines the binary, and this module's code.
 
@@ -291,9 +309,17 @@ async def compile_binary(
         async with progress.step(f"compile {platform}", go_build):
             await built.export(str(path))
         if not is_program(path):  # a git source's package is only seen here
+            mains = await main_packages(builder_ctr, params)
+            found = (
+                f"; main packages in this module: {', '.join(mains)}"
+                if mains
+                else "; go list found no main package in this module"
+                if mains is not None
+                else ""
+            )
             raise ValueError(
                 f"main_package: {params.main_package!r} is not a main package: "
-                "go build wrote a package archive, not a program"
+                f"go build wrote a package archive, not a program{found}"
             )
         # Streamed: hashed, stored and read for its Go version without loading it whole.
         sha256 = file_sha256(path)

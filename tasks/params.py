@@ -52,10 +52,12 @@ from tasks.imageref import ImageRef, check_pinned_image, parse_image_ref, show
 from tasks.ldflags import check_ldflags
 from tasks.runtimespec import (
     FILES_WORKDIR,
+    RUNTIME_USER,
     check_exposed_ports,
     check_runtime_args,
     check_runtime_env,
     check_runtime_files,
+    check_user,
     check_workdir,
     parse_runtime_file,
     source_path,
@@ -286,6 +288,14 @@ class BuildParams(BaseModel):
         description=(
             "Absolute working directory of the image. Empty keeps the base image's, or is "
             f"{FILES_WORKDIR} when runtime files are placed relative to it."
+        ),
+    )
+    runtime_user: str = Field(
+        default=RUNTIME_USER,
+        title="Runtime user",
+        description=(
+            "User the container runs as: UID[:GID], or a name the base image knows. The "
+            "default, 65532, is distroless's nonroot: numeric, so no /etc/passwd is needed."
         ),
     )
     runtime_files: list[str] = Field(
@@ -563,6 +573,11 @@ class BuildParams(BaseModel):
     @classmethod
     def _valid_runtime_workdir(cls, value: str) -> str:
         return check_workdir(value)
+
+    @field_validator("runtime_user")
+    @classmethod
+    def _valid_runtime_user(cls, value: str, info: ValidationInfo) -> str:
+        return check_user(value, info.data.get("runtime_image"))
 
     @field_validator("runtime_files")
     @classmethod

@@ -1,8 +1,8 @@
 """What the runtime image is told besides its entrypoint: default arguments,
-environment, exposed ports, its working directory and the files it needs.
+environment, exposed ports, its working directory, its user and the files it needs.
 
 These are what a Dockerfile's last stage says with ``CMD``, ``ENV``, ``EXPOSE``,
-``WORKDIR`` and ``COPY``, and what a Go service needs more often than not: a cobra
+``WORKDIR``, ``USER`` and ``COPY``, and what a Go service needs more often than not: a cobra
 command's subcommand (``serve``), ``GIN_MODE=release``, the port, and the
 ``templates/`` or ``migrations/`` it reads from disk relative to its working
 directory. Each parameter's grammar is here; ``tasks.assemble`` applies them.
@@ -24,11 +24,13 @@ from tasks.imageref import show
 
 __all__ = [
     "FILES_WORKDIR",
+    "RUNTIME_USER",
     "RuntimeFile",
     "check_exposed_ports",
     "check_runtime_args",
     "check_runtime_env",
     "check_runtime_files",
+    "check_user",
     "check_workdir",
     "image_path",
     "image_workdir",
@@ -40,6 +42,8 @@ __all__ = [
 # The working directory an image gets when runtime_files places files relative to
 # it and runtime_workdir is empty: the common Dockerfile choice (`WORKDIR /app`).
 FILES_WORKDIR = "/app"
+# The distroless "nonroot" uid: numeric, so no /etc/passwd is needed.
+RUNTIME_USER = "65532"
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Names that say they hold a secret, as the last word: DB_PASSWORD, GITHUB_TOKEN,
@@ -121,6 +125,30 @@ def check_exposed_ports(ports: list[str | int]) -> list[str]:
             raise ValueError(f"{show(spec)} is listed twice ({canonical})")
         seen.append(canonical)
     return seen
+
+
+_NUMERIC_USER_RE = re.compile(r"\d+(?::\d+)?")
+_NAMED_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}(?::[a-z_][a-z0-9_-]{0,31}|:\d{1,10})?")
+
+
+def check_user(value: str, runtime_image: str | None) -> str:
+    """UID[:GID], or NAME[:GROUP] that the base image's /etc/passwd must know;
+    ``scratch`` has none, so there only numbers work."""
+    if _NUMERIC_USER_RE.fullmatch(value):
+        if any(int(part) > 2**31 - 1 for part in value.split(":")):
+            raise ValueError(f"{show(value)} is out of range for a user or group ID")
+        return value
+    if not _NAMED_USER_RE.fullmatch(value):
+        raise ValueError(
+            f"{show(value)} must be UID[:GID] (e.g. 65532 or 1000:1000) or a user name "
+            "the base image knows (e.g. nobody)"
+        )
+    if runtime_image == "scratch":
+        raise ValueError(
+            f"{show(value)} is a name, and scratch has no /etc/passwd to look it up in; "
+            "give a number, e.g. 65532"
+        )
+    return value
 
 
 def check_workdir(value: str) -> str:

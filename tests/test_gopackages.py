@@ -166,9 +166,10 @@ def test_a_git_library_package_fails_once_after_go_build(
         run_checks=False,
     )
     assert state.is_failed()
-    assert "main_package: '.' is not a main package: go build wrote a package archive" in (
-        state.message or ""
-    )
+    assert (
+        "main_package: '.' is not a main package: go build wrote a package archive, not a "
+        "program; main packages in this module: ./cmd/admin, ./cmd/tool"
+    ) in (state.message or "")
     assert not (tmp_path / "lib.tar").exists()
     compiles = [r for r in task_runs(state.state_details.flow_run_id) if "compile" in r.name]
     assert compiles and all(r.run_count == 1 for r in compiles)  # not retried

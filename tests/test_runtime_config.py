@@ -16,7 +16,7 @@ from flows.build import parse_args
 from tasks.params import ParamsError, parse_params
 from tasks.runtimespec import check_exposed_ports, parse_runtime_file
 from tests.dagger_test_engine.server import TestEngine
-from tests.flowruns import artifacts, build, task_runs
+from tests.flowruns import artifacts, build, run_logs, task_runs
 from tests.git_servers import GitDaemon
 from tests.gitrepo import commit_all, git
 from tests.oci_check import extract_file, inspect_config
@@ -122,6 +122,15 @@ def test_bad_runtime_parameters_are_refused_in_one_line_each(tmp_path: Path) -> 
     assert "both go to '/app/templates'" in problems(
         source=str(src), runtime_files=["templates", "config:/app/templates"]
     )
+    assert "runtime_user: 'nobody' is a name, and scratch has no /etc/passwd" in problems(
+        source=str(src), runtime_image="scratch", runtime_user="nobody"
+    )
+    assert "runtime_user: 'root user' must be UID[:GID]" in problems(
+        source=str(src), runtime_user="root user"
+    )
+    assert "out of range" in problems(source=str(src), runtime_user="99999999999")
+    for user in ("1000", "1000:1000", "nobody", "app:app", "www-data:33"):
+        assert parse_params({"source": str(src), "runtime_user": user}).runtime_user == user
     assert "runtime_workdir: 'app' must be an absolute path" in problems(
         source=str(src), runtime_workdir="app"
     )
@@ -160,6 +169,8 @@ def test_command_line_options_map_to_the_parameters() -> None:
             "8080",
             "--runtime-workdir",
             "/srv",
+            "--runtime-user",
+            "1000",
             "--runtime-file",
             "templates",
         ]
@@ -168,6 +179,7 @@ def test_command_line_options_map_to_the_parameters() -> None:
     assert values["runtime_env"] == {"GIN_MODE": "release"}
     assert values["exposed_ports"] == ["8080"]
     assert values["runtime_workdir"] == "/srv"
+    assert values["runtime_user"] == "1000"
     assert values["runtime_files"] == ["templates"]
 
 
@@ -289,11 +301,14 @@ def test_a_runtime_file_git_ignores_is_refused_before_engine_work(
         run_checks=False,
         runtime_files=["templates"],
         runtime_workdir="/srv/pages",
+        runtime_user="1000:1000",
         use_gitignore=False,
     )
     assert done.is_completed(), done.message
     archive = f"oci-archive:{tmp_path / 'p.tar'}"
-    assert inspect_config(archive)["config"]["WorkingDir"] == "/srv/pages"
+    config = inspect_config(archive)["config"]
+    assert config["WorkingDir"] == "/srv/pages"
+    assert config["User"] == "1000:1000"
     footer = extract_file(archive, "/srv/pages/templates/parts/footer.html", tmp_path / "f")
     assert footer.read_text() == "<footer/>"
 
@@ -328,3 +343,7 @@ def test_git_source_runtime_files_are_checked_by_the_engine_before_the_compile(
     assert page.read_text() == "<h1>hello</h1>"
     conf = extract_file(archive, "/etc/pages/pages.yaml", tmp_path / "pages.yaml")
     assert conf.read_text() == "greeting: hi"
+    # The engine lists a remote once per session, and this session is the test's
+    # (DAGGER_SESSION_PORT): the run says what that means for a moving ref.
+    logs = run_logs(done.state_details.flow_run_id)
+    assert any("which lists a git remote once" in m and "Pin git_ref" in m for m in logs)
