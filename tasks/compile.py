@@ -42,7 +42,7 @@ from tasks.image_store import file_sha256
 from tasks.ldflags import expand, stamp_values
 from tasks.params import BuildParams
 from tasks.retries import retry_options
-from tasks.secrets import GoAuth, load_secret_block, parse_go_auth
+from tasks.secrets import GoAuth, load_secret_block, parse_go_auth, secret_name
 from tasks.session import engine_ready, remember_in_engine
 from tasks.source import SourceInfo, git_token, source_directory
 
@@ -94,14 +94,16 @@ def with_go_auth(ctr: dagger.Container, auth: GoAuth) -> dagger.Container:
     """Mount the credentials as Dagger secrets: the .netrc, and each password alone
     so that the engine scrubs it from the output of every exec that follows.
 
-    Secret names are fixed words, never derived from the values: a name is not
-    secret, and the engine shows it in its traces.
+    Secret names are fixed words and the block's name, never derived from the
+    values: a name is not secret, and the engine shows it in its traces
+    (:func:`tasks.secrets.secret_name`).
     """
     from dagger import dag
 
-    ctr = ctr.with_mounted_secret(NETRC, dag.set_secret("gobuild-go-netrc", auth.netrc()))
+    netrc = dag.set_secret(secret_name("go-netrc", auth.origin), auth.netrc())
+    ctr = ctr.with_mounted_secret(NETRC, netrc)
     for n, entry in enumerate(auth.entries):
-        name = f"gobuild-go-auth-{n}"
+        name = secret_name(f"go-auth-{n}", auth.origin)
         ctr = ctr.with_mounted_secret(f"{SCRUB_DIR}/{n}", dag.set_secret(name, entry.password))
     return ctr
 

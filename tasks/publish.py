@@ -27,7 +27,7 @@ from tasks.assemble import ImageArtifact
 from tasks.oci_layout import split_by_platform
 from tasks.params import BuildParams, parse_image_ref
 from tasks.retries import retry_options
-from tasks.secrets import Credentials, load_secret_block, parse_credentials
+from tasks.secrets import Credentials, load_secret_block, parse_credentials, secret_name
 from tasks.session import engine_ready
 from tasks.source import SourceInfo
 
@@ -70,7 +70,7 @@ def with_auth(ctr: dagger.Container, ref: str, creds: Credentials | None) -> dag
     from dagger import dag
 
     registry = parse_image_ref(ref).domain or "docker.io"
-    secret = dag.set_secret("gobuild-registry-password", creds.password)
+    secret = dag.set_secret(secret_name("registry-password", creds.origin), creds.password)
     return ctr.with_registry_auth(registry, creds.username, secret)
 
 

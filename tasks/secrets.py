@@ -22,9 +22,25 @@ from typing import Any
 class Credentials:
     username: str
     password: str
+    origin: str = ""  # the Secret block they came from ('' for the environment)
 
     def __repr__(self) -> str:  # keep the password out of tracebacks and logs
-        return f"Credentials(username={self.username!r}, password=***)"
+        return f"Credentials(username={self.username!r}, password=***, origin={self.origin!r})"
+
+
+def secret_name(kind: str, origin: str) -> str:
+    """The name of the Dagger secret that carries credentials of ``kind`` from
+    the Secret block ``origin`` ('' for the environment).
+
+    The engine binds a secret's value to its name for the whole session, the
+    latest ``setSecret`` of a name winning (core/secret.go SetSecretHandle: the
+    handle is the name's; dagql/cache.go BindSessionResource), and builds may
+    share a session (runs overlapping in one process, ``dagger run``). Builds
+    whose credentials come from different blocks therefore get different names,
+    or one would use the other's. A block's name is a parameter, not a secret;
+    nothing of the value goes into a name, which the engine shows in its traces.
+    """
+    return f"gobuild-{kind}-{origin or 'env'}"
 
 
 class CredentialsError(ValueError):
@@ -57,9 +73,9 @@ def parse_credentials(value: object, block: str) -> Credentials:
     if isinstance(value, str):
         user, sep, password = value.partition(":")
         if sep and user and password:
-            return Credentials(user, password)
+            return Credentials(user, password, block)
     elif isinstance(value, dict) and value.get("username") and value.get("password"):
-        return Credentials(str(value["username"]), str(value["password"]))
+        return Credentials(str(value["username"]), str(value["password"]), block)
     raise CredentialsError(
         f"registry_secret_block: secret {block!r} must hold 'username:password' "
         'or {"username": ..., "password": ...}'
@@ -73,10 +89,10 @@ def parse_git_token(value: object, block: str) -> Credentials:
     """
     value = _decoded(value)
     if isinstance(value, str) and value.strip():
-        return Credentials("", value.strip())
+        return Credentials("", value.strip(), block)
     if isinstance(value, dict) and (value.get("token") or value.get("password")):
         token = str(value.get("token") or value.get("password"))
-        return Credentials(str(value.get("username") or ""), token)
+        return Credentials(str(value.get("username") or ""), token, block)
     raise CredentialsError(
         f"git_secret_block: secret {block!r} must hold a token, "
         'or {"username": ..., "token": ...}'
@@ -106,6 +122,7 @@ class GoAuth:
     """
 
     entries: tuple[NetrcEntry, ...]
+    origin: str = ""  # the Secret block they came from
 
     def netrc(self) -> str:
         """The .netrc text, one entry a line."""
@@ -197,4 +214,4 @@ def parse_go_auth(value: object, block: str) -> GoAuth:
                 "contain whitespace (a .netrc cannot quote it)"
             )
         cleaned.append(NetrcEntry(machine, entry.login, entry.password))
-    return GoAuth(tuple(cleaned))
+    return GoAuth(tuple(cleaned), block)

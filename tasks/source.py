@@ -27,7 +27,7 @@ from tasks.context import BuildContext, build_context
 from tasks.params import BuildParams, ParamsError
 from tasks.retries import retry_options
 from tasks.runtimespec import parse_runtime_file, source_path
-from tasks.secrets import Credentials, load_secret_block, parse_git_token
+from tasks.secrets import Credentials, load_secret_block, parse_git_token, secret_name
 from tasks.session import engine_ready, host_snapshot_excludes
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ def git_repository(url: str, token: Credentials | None = None) -> dagger.GitRepo
 
     if token is None:
         return dag.git(url)
-    secret = dag.set_secret("gobuild-git-token", token.password)
+    secret = dag.set_secret(secret_name("git-token", token.origin), token.password)
     # An empty username is the SDK's default, which it leaves out of the query.
     return dag.git(url, http_auth_token=secret, http_auth_username=token.username)
 

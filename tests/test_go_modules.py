@@ -28,10 +28,10 @@ from dagger import dag
 from prefect.blocks.system import Secret
 
 from flows.build import main, parse_args
-from tasks.compile import compile_cache_key
+from tasks.compile import builder, compile_cache_key
 from tasks.params import ParamsError, parse_params
 from tasks.secrets import CredentialsError, parse_go_auth
-from tasks.source import SourceInfo
+from tasks.source import SourceInfo, describe_local, source_directory
 from tests.dagger_test_engine.server import TestEngine
 from tests.flowruns import artifacts, build, task_runs
 from tests.goproxy import GoModuleProxy
@@ -222,6 +222,37 @@ def test_private_module_without_credentials_fails_at_once_with_the_go_error(
     assert "Hint: a module needs credentials: set go_auth_secret_block" in (
         report["build-lockedapp-failure"].data
     )
+
+
+@on_x86_64
+def test_builds_sharing_a_session_keep_their_own_module_credentials(
+    proxied_engine: TestEngine, goproxy: GoModuleProxy, tmp_path: Path
+) -> None:
+    """Two builds in one engine session (runs overlapping in one process, or under
+    ``dagger run``), their credentials from different Secret blocks: the second
+    sets its secrets after the first has set its own and before the first runs.
+    The engine binds a secret's value to its name for the session
+    (test_a_set_secret_is_bound_by_its_name_in_the_session), so with one name for
+    both the first build would download with the second's stale password."""
+    # A version no other test puts in the module cache volume: the download must
+    # reach the proxy, and its credentials matter.
+    goproxy.add_module(PRIVATE, "v1.3.0", _module(PRIVATE, "private", "Greeting", "v1.3.0"))
+    app = app_using_modules(goproxy, tmp_path / "pairapp", "v1.3.0")
+    params = parse_params({"source": str(app), "go_env": go_env(goproxy), "run_checks": False})
+    info = describe_local(params)
+    current = parse_go_auth(goproxy.netrc(), "proxy-current")
+    stale = parse_go_auth(goproxy.netrc(password="stale-" + secrets.token_hex(8)), "proxy-stale")
+
+    async def flow():
+        src = source_directory(info)
+        first = builder(src, params, auth=current)
+        await first.id()  # its secrets are set in the session now; nothing has run
+        await builder(src, params, auth=stale).id()
+        return await first.with_exec(["go", "list", "-m", PRIVATE]).stdout()
+
+    assert run(flow) == f"{PRIVATE} v1.3.0\n"
+    private = [(status, user) for _, path, status, user in goproxy.requests if "v1.3.0" in path]
+    assert private and all(status == 200 for status, _ in private)
 
 
 @on_x86_64
@@ -606,6 +637,35 @@ def test_mounted_secret_is_seen_by_execs_only(dagger_engine: Engine) -> None:
     assert mounts == ["/root/.cache/go-build"]
     assert not read_back
     assert removed == "secret.txt missing\n"
+
+
+@pytest.mark.real_engine
+def test_a_set_secret_is_bound_by_its_name_in_the_session(dagger_engine: Engine) -> None:
+    """core/schema/secret.go setSecret: each call is a new result (PerCallInput)
+    whose handle comes from the name alone (core/secret.go SetSecretHandle), and
+    the plaintext is bound to that handle in the session, the latest binding
+    winning (dagql/cache.go BindSessionResource). So a secret already made yields
+    the value of a later ``setSecret`` of the same name: two builds sharing a
+    session must not give different values one name (tasks/secrets.py
+    ``secret_name``)."""
+    tag = secrets.token_hex(4)
+
+    async def flow():
+        first_id = await dag.set_secret(f"probe-{tag}", "one").id()
+        first = dag.load_secret_from_id(dagger.SecretID(first_id))
+        before = await first.plaintext()
+        second_id = await dag.set_secret(f"probe-{tag}", "two").id()
+        other_id = await dag.set_secret(f"probe-other-{tag}", "three").id()
+        return (
+            before,
+            await first.plaintext(),
+            await dag.load_secret_from_id(dagger.SecretID(second_id)).plaintext(),
+            await dag.load_secret_from_id(dagger.SecretID(other_id)).plaintext(),
+            await first.name(),
+            first_id != second_id,
+        )
+
+    assert run(flow) == ("one", "two", "two", "three", f"probe-{tag}", True)
 
 
 @pytest.mark.real_engine

@@ -112,7 +112,7 @@ class SecretMount:
 
     @property
     def plaintext(self) -> str:
-        return self.secret.value()[1]
+        return self.secret.plaintext
 
 
 @dataclass(frozen=True)
@@ -204,13 +204,35 @@ class CacheVolume(Obj):
 
 
 class Secret(Obj):
+    """A ``setSecret`` secret (core/schema/secret.go): its value is (name, handle).
+
+    The handle is derived from the name alone (core/secret.go SetSecretHandle, the
+    name HMAC'd for the calling client), and it is the secret's content digest, so
+    execs that use two secrets of one name are the same exec to the cache
+    (core/integration/secret_test.go TestSetSecretInModuleCaching). The plaintext
+    is bound to the handle in the session (dagql/cache.go BindSessionResource,
+    latest binding wins) and looked up when the secret is used: a later
+    ``setSecret`` of the same name in the session changes what every secret of
+    that name yields from then on."""
+
     TYPENAME = "Secret"
+
+    @property
+    def handle(self) -> str:
+        return self.value()[1]
+
+    @property
+    def plaintext(self) -> str:
+        value = self.engine.session().secret_values.get(self.handle)
+        if value is None:
+            raise EngineError(f"secret {self.value()[0]!r} is not bound in this session")
+        return value
 
     def f_name(self) -> str:
         return self.value()[0]
 
     def f_plaintext(self) -> str:
-        return self.value()[1]
+        return self.plaintext
 
 
 class EnvVariable(Obj):
@@ -628,7 +650,7 @@ class Container(Obj):
         SESSION's auth provider, keyed by registry host (auth/registry.go), when
         the field resolves; the container itself is unchanged. Any publish in the
         same session to that host uses it, whichever container it starts from."""
-        plaintext = self.engine.load(secret, Secret).value()[1]
+        plaintext = self.engine.load(secret, Secret).plaintext
         session = self.engine.session()
         try:
             session.registry_auth.add(address, username, plaintext)
@@ -944,10 +966,14 @@ class Query(Obj):
         return self.child(CacheVolume, "cacheVolume", {"key": key}, lambda: key)
 
     def f_setSecret(self, name: str, plaintext: str) -> Secret:
-        fingerprint = hashlib.sha256((self.engine.salt + plaintext).encode()).hexdigest()
-        return self.child(
-            Secret, "setSecret", {"name": name, "f": fingerprint}, lambda: (name, plaintext)
-        )
+        """core/schema/secret.go setSecret: a new result per call (PerCallInput)
+        whose handle comes from the name; the plaintext is bound to the handle in
+        the caller's session (see :class:`Secret`)."""
+        handle = hashlib.sha256(f"setSecret\0{name}".encode()).hexdigest()
+        session = self.engine.session()
+        with session.lock:
+            session.secret_values[handle] = plaintext
+        return self.child(Secret, "setSecret", {"name": name}, lambda: (name, handle), fresh=True)
 
     def f_git(
         self,
@@ -1003,13 +1029,16 @@ class Query(Obj):
                 "auth",
             )
         auth = None
+        scope = []  # core/git_remote.go remoteCacheScope: the secrets' handles, not IDs
         if token_id:
-            token = self.engine.load(token_id, Secret).value()[1]
-            auth = GitAuth.for_url(remote, basic_auth_header(remote, token, username))
+            token = self.engine.load(token_id, Secret)
+            auth = GitAuth.for_url(remote, basic_auth_header(remote, token.plaintext, username))
+            scope.append("token:" + token.handle)
         elif header_id:
-            header = self.engine.load(header_id, Secret).value()[1]
-            auth = GitAuth.for_url(remote, header)
-        key = json.dumps(["ls-remote", remote.remote(), username, token_id, header_id])
+            header = self.engine.load(header_id, Secret)
+            auth = GitAuth.for_url(remote, header.plaintext)
+            scope.append("header:" + header.handle)
+        key = json.dumps(["ls-remote", remote.remote(), username, *scope])
         listed = session.cached(key, lambda: self.engine.git.ls_remote(remote, auth))
         state = GitRepoState(remote, listed, auth, keep_git_dir is False)
         args = {
@@ -1119,7 +1148,6 @@ class Engine:
         self.cwd = cwd or Path.cwd()
         self.store = BlobStore(self.state_dir / "blobs")
         self.cache_dir = self.state_dir / "cache-volumes"
-        self.salt = base64.b64encode(os.urandom(12)).decode()
         # PEM certificates the engine trusts besides the system's, as a real engine
         # configured with custom CAs does (its own /usr/local/share/ca-certificates);
         # execs see them (execution.py), images never contain them.

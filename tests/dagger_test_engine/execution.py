@@ -113,9 +113,9 @@ class Executor:
             (m.path, m.kind, m.cache_key, fs.tree_digest(m.directory.tree()) if m.directory else "")
             for m in s.mounts
         ]
-        # A secret's object ID carries a digest of its value (``setSecret``), so a
-        # changed secret is a different exec.
-        secrets = [(m.path, m.env, m.mode, m.secret.oid) for m in s.secrets]
+        # A secret counts by its handle, derived from its name (core/secret.go
+        # SetSecretHandle): another value under the same name is the same exec.
+        secrets = [(m.path, m.env, m.mode, m.secret.handle) for m in s.secrets]
         material = repr(
             (
                 fs.tree_digest(s.rootfs),

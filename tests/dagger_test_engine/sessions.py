@@ -94,6 +94,9 @@ class Session:
     id: str = field(default_factory=lambda: secrets.token_hex(8))
     alive: bool = True
     registry_auth: RegistryAuth = field(default_factory=RegistryAuth)
+    # setSecret values by handle (dagql/cache.go BindSessionResource: per session,
+    # the latest binding wins)
+    secret_values: dict[str, str] = field(default_factory=dict)
     # per-session caches (git ls-remote results: git() is a per-client call)
     cache: dict[str, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
