@@ -211,15 +211,16 @@ def test_image_gets_args_env_ports_workdir_and_files(
 ) -> None:
     src = write_tree(tmp_path / "pages", SERVICE)
     out = tmp_path / "pages.tar"
-    state = build(
-        source=str(src),
-        output=str(out),
-        run_checks=False,
-        runtime_args=["render"],
-        runtime_env={"PAGES_MODE": "release"},
-        exposed_ports=["8080", "53/udp"],
-        runtime_files=["templates", "config/pages.yaml:/etc/pages/pages.yaml"],
-    )
+    params = {
+        "source": str(src),
+        "output": str(out),
+        "run_checks": False,
+        "runtime_args": ["render"],
+        "runtime_env": {"PAGES_MODE": "release"},
+        "exposed_ports": ["8080", "53/udp"],
+        "runtime_files": ["templates", "config/pages.yaml:/etc/pages/pages.yaml"],
+    }
+    state = build(**params)
     assert state.is_completed(), state.message
     archive = f"oci-archive:{out}"
     cfg = inspect_config(archive)["config"]
@@ -246,15 +247,8 @@ def test_image_gets_args_env_ports_workdir_and_files(
     # Only the image's config changed: the compile is served from cache, the
     # image is assembled again with the new arguments.
     dagger_engine.log.clear()
-    again = build(
-        source=str(src),
-        output=str(out),
-        run_checks=False,
-        runtime_args=["render", "--verbose"],
-        runtime_env={"PAGES_MODE": "release"},
-        exposed_ports=["8080", "53/udp"],
-        runtime_files=["templates", "config/pages.yaml:/etc/pages/pages.yaml"],
-    )
+    params["runtime_args"] = ["render", "--verbose"]
+    again = build(**params)
     assert again.is_completed(), again.message
     runs = {r.name.split("-")[0]: r.state.name for r in task_runs(again.state_details.flow_run_id)}
     assert runs["compile linux/amd64"] == "Cached"
@@ -264,15 +258,7 @@ def test_image_gets_args_env_ports_workdir_and_files(
 
     # A changed template is a changed image, though the binary is the same.
     (src / "templates/index.html").write_text("<h1>changed</h1>")
-    changed = build(
-        source=str(src),
-        output=str(out),
-        run_checks=False,
-        runtime_args=["render", "--verbose"],
-        runtime_env={"PAGES_MODE": "release"},
-        exposed_ports=["8080", "53/udp"],
-        runtime_files=["templates", "config/pages.yaml:/etc/pages/pages.yaml"],
-    )
+    changed = build(**params)
     assert changed.is_completed(), changed.message
     page = extract_file(archive, "/app/templates/index.html", tmp_path / "index.html")
     assert page.read_text() == "<h1>changed</h1>"
