@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import re
 import stat
 import subprocess
@@ -148,15 +149,21 @@ def runtime_sources(params: BuildParams) -> list[tuple[str, str]]:
 
 def _check_runtime_files_sent(params: BuildParams, context: BuildContext) -> list[str]:
     """Each runtime file must be among the files sent, or the image would lack it
-    (or the engine fail on a missing path after the compile): refused in one line
-    naming the parameter, before any engine work. -> the entries that are
-    directories."""
-    sent = [rel for rel, _ in context.entries]
+    (or the engine fail on a missing path after the compile), and readable by the
+    image's user: refused in one line naming the parameter, before any engine
+    work. -> the entries that are directories."""
     dirs = []
     for spec, rel in runtime_sources(params):
-        if rel == "." or any(f == rel or f.startswith(rel + "/") for f in sent):
+        under = [
+            (f, st)
+            for f, st in context.entries
+            if rel == "." or f == rel or f.startswith(rel + "/")
+        ]
+        if under:
             if rel == "." or (context.root / rel).is_dir():
                 dirs.append(rel)
+            if not _runs_as_root(params.runtime_user):
+                _check_readable(spec, params.runtime_user, context.root, rel, under)
             continue
         why = ".dockerignore or .gitignore" if context.from_git else ".dockerignore"
         hint = " (use_gitignore=false sends what git ignores)" if context.from_git else ""
@@ -167,6 +174,43 @@ def _check_runtime_files_sent(params: BuildParams, context: BuildContext) -> lis
             ]
         )
     return dirs
+
+
+def _runs_as_root(user: str) -> bool:
+    return user.partition(":")[0] in ("0", "root")
+
+
+def _check_readable(
+    spec: str, user: str, root: Path, rel: str, files: list[tuple[str, os.stat_result]]
+) -> None:
+    """The engine keeps a host file's mode and makes it root's (engine/client/
+    filesync.go resets uid and gid), so the image's user reads a runtime file only
+    if others may, and enters a copied directory only if others may: a config file
+    made with mode 0600 would fail the service at its start, not the build."""
+    top = ("" if rel == "." else rel) if (root / rel).is_dir() else None
+    checked: set[str] = set()
+    for path, st in files:
+        folder = posixpath.dirname(path)
+        # The directories below the copied one; that one's contents are copied
+        # into the destination (core/directory.go WithDirectory, CopyDirContents).
+        while top is not None and folder != top and folder not in checked:
+            checked.add(folder)
+            mode = os.stat(root / folder).st_mode
+            if mode & 0o005 != 0o005:
+                _unreadable(spec, user, folder, mode, "enter")
+            folder = posixpath.dirname(folder)
+        if stat.S_ISREG(st.st_mode) and not st.st_mode & 0o004:
+            _unreadable(spec, user, path, st.st_mode, "read")
+
+
+def _unreadable(spec: str, user: str, path: str, mode: int, what: str) -> None:
+    raise ParamsError(
+        [
+            f"runtime_files: {spec!r}: the image's user {user} cannot {what} {path!r} (mode "
+            f"{stat.S_IMODE(mode):04o}; the image keeps the mode and makes it root's): "
+            f"chmod o+r{'x' if what == 'enter' else ''} it, or set runtime_user"
+        ]
+    )
 
 
 def describe_local(params: BuildParams) -> SourceInfo:

@@ -15,6 +15,7 @@ import pytest
 from flows.build import parse_args
 from tasks.params import ParamsError, parse_params
 from tasks.runtimespec import check_exposed_ports, parse_runtime_file
+from tasks.source import describe_local
 from tests.dagger_test_engine.server import TestEngine
 from tests.flowruns import artifacts, build, run_logs, task_runs
 from tests.git_servers import GitDaemon
@@ -137,6 +138,31 @@ def test_bad_runtime_parameters_are_refused_in_one_line_each(tmp_path: Path) -> 
     assert "runtime_args: 'a\\nb' must not contain newlines" in problems(
         source=str(src), runtime_args=["a\nb"]
     )
+
+
+def test_a_runtime_file_the_image_user_cannot_read_is_refused(tmp_path: Path) -> None:
+    """The engine keeps a host file's mode and makes it root's: a 0600 config would
+    fail the service at its start, so the load-source stage refuses it."""
+    src = write_tree(tmp_path / "pages", SERVICE)
+    (src / "config/pages.yaml").chmod(0o600)
+    params = parse_params({"source": str(src), "runtime_files": ["config:/etc/pages"]})
+    with pytest.raises(ParamsError) as err:
+        describe_local(params)
+    assert str(err.value) == (
+        "runtime_files: 'config:/etc/pages': the image's user 65532 cannot read "
+        "'config/pages.yaml' (mode 0600; the image keeps the mode and makes it root's): "
+        "chmod o+r it, or set runtime_user"
+    )
+    as_root = parse_params({**params.model_dump(), "runtime_user": "0:0"})
+    assert describe_local(as_root).runtime_dirs == ["config"]
+    (src / "config/pages.yaml").chmod(0o644)
+    (src / "templates/parts").chmod(0o700)
+    with pytest.raises(ParamsError, match=r"cannot enter 'templates/parts' .* chmod o\+rx"):
+        describe_local(parse_params({"source": str(src), "runtime_files": ["templates"]}))
+    # A file named alone needs only itself readable.
+    assert describe_local(
+        parse_params({"source": str(src), "runtime_files": ["templates/index.html"]})
+    ).runtime_dirs == []
 
 
 def test_a_monorepo_module_takes_files_from_beside_it(tmp_path: Path) -> None:
