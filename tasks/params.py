@@ -583,7 +583,7 @@ class BuildParams(BaseModel):
     @classmethod
     def _valid_runtime_files(cls, value: list[str], info: ValidationInfo) -> list[str]:
         """The grammar, then, in a local module, that each source exists (a git
-        tree is only known to the engine, which the assemble stage asks)."""
+        tree is only known to the engine, which the load-source stage asks)."""
         module_dir = info.data.get("module_dir")
         if module_dir is None:
             return value  # reported as module_dir's own problem
