@@ -312,13 +312,11 @@ async def compile_binary(
             await built.export(str(path))
         if not is_program(path):  # a git source's package is only seen here
             mains = await main_packages(builder_ctr, params)
-            found = (
-                f"; main packages in this module: {', '.join(mains)}"
-                if mains
-                else "; go list found no main package in this module"
-                if mains is not None
-                else ""
-            )
+            found = ""  # go list itself failed: nothing more to say
+            if mains:
+                found = f"; main packages in this module: {', '.join(mains)}"
+            elif mains is not None:
+                found = "; go list found no main package in this module"
             raise ValueError(
                 f"main_package: {params.main_package!r} is not a main package: "
                 f"go build wrote a package archive, not a program{found}"
