@@ -237,4 +237,4 @@ def image_path(entry: RuntimeFile, workdir: str) -> str:
     """Where an entry lands in the image: an absolute path."""
     if entry.target.startswith("/"):
         return entry.target
-    return posixpath.join(workdir or FILES_WORKDIR, entry.target)
+    return posixpath.normpath(posixpath.join(workdir or FILES_WORKDIR, entry.target))

@@ -125,7 +125,6 @@ def app_using_modules(
     return root
 
 
-
 def layer_texts(tarball: Path) -> bytes:
     """Every file of an OCI tarball, gzip layers decompressed."""
     out = []
@@ -169,14 +168,10 @@ def test_private_module_from_an_authenticated_proxy_builds_and_runs(
         platforms=["linux/amd64", "linux/arm64"],
     )
     assert state.is_completed(), state.message
-    binary = extract_file(
-        f"oci-archive:{out}", "/usr/local/bin/modapp", tmp_path / "bin", "amd64"
-    )
+    binary = extract_file(f"oci-archive:{out}", "/usr/local/bin/modapp", tmp_path / "bin", "amd64")
     ran = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout
     assert ran == "hello from public and private v1.0.0 1.0.0\n"
-    arm64 = extract_file(
-        f"oci-archive:{out}", "/usr/local/bin/modapp", tmp_path / "arm64", "arm64"
-    )
+    arm64 = extract_file(f"oci-archive:{out}", "/usr/local/bin/modapp", tmp_path / "arm64", "arm64")
     assert elf_machine(arm64) == ELF_AARCH64
 
     # The private module was served to the credentials, and only to them.
@@ -324,9 +319,7 @@ def test_a_test_that_prints_the_token_fails_with_the_token_scrubbed(
     tmp_path: Path,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    app = app_using_modules(
-        goproxy, tmp_path / "leakyapp", "v1.0.0", {"leak_test.go": LEAKY_TEST}
-    )
+    app = app_using_modules(goproxy, tmp_path / "leakyapp", "v1.0.0", {"leak_test.go": LEAKY_TEST})
     # The JSON form of the credentials this time.
     value = {"machine": goproxy.host, "login": goproxy.username, "password": goproxy.token}
     Secret(value=json.dumps(value)).save("go-proxy-json", overwrite=True)
@@ -624,9 +617,11 @@ def test_mounted_secret_is_seen_by_execs_only(dagger_engine: Engine) -> None:
             read_back = True
         except dagger.QueryError:
             read_back = False
-        removed = await ctr.without_mount("/probe/secret.txt").with_exec(
-            ["go", "run", "main.go", "/probe/secret.txt"]
-        ).stdout()
+        removed = (
+            await ctr.without_mount("/probe/secret.txt")
+            .with_exec(["go", "run", "main.go", "/probe/secret.txt"])
+            .stdout()
+        )
         return stdout, entries, names, mounts, read_back, removed
 
     stdout, entries, names, mounts, read_back, removed = run(flow)

@@ -14,7 +14,7 @@ import pytest
 
 from flows.build import parse_args
 from tasks.params import ParamsError, parse_params
-from tasks.runtimespec import check_exposed_ports, parse_runtime_file
+from tasks.runtimespec import check_exposed_ports, image_path, parse_runtime_file
 from tasks.source import describe_local
 from tests.dagger_test_engine.server import TestEngine
 from tests.flowruns import artifacts, build, run_logs, task_runs
@@ -85,6 +85,9 @@ def test_runtime_files_grammar() -> None:
     )
     assert parse_runtime_file("web/dist:static") == ("web/dist", "static")
     assert parse_runtime_file("../shared/tpl:/srv/tpl") == ("../shared/tpl", "/srv/tpl")
+    # "." is the working directory itself.
+    assert image_path(parse_runtime_file("static:."), "/srv") == "/srv"
+    assert image_path(parse_runtime_file("static:./web/"), "") == "/app/web"
     for bad, reason in [
         ("/etc/passwd", "must be relative to module_dir"),
         (".", "is not inside the module directory"),
@@ -160,9 +163,12 @@ def test_a_runtime_file_the_image_user_cannot_read_is_refused(tmp_path: Path) ->
     with pytest.raises(ParamsError, match=r"cannot enter 'templates/parts' .* chmod o\+rx"):
         describe_local(parse_params({"source": str(src), "runtime_files": ["templates"]}))
     # A file named alone needs only itself readable.
-    assert describe_local(
-        parse_params({"source": str(src), "runtime_files": ["templates/index.html"]})
-    ).runtime_dirs == []
+    assert (
+        describe_local(
+            parse_params({"source": str(src), "runtime_files": ["templates/index.html"]})
+        ).runtime_dirs
+        == []
+    )
 
 
 def test_a_monorepo_module_takes_files_from_beside_it(tmp_path: Path) -> None:
