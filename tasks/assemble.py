@@ -33,12 +33,12 @@ from tasks import image_store, progress
 from tasks.binaries import available, host_file, result_storage
 from tasks.compile import CompiledBinary
 from tasks.image_store import file_sha256
-from tasks.oci_layout import image_digests, runtime_config
+from tasks.oci_layout import read_image
 from tasks.params import BuildParams, ParamsError
 from tasks.retries import retry_options
-from tasks.runtimespec import RuntimeFile, image_path, image_workdir, parse_port, parse_runtime_file
+from tasks.runtimespec import parse_port
 from tasks.session import engine_ready, in_engine
-from tasks.source import SourceInfo, git_token, runtime_sources, source_directory
+from tasks.source import SourceInfo, git_token, source_directory
 
 if TYPE_CHECKING:
     import dagger
@@ -53,7 +53,7 @@ class ImageArtifact(BaseModel):
     digest: str  # of the manifest (one platform) or the image index (several)
     platforms: dict[str, str]  # platform -> manifest digest
     size: int
-    # How the container starts, read back from the tarball (oci_layout.runtime_config).
+    # How the container starts, read back from the tarball (oci_layout.read_image).
     config: dict[str, Any] = {}
 
 
@@ -113,7 +113,7 @@ def runtime(
     for spec in params.exposed_ports:
         port, protocol = parse_port(spec)
         ctr = ctr.with_exposed_port(port, protocol=dagger.NetworkProtocol(protocol.upper()))
-    workdir = image_workdir(params.runtime_workdir, _entries(params))
+    workdir = params.runtime_placements()[0]
     if workdir:
         ctr = ctr.with_workdir(workdir)
     ctr = ctr.with_user(params.runtime_user)
@@ -122,25 +122,20 @@ def runtime(
     return ctr
 
 
-def _entries(params: BuildParams) -> list[RuntimeFile]:
-    return [parse_runtime_file(spec) for spec in params.runtime_files]
-
-
 def runtime_files(
     params: BuildParams, source: SourceInfo, tree: dagger.Directory
 ) -> list[RuntimeItem]:
     """Each of ``runtime_files`` taken from the source ``tree`` (not evaluated),
     with the path it lands at. Stamped with the source's time, as the binary is,
     so the same files give the same layer."""
-    workdir = image_workdir(params.runtime_workdir, _entries(params))
     items: list[RuntimeItem] = []
-    for (_, rel), entry in zip(runtime_sources(params), _entries(params), strict=True):
+    for _, rel, target in params.runtime_placements()[1]:
         item: dagger.Directory | dagger.File
         if rel in source.runtime_dirs:
             item = (tree if rel == "." else tree.directory(rel)).with_timestamps(source.epoch())
         else:
             item = tree.file(rel).with_timestamps(source.epoch())
-        items.append((image_path(entry, workdir), item))
+        items.append((target, item))
     return items
 
 
@@ -216,14 +211,14 @@ async def assemble_image(
             stored, sha = image_store.keep(partial, output)
         finally:
             partial.unlink(missing_ok=True)
-    digest, platforms = image_digests(stored)
+    digest, platforms, config = read_image(stored)
     image = ImageArtifact(
         path=str(stored),
         tarball_sha256=sha,
         digest=digest,
         platforms=platforms,
         size=stored.stat().st_size,
-        config=runtime_config(stored),
+        config=config,
     )
     image_store.prune(output, stored)
     return image

@@ -97,14 +97,7 @@ class Layout:
 
 def image_digests(tarball: Path) -> tuple[str, dict[str, str]]:
     """-> (digest of the top manifest or index, {platform: manifest digest})."""
-    with tarfile.open(tarball) as tar:
-        layout = Layout(tar)
-        top = layout.top()["digest"]
-        platforms: dict[str, str] = {}
-        for image in layout.images():
-            if image.platform in platforms:
-                raise ValueError(f"{tarball}: two images for platform {image.platform}")
-            platforms[image.platform] = image.descriptor["digest"]
+    top, platforms, _ = read_image(tarball)
     return top, platforms
 
 
@@ -113,22 +106,29 @@ def image_digests(tarball: Path) -> tuple[str, dict[str, str]]:
 RUNTIME_KEYS = ("Entrypoint", "Cmd", "WorkingDir", "User", "ExposedPorts", "Env")
 
 
-def runtime_config(tarball: Path) -> dict[str, Any]:
-    """The first image's ``RUNTIME_KEYS`` (every platform gets the same): the
-    environment as names only, since a report is no place for values."""
+def read_image(tarball: Path) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """-> (as :func:`image_digests`, and the first image's ``RUNTIME_KEYS``), in
+    one reading of the tarball. Every platform gets the same config; the
+    environment is kept as names only, since a report is no place for values."""
     with tarfile.open(tarball) as tar:
         layout = Layout(tar)
+        top = layout.top()["digest"]
+        platforms: dict[str, str] = {}
         images = layout.images()
-        if not images:
-            return {}
-        config = layout.json(layout.blob_name(images[0].manifest["config"]["digest"]))
+        for image in images:
+            if image.platform in platforms:
+                raise ValueError(f"{tarball}: two images for platform {image.platform}")
+            platforms[image.platform] = image.descriptor["digest"]
+        config = (
+            layout.json(layout.blob_name(images[0].manifest["config"]["digest"])) if images else {}
+        )
     settings = config.get("config") or {}
     found = {key: settings[key] for key in RUNTIME_KEYS if settings.get(key)}
     if "ExposedPorts" in found:
         found["ExposedPorts"] = sorted(found["ExposedPorts"])
     if "Env" in found:
         found["Env"] = [item.partition("=")[0] for item in found["Env"]]
-    return found
+    return top, platforms, found
 
 
 def split_by_platform(tarball: Path, dest: Path) -> dict[str, Path]:

@@ -53,14 +53,14 @@ from tasks.ldflags import check_ldflags
 from tasks.runtimespec import (
     FILES_WORKDIR,
     RUNTIME_USER,
+    Placement,
     check_exposed_ports,
     check_runtime_args,
     check_runtime_env,
     check_runtime_files,
     check_user,
     check_workdir,
-    parse_runtime_file,
-    source_path,
+    placements,
 )
 from tasks.sourcespec import check_git_ref, check_source, is_git_url, repository_name
 
@@ -587,17 +587,19 @@ class BuildParams(BaseModel):
         module_dir = info.data.get("module_dir")
         if module_dir is None:
             return value  # reported as module_dir's own problem
-        check_runtime_files(value, module_dir, info.data.get("runtime_workdir") or "")
+        resolved = check_runtime_files(value, module_dir, info.data.get("runtime_workdir") or "")
         local = cls._local_module(info)
         if local is None:
             return value
         root = local[0].resolve()
-        for spec in value:
-            path = root / source_path(parse_runtime_file(spec), module_dir)
+        for place in resolved:
+            path = root / place.source
             if not path.exists():
-                raise ValueError(f"{show(spec)}: {path} does not exist")
+                raise ValueError(f"{show(place.spec)}: {path} does not exist")
             if not path.resolve().is_relative_to(root):
-                raise ValueError(f"{show(spec)}: {path} leads outside the source {str(root)!r}")
+                raise ValueError(
+                    f"{show(place.spec)}: {path} leads outside the source {str(root)!r}"
+                )
         return value
 
     @field_validator("image_refs")
@@ -748,6 +750,11 @@ class BuildParams(BaseModel):
         """Absolute tarball path, resolved against the working directory of the run."""
         raw = self.output or f"build/{self.resolved_app_name()}.oci.tar"
         return Path(raw).expanduser().resolve()
+
+    def runtime_placements(self) -> tuple[str, list[Placement]]:
+        """The image's working directory and each of ``runtime_files`` resolved
+        (``tasks.runtimespec.placements``)."""
+        return placements(self.runtime_files, self.module_dir, self.runtime_workdir)
 
     def publish_refs(self, commit: str = "", now: datetime | None = None) -> list[str]:
         """All references to push: `image_refs` plus the tag_* extras for each repository.

@@ -25,6 +25,7 @@ from tasks.imageref import show
 __all__ = [
     "FILES_WORKDIR",
     "RUNTIME_USER",
+    "Placement",
     "RuntimeFile",
     "check_exposed_ports",
     "check_runtime_args",
@@ -36,6 +37,7 @@ __all__ = [
     "image_workdir",
     "parse_port",
     "parse_runtime_file",
+    "placements",
     "source_path",
 ]
 
@@ -151,6 +153,11 @@ def check_user(value: str, runtime_image: str | None) -> str:
     return value
 
 
+def _clean_absolute(path: str) -> str:
+    """normpath, and one leading '/' where it keeps two (POSIX lets '//x' differ)."""
+    return posixpath.normpath(path).replace("//", "/", 1)
+
+
 def check_workdir(value: str) -> str:
     """'' (the base image's, or FILES_WORKDIR for files placed relative to it), or
     an absolute path, cleaned."""
@@ -160,7 +167,7 @@ def check_workdir(value: str) -> str:
         raise ValueError(f"{show(value)} must not contain backslashes or control characters")
     if not value.startswith("/"):
         raise ValueError(f"{show(value)} must be an absolute path in the image, e.g. /app")
-    return posixpath.normpath(value).replace("//", "/")
+    return _clean_absolute(value)
 
 
 def parse_runtime_file(spec: str) -> RuntimeFile:
@@ -189,7 +196,7 @@ def parse_runtime_file(spec: str) -> RuntimeFile:
             )
         target = clean_source
     elif target.startswith("/"):
-        target = posixpath.normpath(target).replace("//", "/")
+        target = _clean_absolute(target)
     else:
         cleaned = posixpath.normpath(target)
         if cleaned == ".." or cleaned.startswith("../"):
@@ -207,22 +214,42 @@ def source_path(entry: RuntimeFile, module_dir: str) -> str:
     return posixpath.normpath(posixpath.join(module_dir or ".", entry.source))
 
 
-def check_runtime_files(specs: list[str], module_dir: str, workdir: str) -> list[str]:
-    """Each entry's grammar, its source inside the source tree, and no two entries
-    landing at one path (one would silently replace the other)."""
+class Placement(NamedTuple):
+    """One ``runtime_files`` entry resolved: where it is read, where it lands."""
+
+    spec: str  # the entry as given
+    source: str  # path in the source tree ('.' is its root)
+    target: str  # absolute path in the image
+
+
+def placements(specs: list[str], module_dir: str, workdir: str) -> tuple[str, list[Placement]]:
+    """-> (the image's working directory, each entry resolved): the one reading
+    of ``runtime_files`` that the parameter check, the load-source stage and the
+    assemble stage share."""
     entries = [parse_runtime_file(spec) for spec in specs]
     landing = image_workdir(workdir, entries)
+    return landing, [
+        Placement(spec, source_path(entry, module_dir), image_path(entry, landing))
+        for spec, entry in zip(specs, entries, strict=True)
+    ]
+
+
+def check_runtime_files(specs: list[str], module_dir: str, workdir: str) -> list[Placement]:
+    """Each entry's grammar, its source inside the source tree, and no two entries
+    landing at one path (one would silently replace the other)."""
     targets: dict[str, str] = {}
-    for spec, entry in zip(specs, entries, strict=True):
-        if source_path(entry, module_dir).split("/")[0] == "..":
+    _, resolved = placements(specs, module_dir, workdir)
+    for place in resolved:
+        if place.source.split("/")[0] == "..":
             raise ValueError(
-                f"{show(spec)} leads outside the source (from module_dir {module_dir!r})"
+                f"{show(place.spec)} leads outside the source (from module_dir {module_dir!r})"
             )
-        target = image_path(entry, landing)
-        if target in targets:
-            raise ValueError(f"{show(spec)} and {show(targets[target])} both go to {target!r}")
-        targets[target] = spec
-    return specs
+        if place.target in targets:
+            raise ValueError(
+                f"{show(place.spec)} and {show(targets[place.target])} both go to {place.target!r}"
+            )
+        targets[place.target] = place.spec
+    return resolved
 
 
 def image_workdir(workdir: str, files: list[RuntimeFile]) -> str:

@@ -27,7 +27,6 @@ from tasks import progress
 from tasks.context import BuildContext, build_context
 from tasks.params import BuildParams, ParamsError
 from tasks.retries import retry_options
-from tasks.runtimespec import parse_runtime_file, source_path
 from tasks.secrets import Credentials, load_secret_block, parse_git_token, secret_name
 from tasks.session import engine_ready, host_snapshot_excludes
 
@@ -139,31 +138,25 @@ async def git_token(params: BuildParams) -> Credentials | None:
     return parse_git_token(value, params.git_secret_block)
 
 
-def runtime_sources(params: BuildParams) -> list[tuple[str, str]]:
-    """(entry as given, source-relative path) for each of ``runtime_files``."""
-    return [
-        (spec, source_path(parse_runtime_file(spec), params.module_dir))
-        for spec in params.runtime_files
-    ]
-
-
 def _check_runtime_files_sent(params: BuildParams, context: BuildContext) -> list[str]:
     """Each runtime file must be among the files sent, or the image would lack it
     (or the engine fail on a missing path after the compile), and readable by the
     image's user: refused in one line naming the parameter, before any engine
     work. -> the entries that are directories."""
     dirs = []
-    for spec, rel in runtime_sources(params):
+    for spec, rel, _ in params.runtime_placements()[1]:
         under = [
             (f, st)
             for f, st in context.entries
             if rel == "." or f == rel or f.startswith(rel + "/")
         ]
         if under:
-            if rel == "." or (context.root / rel).is_dir():
+            is_dir = (context.root / rel).is_dir()
+            if is_dir:
                 dirs.append(rel)
             if not _runs_as_root(params.runtime_user):
-                _check_readable(spec, params.runtime_user, context.root, rel, under)
+                top = ("" if rel == "." else rel) if is_dir else None
+                _check_readable(spec, params.runtime_user, context.root, top, under)
             continue
         why = ".dockerignore or .gitignore" if context.from_git else ".dockerignore"
         hint = " (use_gitignore=false sends what git ignores)" if context.from_git else ""
@@ -181,13 +174,13 @@ def _runs_as_root(user: str) -> bool:
 
 
 def _check_readable(
-    spec: str, user: str, root: Path, rel: str, files: list[tuple[str, os.stat_result]]
+    spec: str, user: str, root: Path, top: str | None, files: list[tuple[str, os.stat_result]]
 ) -> None:
     """The engine keeps a host file's mode and makes it root's (engine/client/
     filesync.go resets uid and gid), so the image's user reads a runtime file only
     if others may, and enters a copied directory only if others may: a config file
-    made with mode 0600 would fail the service at its start, not the build."""
-    top = ("" if rel == "." else rel) if (root / rel).is_dir() else None
+    made with mode 0600 would fail the service at its start, not the build.
+    ``top`` is the copied directory ('' for the source's root), None for a file."""
     checked: set[str] = set()
     for path, st in files:
         folder = posixpath.dirname(path)
@@ -298,7 +291,7 @@ async def _git_runtime_dirs(params: BuildParams, tree: dagger.Directory) -> list
     import dagger
 
     dirs = []
-    for spec, rel in runtime_sources(params):
+    for spec, rel, _ in params.runtime_placements()[1]:
         if rel == "." or await tree.exists(rel, expected_type=dagger.ExistsType.DIRECTORY_TYPE):
             dirs.append(rel)
         elif not await tree.exists(rel):
