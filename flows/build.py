@@ -181,6 +181,12 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--app-name")
     ap.add_argument("--module-dir", help="directory of the Go module inside the source")
     ap.add_argument("--main-package")
+    ap.add_argument(
+        "--extra-package",
+        dest="extra_packages",
+        action="append",
+        help="another main package to put in the image, at /usr/local/bin/<name>, repeatable",
+    )
     ap.add_argument("--version")
     ap.add_argument("--version-variable", help="Go variable that receives the version")
     ap.add_argument(

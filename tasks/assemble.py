@@ -84,12 +84,14 @@ def runtime(
     platform: str,
     labels: dict[str, str],
     files: Sequence[RuntimeItem] = (),
+    programs: Sequence[tuple[str, dagger.File]] = (),
 ) -> dagger.Container:
     """The runtime chain for one platform (not evaluated): the base, the runtime
-    files (:func:`runtime_files`), the binary, then the image config: entrypoint,
-    default arguments, environment, ports, working directory, user, labels.
+    files (:func:`runtime_files`), the ``extra_packages``' ``programs`` (by file
+    name), the binary, then the image config: entrypoint, default arguments,
+    environment, ports, working directory, user, labels.
 
-    The files go in before the binary, so none can replace it. The default
+    The files go in before the programs, so none can replace one. The default
     arguments follow the entrypoint because setting an entrypoint clears them
     (core/schema/container.go, withEntrypoint without keepDefaultArgs), which also
     drops the base image's own CMD (alpine's /bin/sh)."""
@@ -105,6 +107,8 @@ def runtime(
             ctr = ctr.with_directory(target, item)
         else:
             ctr = ctr.with_file(target, item)
+    for name, program in programs:
+        ctr = ctr.with_file(f"{BIN_DIR}/{name}", program, permissions=0o755)
     ctr = ctr.with_file(path, binary, permissions=0o755).with_entrypoint([path])
     if params.runtime_args:
         ctr = ctr.with_default_args(params.runtime_args)
@@ -145,7 +149,9 @@ def assemble_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> s
     determinants = {
         "stage": "assemble",
         "code": _CODE,
-        "binaries": [(b.platform, b.sha256) for b in binaries],
+        "binaries": [
+            (b.platform, b.sha256, [(e.name, e.sha256) for e in b.extras]) for b in binaries
+        ],
         "runtime_image": params.runtime_image,
         "labels": oci_labels(params, parameters["source"], parameters["version"]),
         "app": params.resolved_app_name(),
@@ -189,19 +195,24 @@ async def assemble_image(
         files = runtime_files(params, source, source_directory(source, await git_token(params)))
     async with contextlib.AsyncExitStack() as stored_files:
         variants = []
-        for b in binaries:
+
+        async def engine_file(sha256: str, key: str) -> dagger.File:
             # Compiled in this session: still in the engine. Served from Prefect's
-            # cache: the stored file (tasks/binaries.py), uploaded.
-            binary = in_engine(b.sha256)
-            if binary is None:
+            # cache: the stored file (tasks/binaries.py), uploaded. Either way with
+            # the source's time, not the file's: the same binary then gives the
+            # same layer, so registries share it between builds.
+            file = in_engine(sha256)
+            if file is None:
                 from dagger import dag
 
-                path = await stored_files.enter_async_context(host_file(b.key, storage))
-                binary = dag.host().file(str(path))
-            # The source's time, not the file's: the same binary then gives the
-            # same layer, so registries share it between builds.
-            binary = binary.with_timestamps(source.epoch())
-            variants.append(runtime(binary, params, b.platform, labels, files))
+                path = await stored_files.enter_async_context(host_file(key, storage))
+                file = dag.host().file(str(path))
+            return file.with_timestamps(source.epoch())
+
+        for b in binaries:
+            binary = await engine_file(b.sha256, b.key)
+            programs = [(e.name, await engine_file(e.sha256, e.key)) for e in b.extras]
+            variants.append(runtime(binary, params, b.platform, labels, files, programs))
         # Export into the image store under a unique name, then keep it under its
         # content hash: a failed export leaves nothing, and concurrent builds of
         # one app never overwrite each other's tarball (tasks/image_store.py).
@@ -272,7 +283,9 @@ async def served_from_cache(params: BuildParams, source: SourceInfo, version: st
         inputs = {"source": source, "params": params, "platform": platform, "version": version}
         key = compile_cache_key(None, inputs)  # type: ignore[arg-type]
         binary = await cached(compile_binary, key)
-        if binary is None or not available(binary.key, binary.size, flow_store.result_storage):
+        if binary is None or not all(
+            available(key, size, flow_store.result_storage) for key, size in binary.stored()
+        ):
             progress.cache_decision(
                 f"compile {platform} is not in Prefect's cache (key {key[:16]}…): "
                 "opening an engine session"

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,7 @@ GOMODCACHE = "/go/pkg/mod"
 GOCACHE = "/root/.cache/go-build"
 SRC = "/src"
 OUT = "/out"
+EXTRA_OUT = "/out/more"
 # HOME of the golang images' root user: where go (GOAUTH's default, netrc) and git
 # look for credentials.
 NETRC = "/root/.netrc"
@@ -61,6 +62,16 @@ NETRC = "/root/.netrc"
 # .netrc's text as one value would not cover a password printed on its own.
 SCRUB_DIR = "/run/secrets/gobuild-go-auth"
 _CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+class StoredProgram(BaseModel):
+    """One of ``extra_packages`` compiled: its file name in the image, and where
+    it is kept, as for the main binary."""
+
+    name: str
+    sha256: str
+    size: int
+    key: str
 
 
 class CompiledBinary(BaseModel):
@@ -72,6 +83,11 @@ class CompiledBinary(BaseModel):
     size: int
     go_version: str
     key: str  # in the result storage
+    extras: list[StoredProgram] = []  # extra_packages, in their order
+
+    def stored(self) -> list[tuple[str, int]]:
+        """(storage key, size) of every file this result stands for."""
+        return [(self.key, self.size), *((e.key, e.size) for e in self.extras)]
 
 
 # What `go mod download` needs, for every module in the source: replace
@@ -192,16 +208,22 @@ def stamp(source: SourceInfo, version: str) -> dict[str, str]:
     return stamp_values(version, source.commit, source.created, source.epoch())
 
 
-def build_args(params: BuildParams, values: Mapping[str, str], output: str) -> list[str]:
-    """``go build`` with the version in ``version_variable`` and the user's
-    ``ldflags``, their placeholders expanded from ``values`` (:func:`stamp`)."""
+def build_args(
+    params: BuildParams,
+    values: Mapping[str, str],
+    output: str,
+    packages: Sequence[str] | None = None,
+) -> list[str]:
+    """``go build`` of ``packages`` (default: ``main_package``) with the version in
+    ``version_variable`` and the user's ``ldflags``, their placeholders expanded
+    from ``values`` (:func:`stamp`)."""
     ldflags = f"-s -w -X {params.version_variable}={values['VERSION']}"
     if params.ldflags:
         ldflags += " " + expand(params.ldflags, values)
     args = ["go", "build", "-trimpath", "-ldflags", ldflags]
     if params.build_tags:
         args += ["-tags", ",".join(params.build_tags)]
-    return [*args, "-o", output, params.main_package]
+    return [*args, "-o", output, *(packages or [params.main_package])]
 
 
 def binary_path(params: BuildParams) -> str:
@@ -209,15 +231,31 @@ def binary_path(params: BuildParams) -> str:
     return f"{OUT}/{params.resolved_app_name()}"
 
 
+def cross(builder_ctr: dagger.Container, platform: str) -> dagger.Container:
+    """The builder set to compile for ``platform`` (GOOS, GOARCH, GOARM...)."""
+    ctr = builder_ctr
+    for key, value in goenv(platform).items():
+        ctr = ctr.with_env_variable(key, value)
+    return ctr
+
+
 def binary(
     builder_ctr: dagger.Container, params: BuildParams, platform: str, values: Mapping[str, str]
 ):
     """The chain that yields the static binary for ``platform`` (not evaluated)."""
     out = binary_path(params)
-    ctr = builder_ctr
-    for key, value in goenv(platform).items():
-        ctr = ctr.with_env_variable(key, value)
-    return ctr.with_exec(build_args(params, values, out)).file(out)
+    return cross(builder_ctr, platform).with_exec(build_args(params, values, out)).file(out)
+
+
+def extra_binaries(
+    builder_ctr: dagger.Container, params: BuildParams, platform: str, values: Mapping[str, str]
+) -> dagger.Directory:
+    """The chain that yields ``extra_packages``' programs for ``platform`` as one
+    directory (not evaluated): one ``go build -o DIR/`` of them all, which names
+    each program as go install does and shares the build cache with the main
+    binary's, so the packages they have in common compile once."""
+    args = build_args(params, values, f"{EXTRA_OUT}/", params.extra_packages)
+    return cross(builder_ctr, platform).with_exec(args).directory(EXTRA_OUT)
 
 
 async def main_packages(builder_ctr: dagger.Container, params: BuildParams) -> list[str] | None:
@@ -262,6 +300,7 @@ def compile_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> st
                 "builder_image",
                 "module_dir",
                 "main_package",
+                "extra_packages",
                 "version_variable",
                 "ldflags",
                 "build_tags",
@@ -311,16 +350,21 @@ async def compile_binary(
         async with progress.step(f"compile {platform}", go_build):
             await built.export(str(path))
         if not is_program(path):  # a git source's package is only seen here
-            mains = await main_packages(builder_ctr, params)
-            found = ""  # go list itself failed: nothing more to say
-            if mains:
-                found = f"; main packages in this module: {', '.join(mains)}"
-            elif mains is not None:
-                found = "; go list found no main package in this module"
-            raise ValueError(
-                f"main_package: {params.main_package!r} is not a main package: "
-                f"go build wrote a package archive, not a program{found}"
+            raise await not_a_program(builder_ctr, params, "main_package", params.main_package)
+        extras: list[StoredProgram] = []
+        if params.extra_packages:
+            more = extra_binaries(builder_ctr, params, platform, values)
+            go_build = progress.command_text(
+                build_args(params, values, f"{EXTRA_OUT}/", params.extra_packages)
             )
+            async with progress.step(f"compile {platform}", go_build):
+                await more.export(str(Path(tmp, "more")))
+            for package, name in params.extra_programs():
+                extra = Path(tmp, "more", name)
+                if not extra.is_file() or not is_program(extra):
+                    raise await not_a_program(builder_ctr, params, "extra_packages", package)
+                extras.append(await _keep(extra, name, storage))
+                remember_in_engine(extras[-1].sha256, more.file(name))
         # Streamed: hashed, stored and read for its Go version without loading it whole.
         sha256 = file_sha256(path)
         compiled = CompiledBinary(
@@ -329,9 +373,35 @@ async def compile_binary(
             size=path.stat().st_size,
             go_version=binaries.go_build_version(path) or "unknown",
             key=await binaries.keep(path, sha256, storage),
+            extras=extras,
         )
     remember_in_engine(sha256, built)
     return compiled
+
+
+async def _keep(path: Path, name: str, storage: Any) -> StoredProgram:
+    sha256 = file_sha256(path)
+    key = await binaries.keep(path, sha256, storage)
+    return StoredProgram(name=name, sha256=sha256, size=path.stat().st_size, key=key)
+
+
+async def not_a_program(
+    builder_ctr: dagger.Container, params: BuildParams, field: str, package: str
+) -> ValueError:
+    """The failure for a package whose ``go build`` wrote no program (a library's
+    archive, or, for several packages at once, nothing), naming the module's main
+    packages as ``go list`` sees them: for a git source the first moment anything
+    can tell."""
+    mains = await main_packages(builder_ctr, params)
+    found = ""  # go list itself failed: nothing more to say
+    if mains:
+        found = f"; main packages in this module: {', '.join(mains)}"
+    elif mains is not None:
+        found = "; go list found no main package in this module"
+    return ValueError(
+        f"{field}: {package!r} is not a main package: "
+        f"go build wrote a package archive, not a program{found}"
+    )
 
 
 def binary_available(compiled: CompiledBinary) -> bool:
@@ -339,4 +409,6 @@ def binary_available(compiled: CompiledBinary) -> bool:
     from prefect.results import get_result_store
 
     storage = get_result_store().result_storage
-    return storage is None or binaries.available(compiled.key, compiled.size, storage)
+    return storage is None or all(
+        binaries.available(key, size, storage) for key, size in compiled.stored()
+    )

@@ -61,6 +61,7 @@ _EMBED = re.compile(
     r"pattern (?P<pattern>\S+): (?:no matching files found|cannot embed directory "
     r"\S+: contains no embeddable files)"
 )
+_NO_MAIN = re.compile(r"^go: no main packages to build", re.M)
 _VET_FINDING = re.compile(r"^\S+\.go:\d+:\d+: ", re.M)
 _VET_TYPE_ERROR = re.compile(r"^vet: ", re.M)
 _UNREACHABLE = re.compile(
@@ -125,6 +126,11 @@ def go_hint(
             "a local checkout sends what git would commit, so set use_gitignore to false "
             "for generated files git ignores (.dockerignore then decides alone); a git URL "
             "holds committed files only"
+        )
+    if _NO_MAIN.search(text):
+        return (
+            "none of extra_packages is a main package (go build -o DIR/ builds main "
+            "packages only): name the directories that hold package main"
         )
     if (
         list(command[:2]) == ["go", "vet"]

@@ -38,6 +38,7 @@ SCAN_DEPTH = 3
 SCAN_DIRS = 2000
 SKIP_DIRS = {"vendor", "testdata", "node_modules"}
 ELF_MAGIC = b"\x7fELF"
+_MAJOR_VERSION = re.compile(r"v(?:[2-9]|[1-9][0-9]+)")  # v2 and up; v0 and v1 are not
 
 
 def main_package_syntax(value: str) -> str:
@@ -66,6 +67,17 @@ def main_package_syntax(value: str) -> str:
     if not relative and segments and "." in segments[0].lstrip("."):
         return "/".join(segments)  # an import path: example.com/app/cmd/server
     return "./" + "/".join(segments) if segments else "."
+
+
+def exec_name(package: str) -> str:
+    """The file name ``go build`` and ``go install`` give a package's program: its
+    last path element, or the one before a major-version suffix (``example.com/
+    tool/v2`` is ``tool``; cmd/go/internal/load ``DefaultExecName``, which the
+    go command applies to the import path, so ``./cmd/v2`` is ``cmd`` too)."""
+    elements = [e for e in package.split("/") if e not in ("", ".")]
+    if len(elements) > 1 and _MAJOR_VERSION.fullmatch(elements[-1]):
+        return elements[-2]
+    return elements[-1] if elements else ""
 
 
 def package_name(path: Path) -> str | None:

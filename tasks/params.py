@@ -46,7 +46,7 @@ from tasks.goenv import (
     default_platform,
 )
 from tasks.gomod import check_local_dirs, find_modules, module_path
-from tasks.gopackages import check_main_package, main_package_syntax
+from tasks.gopackages import check_main_package, exec_name, main_package_syntax
 from tasks.goversion import check_builder_go
 from tasks.imageref import ImageRef, check_pinned_image, parse_image_ref, show
 from tasks.ldflags import check_ldflags
@@ -184,8 +184,9 @@ class BuildParams(BaseModel):
         title="App name",
         description=(
             "Binary and image name: lowercase letters, digits, '.', '_' and '-', at most 63 "
-            "characters. Empty derives it from the module directory in a monorepo, else "
-            "the source directory or repository name."
+            "characters. Empty takes go build's name for the main package ('server' for "
+            "'./cmd/server'), or for the module's root the module directory in a monorepo, "
+            "else the source directory or repository name."
         ),
     )
     module_dir: str = Field(
@@ -202,6 +203,16 @@ class BuildParams(BaseModel):
         title="Main package",
         description="Go package to build, relative to the module directory, e.g. '.' or "
         "'./cmd/server', or its import path (example.com/app/cmd/server).",
+    )
+    extra_packages: list[str] = Field(
+        default=[],
+        title="More programs",
+        description=(
+            "More main packages to build into the image beside the main package, with "
+            "the same flags, tags and version, e.g. './cmd/migrate'. Each lands at "
+            "/usr/local/bin/<name>, go build's name for it ('migrate'); the entrypoint "
+            "stays the main package's program."
+        ),
     )
     version: str = Field(
         default="",
@@ -468,6 +479,10 @@ class BuildParams(BaseModel):
         './path'. Then, in a local module, refuse a directory that surely holds no
         program (``tasks/gopackages.py``: Go would build a library archive without
         a word)."""
+        return cls._program(value, info)
+
+    @classmethod
+    def _program(cls, value: str, info: ValidationInfo) -> str:
         value = main_package_syntax(value)
         local = cls._local_module(info)
         if local is None:
@@ -483,6 +498,38 @@ class BuildParams(BaseModel):
                 return value  # another module's package (a tool among the requirements)
         check_main_package(module, value)
         return value
+
+    @field_validator("extra_packages")
+    @classmethod
+    def _valid_extra_packages(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        """Each one as ``main_package`` is checked, and each program's file name in
+        /usr/local/bin (go build's name for it) free: two programs on one path
+        would leave one of them silently missing from the image."""
+        if "main_package" not in info.data or "app_name" not in info.data:
+            return value  # reported as their own problems
+        main = cls.model_construct(**info.data).resolved_app_name()
+        taken: dict[str, str] = {}
+        packages = []
+        for given in value:
+            package = cls._program(given, info)
+            name = exec_name(package) if package != "." else ""
+            if not name:
+                raise ValueError(
+                    f"{show(given)} is the module's root; build it as main_package and "
+                    "list the others here"
+                )
+            if name == main:
+                raise ValueError(
+                    f"{show(given)} would be /usr/local/bin/{name}, the main package's "
+                    "program; set app_name to another name"
+                )
+            if name in taken:
+                raise ValueError(
+                    f"{show(given)} would be /usr/local/bin/{name}, as {taken[name]!r} is"
+                )
+            taken[name] = package
+            packages.append(package)
+        return packages
 
     @field_validator("version")
     @classmethod
@@ -711,9 +758,15 @@ class BuildParams(BaseModel):
         return Path(self.source).expanduser().resolve()
 
     def resolved_app_name(self) -> str:
-        """The app name, or the module directory's name in a monorepo, or the source's."""
+        """The app name; else the name ``go build`` gives ``main_package``'s program
+        when that is not the module's root (``./cmd/server`` is ``server``, so two
+        programs of one repository get two names, as the usual ``cmd/<name>``
+        layout means); else the module directory's name in a monorepo, or the
+        source's."""
         if self.app_name:
             return self.app_name
+        if self.main_package not in ("", "."):
+            return _sanitize_name(exec_name(self.main_package))
         if self.module_dir not in ("", "."):
             return _sanitize_name(self.module_dir.rsplit("/", 1)[-1])
         return _sanitize_name(repository_name(self.source))
@@ -750,6 +803,11 @@ class BuildParams(BaseModel):
         """Absolute tarball path, resolved against the working directory of the run."""
         raw = self.output or f"build/{self.resolved_app_name()}.oci.tar"
         return Path(raw).expanduser().resolve()
+
+    def extra_programs(self) -> list[tuple[str, str]]:
+        """``extra_packages`` as (package, file name in /usr/local/bin): the name
+        ``go build -o DIR/`` gives it, as it is (a file name, not an image name)."""
+        return [(p, exec_name(p)) for p in self.extra_packages]
 
     def runtime_placements(self) -> tuple[str, list[Placement]]:
         """The image's working directory and each of ``runtime_files`` resolved

@@ -101,6 +101,8 @@ class BuildResult(BaseModel):
     digest: str
     platforms: dict[str, str]
     binaries: dict[str, int]
+    # extra_packages' programs: platform -> file name in /usr/local/bin -> size
+    extra_binaries: dict[str, dict[str, int]] = {}
     references: list[str]
     requested_references: list[str] = []
     source_digest: str
@@ -142,6 +144,9 @@ class BuildResult(BaseModel):
             digest=image.digest,
             platforms=image.platforms,
             binaries={b.platform: b.size for b in binaries},
+            extra_binaries={b.platform: {e.name: e.size for e in b.extras} for b in binaries}
+            if params.extra_packages
+            else {},
             references=list(published.values()),
             requested_references=list(published),
             source_digest=source.digest,
@@ -319,6 +324,12 @@ def _link_label(link: str) -> str:
     return "manifest (registry API)"
 
 
+def _programs(result: BuildResult, platform: str) -> str:
+    """``extra_packages``' programs of one platform, as a table cell."""
+    sizes = result.extra_binaries.get(platform, {})
+    return ", ".join(f"`{name}` {size:,} bytes" for name, size in sizes.items())
+
+
 def success_markdown(result: BuildResult) -> str:
     lines = [
         f"# Build of `{result.app}` {result.version}: succeeded",
@@ -329,11 +340,22 @@ def success_markdown(result: BuildResult) -> str:
     lines += [
         f"| {s.name} | {s.seconds:.2f} s | {'hit' if s.cached else 'miss'} |" for s in result.stages
     ]
-    lines += ["", "| platform | binary size | manifest (in the tarball) |", "|---|---|---|"]
-    lines += [
-        f"| {p} | {result.binaries.get(p, 0):,} bytes | `{d}` |"
-        for p, d in result.platforms.items()
-    ]
+    if result.extra_binaries:
+        lines += [
+            "",
+            "| platform | binary size | more programs | manifest (in the tarball) |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {p} | {result.binaries.get(p, 0):,} bytes | {_programs(result, p)} | `{d}` |"
+            for p, d in result.platforms.items()
+        ]
+    else:
+        lines += ["", "| platform | binary size | manifest (in the tarball) |", "|---|---|---|"]
+        lines += [
+            f"| {p} | {result.binaries.get(p, 0):,} bytes | `{d}` |"
+            for p, d in result.platforms.items()
+        ]
     lines += [
         "",
         f"- image digest (tarball): `{result.digest}`",
@@ -408,6 +430,7 @@ async def report_success(result: BuildResult) -> None:
                     "manifest_digest": d,
                     "image_digest": result.digest,
                 }
+                | ({"more_programs": _programs(result, p)} if result.extra_binaries else {})
                 for p, d in result.platforms.items()
             ],
             description=f"{result.app} {result.version} per platform",

@@ -27,11 +27,21 @@ def build(**params: Any):
     return asyncio.run(multistage_build(**params, return_state=True))
 
 
-def task_runs(flow_run_id) -> list:
-    with get_client(sync_client=True) as client:
-        return client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
+def task_runs(flow_run_id, timeout: float = 30.0) -> list:
+    """The run's task runs, once each has a final state: the server records task
+    runs from their events, asynchronously, so a read right after the flow ended
+    can find the last one without its state yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+        if all(r.state is not None and r.state.is_final() for r in runs):
+            return runs
+        if time.monotonic() > deadline:
+            return runs
+        time.sleep(0.2)
 
 
 def artifacts(flow_run_id) -> list:

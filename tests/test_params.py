@@ -611,3 +611,30 @@ def test_publish_refs(in_module: Path) -> None:
     with pytest.raises(ValueError, match="commit hash"):
         params.publish_refs("")
     assert parse_params({}).publish_refs() == []
+
+
+@pytest.mark.parametrize(
+    ("main_package", "expected"),
+    [
+        ("./cmd/server", "server"),
+        ("example.com/tool/v2", "tool"),  # go install's name, not 'v2'
+        ("example.com/tool/v1", "v1"),  # only v2 and up are major versions
+        ("example.com/app/cmd/Ctl", "ctl"),
+    ],
+)
+def test_app_name_is_go_builds_name_for_a_main_package_below_the_root(
+    main_package: str, expected: str
+) -> None:
+    params = BuildParams(source="https://github.com/org/platform.git", main_package=main_package)
+    assert params.resolved_app_name() == expected
+
+
+def test_two_programs_of_one_module_get_two_outputs(in_module: Path) -> None:
+    for name in ("api", "worker"):
+        (in_module / "cmd" / name).mkdir(parents=True)
+        (in_module / "cmd" / name / "main.go").write_text("package main\n\nfunc main() {}\n")
+    api = parse_params({"main_package": "./cmd/api"})
+    worker = parse_params({"main_package": "./cmd/worker"})
+    assert api.resolved_output().name == "api.oci.tar"
+    assert worker.resolved_output().name == "worker.oci.tar"
+    assert parse_params({"main_package": "./cmd/api", "app_name": "x"}).resolved_app_name() == "x"

@@ -209,8 +209,12 @@ class Executor:
                 return str(root / key) if key else str(root)
 
             def rewrite(arg: str) -> str:
+                # The real engine hands argv to the process as given (it runs in
+                # the container's own mount namespace); here a container path is
+                # rewritten to where it lies on the host, keeping a trailing '/',
+                # which means something to some programs (go build -o DIR/).
                 if arg.startswith("/"):
-                    return to_host(arg)
+                    return to_host(arg) + ("/" if len(arg) > 1 and arg.endswith("/") else "")
                 if "=" in arg:
                     head, _, tail = arg.partition("=")
                     if tail.startswith("/"):
