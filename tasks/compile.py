@@ -353,18 +353,7 @@ async def compile_binary(
             raise await not_a_program(builder_ctr, params, "main_package", params.main_package)
         extras: list[StoredProgram] = []
         if params.extra_packages:
-            more = extra_binaries(builder_ctr, params, platform, values)
-            go_build = progress.command_text(
-                build_args(params, values, f"{EXTRA_OUT}/", params.extra_packages)
-            )
-            async with progress.step(f"compile {platform}", go_build):
-                await more.export(str(Path(tmp, "more")))
-            for package, name in params.extra_programs():
-                extra = Path(tmp, "more", name)
-                if not extra.is_file() or not is_program(extra):
-                    raise await not_a_program(builder_ctr, params, "extra_packages", package)
-                extras.append(await _keep(extra, name, storage))
-                remember_in_engine(extras[-1].sha256, more.file(name))
+            extras = await compile_extras(builder_ctr, params, platform, values, Path(tmp))
         # Streamed: hashed, stored and read for its Go version without loading it whole.
         sha256 = file_sha256(path)
         compiled = CompiledBinary(
@@ -379,10 +368,31 @@ async def compile_binary(
     return compiled
 
 
-async def _keep(path: Path, name: str, storage: Any) -> StoredProgram:
-    sha256 = file_sha256(path)
-    key = await binaries.keep(path, sha256, storage)
-    return StoredProgram(name=name, sha256=sha256, size=path.stat().st_size, key=key)
+async def compile_extras(
+    builder_ctr: dagger.Container,
+    params: BuildParams,
+    platform: str,
+    values: Mapping[str, str],
+    tmp: Path,
+) -> list[StoredProgram]:
+    """``extra_packages``' programs for ``platform``: built (:func:`extra_binaries`),
+    exported into ``tmp``, each checked to be a program and kept as the main
+    binary is, and noted as still in the engine for the assemble stage."""
+    more = extra_binaries(builder_ctr, params, platform, values)
+    go_build = build_args(params, values, f"{EXTRA_OUT}/", params.extra_packages)
+    async with progress.step(f"compile {platform}", progress.command_text(go_build)):
+        await more.export(str(tmp / "more"))
+    storage = await binaries.result_storage()
+    programs = []
+    for package, name in params.extra_programs():
+        path = tmp / "more" / name
+        if not path.is_file() or not is_program(path):  # go build skips a library here
+            raise await not_a_program(builder_ctr, params, "extra_packages", package)
+        sha256 = file_sha256(path)
+        key = await binaries.keep(path, sha256, storage)
+        programs.append(StoredProgram(name=name, sha256=sha256, size=path.stat().st_size, key=key))
+        remember_in_engine(sha256, more.file(name))
+    return programs
 
 
 async def not_a_program(
