@@ -35,6 +35,7 @@ from tasks.compile import CompiledBinary
 from tasks.image_store import file_sha256
 from tasks.oci_layout import read_image
 from tasks.params import BuildParams, ParamsError
+from tasks.registry_auth import RegistryAuth, pull_auth, registry_host, with_registry_auth
 from tasks.retries import retry_options
 from tasks.runtimespec import parse_port
 from tasks.session import engine_ready, in_engine
@@ -85,6 +86,7 @@ def runtime(
     labels: dict[str, str],
     files: Sequence[RuntimeItem] = (),
     programs: Sequence[tuple[str, dagger.File]] = (),
+    pull: RegistryAuth | None = None,
 ) -> dagger.Container:
     """The runtime chain for one platform (not evaluated): the base, the runtime
     files (:func:`runtime_files`), the ``extra_packages``' ``programs`` (by file
@@ -94,14 +96,17 @@ def runtime(
     The files go in before the programs, so none can replace one. The default
     arguments follow the entrypoint because setting an entrypoint clears them
     (core/schema/container.go, withEntrypoint without keepDefaultArgs), which also
-    drops the base image's own CMD (alpine's /bin/sh)."""
+    drops the base image's own CMD (alpine's /bin/sh). ``pull`` holds the registry
+    credentials, given to the engine before the base is pulled when one is for its
+    registry (``tasks/registry_auth.py``)."""
     import dagger
     from dagger import dag
 
     path = f"{BIN_DIR}/{params.resolved_app_name()}"
     ctr = dag.container(platform=dagger.Platform(platform))
     if params.runtime_image != "scratch":
-        ctr = ctr.from_(params.runtime_image)
+        host = registry_host(params.runtime_image)
+        ctr = with_registry_auth(ctr, host, pull).from_(params.runtime_image)
     for target, item in files:
         if isinstance(item, dagger.Directory):
             ctr = ctr.with_directory(target, item)
@@ -190,6 +195,7 @@ async def assemble_image(
     output = params.resolved_output()
     output.parent.mkdir(parents=True, exist_ok=True)
     storage = await result_storage()
+    pull = await pull_auth(params, params.runtime_image)
     files: list[RuntimeItem] = []
     if params.runtime_files:
         files = runtime_files(params, source, source_directory(source, await git_token(params)))
@@ -212,7 +218,7 @@ async def assemble_image(
         for b in binaries:
             binary = await engine_file(b.sha256, b.key)
             programs = [(e.name, await engine_file(e.sha256, e.key)) for e in b.extras]
-            variants.append(runtime(binary, params, b.platform, labels, files, programs))
+            variants.append(runtime(binary, params, b.platform, labels, files, programs, pull))
         # Export into the image store under a unique name, then keep it under its
         # content hash: a failed export leaves nothing, and concurrent builds of
         # one app never overwrite each other's tarball (tasks/image_store.py).

@@ -41,6 +41,7 @@ from tasks.gopackages import is_program
 from tasks.image_store import file_sha256
 from tasks.ldflags import expand, stamp_values
 from tasks.params import BuildParams
+from tasks.registry_auth import RegistryAuth, pull_auth, registry_host, with_registry_auth
 from tasks.retries import retry_options
 from tasks.secrets import GoAuth, load_secret_block, parse_go_auth, secret_name
 from tasks.session import engine_ready, remember_in_engine
@@ -130,10 +131,11 @@ def builder(
     *,
     vendored: bool = False,
     auth: GoAuth | None = None,
+    pull: RegistryAuth | None = None,
 ) -> dagger.Container:
     """The golang stage up to (and including) the optional vet + test gate
     (:func:`builder_steps` describes it)."""
-    return builder_steps(src, params, vendored=vendored, auth=auth)[0]
+    return builder_steps(src, params, vendored=vendored, auth=auth, pull=pull)[0]
 
 
 def builder_steps(
@@ -142,6 +144,7 @@ def builder_steps(
     *,
     vendored: bool = False,
     auth: GoAuth | None = None,
+    pull: RegistryAuth | None = None,
 ) -> tuple[dagger.Container, list[tuple[list[str], dagger.Container]]]:
     """The golang stage up to (and including) the optional vet + test gate, and
     each of its commands with the container it ends in, so that they can be run
@@ -158,12 +161,14 @@ def builder_steps(
     ``params.go_env`` is set before the download. The credentials in ``auth`` stay
     mounted for vet, test and build too, since any later go command fetches what
     ``go mod download`` did not cover; they are secret mounts, so they are in no
-    layer of the builder and in nothing exported from it.
+    layer of the builder and in nothing exported from it. ``pull`` holds the
+    registry credentials, given to the engine before the builder image is pulled
+    when one is for its registry (``tasks/registry_auth.py``).
     """
     from dagger import dag
 
     ctr = (
-        dag.container()
+        with_registry_auth(dag.container(), registry_host(params.builder_image), pull)
         .from_(params.builder_image)
         .with_mounted_cache(GOMODCACHE, dag.cache_volume("go-mod"))
         .with_mounted_cache(GOCACHE, dag.cache_volume("go-build"))
@@ -336,10 +341,10 @@ async def compile_binary(
     await engine_ready()
     token = await git_token(params) if source.kind == "git" else None
     auth = await go_auth(params)
+    pull = await pull_auth(params, params.builder_image)
     src = source_directory(source, token)
-    builder_ctr, steps = builder_steps(
-        src, params, vendored=await is_vendored(src, params, source), auth=auth
-    )
+    vendored = await is_vendored(src, params, source)
+    builder_ctr, steps = builder_steps(src, params, vendored=vendored, auth=auth, pull=pull)
     await progress.engine_steps(f"compile {platform}", steps)  # timed, once per run
     storage = await binaries.result_storage()
     values = stamp(source, version)

@@ -5,16 +5,15 @@ platform (each from its own one-image layout cut out of the tarball), so
 publishing needs no compile and works from a cached assemble. With
 no references the tarball is the result and nothing is pushed.
 
-Registry credentials come from a Prefect Secret block (JSON
-``{"username": ..., "password": ...}`` or ``"username:password"``), or for local
-runs from ``GOBUILD_REGISTRY_USERNAME``/``GOBUILD_REGISTRY_PASSWORD``. The password
-goes to the engine only as a Dagger secret (``set_secret``), never as a parameter,
-log line or artifact.
+Registry credentials, one for every registry published to or one per registry
+host, come from a Prefect Secret block or for local runs from
+``GOBUILD_REGISTRY_USERNAME``/``GOBUILD_REGISTRY_PASSWORD`` (``tasks/registry_auth.py``).
+A password goes to the engine only as a Dagger secret (``set_secret``), never as a
+parameter, log line or artifact.
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,23 +24,14 @@ from prefect import task
 from tasks import progress
 from tasks.assemble import ImageArtifact
 from tasks.oci_layout import split_by_platform
-from tasks.params import BuildParams, parse_image_ref
+from tasks.params import BuildParams
+from tasks.registry_auth import load_registry_auth, registry_host, with_registry_auth
 from tasks.retries import retry_options
-from tasks.secrets import Credentials, load_secret_block, parse_credentials, secret_name
 from tasks.session import engine_ready
 from tasks.source import SourceInfo
 
 if TYPE_CHECKING:
     import dagger
-
-
-async def load_credentials(params: BuildParams) -> Credentials | None:
-    if params.registry_secret_block:
-        value = await load_secret_block(params.registry_secret_block, "registry_secret_block")
-        return parse_credentials(value, params.registry_secret_block)
-    user = os.environ.get("GOBUILD_REGISTRY_USERNAME", "")
-    password = os.environ.get("GOBUILD_REGISTRY_PASSWORD", "")
-    return Credentials(user, password) if user and password else None
 
 
 def image_variants(image: ImageArtifact, workdir: Path) -> list[dagger.Container]:
@@ -64,16 +54,6 @@ def image_variants(image: ImageArtifact, workdir: Path) -> list[dagger.Container
     ]
 
 
-def with_auth(ctr: dagger.Container, ref: str, creds: Credentials | None) -> dagger.Container:
-    if creds is None:
-        return ctr
-    from dagger import dag
-
-    registry = parse_image_ref(ref).domain or "docker.io"
-    secret = dag.set_secret(secret_name("registry-password", creds.origin), creds.password)
-    return ctr.with_registry_auth(registry, creds.username, secret)
-
-
 @task(name="publish", **retry_options())
 async def publish_image(
     params: BuildParams, image: ImageArtifact, source: SourceInfo
@@ -86,12 +66,12 @@ async def publish_image(
     if not refs:
         return {}
     await engine_ready()
-    creds = await load_credentials(params)
+    auth = await load_registry_auth(params)
     with tempfile.TemporaryDirectory(prefix="gobuild-publish-") as tmp:
         variants = image_variants(image, Path(tmp))
         published = {}
         for ref in refs:
-            ctr = with_auth(variants[0], ref, creds)
+            ctr = with_registry_auth(variants[0], registry_host(ref), auth)
             async with progress.step("publish", f"push {ref}") as push:
                 published[ref] = await ctr.publish(ref, platform_variants=variants[1:])
                 push.outcome = published[ref]  # the name and digest the registry got

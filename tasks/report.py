@@ -24,9 +24,10 @@ Event payloads (the contract automations rely on):
   the tarball's ``digest``, because the engine builds its own manifests to push.
   ``references`` is empty for ``gobuild.image.exported``.
 - ``gobuild.build.failed``: ``app``, ``stage``, ``error`` (the first line of the
-  error); for a failed command also ``command``, ``exit_code``, ``stdout_tail``
-  and ``stderr_tail`` (its last lines, as text), and ``hint`` (what to change,
-  ``tasks/gohints.py``; '' where no fix is known).
+  error), ``hint`` (what to change: ``tasks/gohints.py`` for a go command, and a
+  base image a registry refused; '' where no fix is known); for a failed command
+  also ``command``, ``exit_code``, ``stdout_tail`` and ``stderr_tail`` (its last
+  lines, as text).
 
 Command output is shown as the engine reported it: the engine scrubs secret
 values from it, and nothing else (no parameters, no credentials) is added.
@@ -59,6 +60,7 @@ from tasks.compile import CompiledBinary
 from tasks.gohints import go_hint
 from tasks.imageref import ImageRef, parse_image_ref
 from tasks.params import BuildParams
+from tasks.registry_auth import repository
 from tasks.sdk import is_exec_error
 from tasks.source import SourceInfo
 
@@ -484,10 +486,16 @@ def _stream_section(name: str, text: str) -> list[str]:
     return [f"{name} ({shown}):", "", *_fenced(tail), ""]
 
 
+_PULL_DENIED = re.compile(
+    r'failed to resolve image "(?P<ref>[^"]+)".*?(?:401|403|[Uu]nauthorized|[Ff]orbidden|denied)'
+)
+
+
 def failure_hint(params: BuildParams, exc: BaseException) -> str:
-    """What to change for a failed go command whose fix is known, '' otherwise."""
+    """What to change for a failed go command or a refused base-image pull whose
+    fix is known, '' otherwise."""
     if not is_exec_error(exc):
-        return ""
+        return pull_hint(params, str(exc))
     return go_hint(
         exc.stderr,
         builder_image=params.builder_image,
@@ -495,6 +503,31 @@ def failure_hint(params: BuildParams, exc: BaseException) -> str:
         module_dir=params.module_dir,
         command=exc.command,
         stdout=exc.stdout,
+    )
+
+
+def pull_hint(params: BuildParams, message: str) -> str:
+    """The hint for a base image the registry would not serve: which parameter
+    named it, and where its credentials go (``tasks/registry_auth.py``)."""
+    match = _PULL_DENIED.search(message)
+    if match is None:
+        return ""
+    wanted = repository(match["ref"])
+    named = next(
+        (f for f in ("builder_image", "runtime_image") if repository(getattr(params, f)) == wanted),
+        "builder_image",
+    )
+    host = wanted.split("/", 1)[0]
+    if params.registry_secret_block:
+        return (
+            f"{host} refused to serve {named} {getattr(params, named)!r} with the credentials "
+            f"of registry_secret_block {params.registry_secret_block!r}: give that block "
+            f'credentials for {host} ({{"{host}": {{"username": ..., "password": ...}}}})'
+        )
+    return (
+        f"{host} refused to serve {named} {getattr(params, named)!r} without credentials: set "
+        f"registry_secret_block to a Secret block holding credentials for {host} "
+        f'({{"{host}": {{"username": ..., "password": ...}}}}, or a Docker config.json)'
     )
 
 
@@ -507,11 +540,11 @@ def failure_markdown(params: BuildParams, stage: str, exc: BaseException) -> str
             *_stream_section("stdout", exc.stdout),
             *_stream_section("stderr", exc.stderr),
         ]
-        hint = failure_hint(params, exc)
-        if hint:
-            lines += [f"Hint: {hint}.", ""]
     else:
-        lines += _fenced(f"{type(exc).__name__}: {exc}")
+        lines += [*_fenced(f"{type(exc).__name__}: {exc}"), ""]
+    hint = failure_hint(params, exc)
+    if hint:
+        lines += [f"Hint: {hint}.", ""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -535,8 +568,8 @@ def failure_payload(params: BuildParams, stage: str, exc: BaseException) -> dict
             exit_code=exc.exit_code,
             stdout_tail=output_tail(exc.stdout, EVENT_TAIL_LINES)[0],
             stderr_tail=output_tail(exc.stderr, EVENT_TAIL_LINES)[0],
-            hint=failure_hint(params, exc),
         )
+    payload["hint"] = failure_hint(params, exc)
     return payload
 
 

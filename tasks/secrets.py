@@ -58,7 +58,9 @@ async def load_secret_block(name: str, parameter: str) -> Any:
     return block.get()
 
 
-def _decoded(value: object) -> object:
+def decoded(value: object) -> object:
+    """A Secret block's value as given: JSON text read as JSON (the UI stores a
+    pasted object as a string), anything else as it is."""
     if isinstance(value, str):
         try:
             return json.loads(value)
@@ -69,7 +71,7 @@ def _decoded(value: object) -> object:
 
 def parse_credentials(value: object, block: str) -> Credentials:
     """Registry credentials: ``username:password`` or ``{"username", "password"}``."""
-    value = _decoded(value)
+    value = decoded(value)
     if isinstance(value, str):
         user, sep, password = value.partition(":")
         if sep and user and password:
@@ -87,7 +89,7 @@ def parse_git_token(value: object, block: str) -> Credentials:
 
     The username defaults to empty, which leaves the engine's own default in place.
     """
-    value = _decoded(value)
+    value = decoded(value)
     if isinstance(value, str) and value.strip():
         return Credentials("", value.strip(), block)
     if isinstance(value, dict) and (value.get("token") or value.get("password")):
@@ -185,7 +187,7 @@ def parse_go_auth(value: object, block: str) -> GoAuth:
         "('machine HOST[:PORT] login USER password TOKEN'), or "
         '{"machine": ..., "login": ..., "password": ...}, or a list of those'
     )
-    value = _decoded(value)
+    value = decoded(value)
     entries: list[NetrcEntry] | None
     if isinstance(value, str):
         entries = _netrc_entries(value)

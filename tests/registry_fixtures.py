@@ -9,11 +9,15 @@ proven against a registry that misbehaves the way real ones do.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
+import json
 import secrets
 import shutil
 import socket
 import struct
 import subprocess
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +27,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.oci_check import skopeo
 
 
 def free_port() -> int:
@@ -224,3 +230,48 @@ def fault_proxy(registry: Registry) -> Iterator[FaultProxy]:
     proxy = FaultProxy(registry.host).start()
     yield proxy
     proxy.stop()
+
+
+def push_base(registry: Registry, name: str, config: dict, tmp_path: Path) -> str:
+    """A one-layer linux/amd64 image with ``config`` at ``registry``/mirror/``name``,
+    pushed with skopeo (not the test engine) from an OCI layout written here."""
+    layout = tmp_path / f"layout-{name.replace(':', '-')}"
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def blob(data: bytes) -> dict:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        info = tarfile.TarInfo("etc/mirror")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"corp\n"))
+    layer_desc = blob(layer.getvalue())
+    image_config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": config,
+        "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
+    }
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            **blob(json.dumps(image_config).encode()),
+        },
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **layer_desc}],
+    }
+    top = {"mediaType": "application/vnd.oci.image.manifest.v1+json"}
+    top |= blob(json.dumps(manifest).encode())
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [top]}))
+    ref = f"{registry.host}/mirror/{name}"
+    creds = f"{registry.username}:{registry.password}"
+    skopeo(
+        "copy", "--dest-tls-verify=false", "--dest-creds", creds, f"oci:{layout}", f"docker://{ref}"
+    )
+    return ref

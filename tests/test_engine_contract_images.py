@@ -28,7 +28,7 @@ from tests.dagger_test_engine.images import parse_normalized_named
 from tests.dagger_test_engine.oci import only, parse_specifier
 from tests.dagger_test_engine.server import TestEngine
 from tests.real_engine import Engine
-from tests.registry_fixtures import Registry
+from tests.registry_fixtures import Registry, push_base
 
 ALPINE = "alpine:3.22.2"
 INDEX = "application/vnd.oci.image.index.v1+json"
@@ -755,3 +755,38 @@ def test_import_archive_rules(tmp_path: Path) -> None:
         ),
         "mismatched image rootfs and manifest layers: 2 diffIDs vs 1 layers",
     )
+
+
+@pytest.mark.real_engine
+def test_from_a_private_registry_uses_the_sessions_credentials(
+    dagger_engine: Engine, auth_registry: Registry, tmp_path: Path
+) -> None:
+    """core/schema/container.go ``from``: the address is resolved when the field
+    resolves (``ResolveImageConfig``, engine/server/resolver), through
+    containerd's resolver with the session's credentials; ``withRegistryAuth``
+    (same file) adds one to the session when it resolves, so it goes first in the
+    chain. A refusal names the image and platform, then containerd's words for its
+    first request, a HEAD (remotes/docker/resolver.go)."""
+    ref = push_base(auth_registry, "base:1", {"Env": ["PATH=/bin", "FROM_MIRROR=yes"]}, tmp_path)
+    platform = "linux/amd64"
+
+    async def anonymous():
+        return await dag.container(platform=dagger.Platform(platform)).from_(ref).sync()
+
+    with pytest.raises(dagger.QueryError) as err:
+        run(anonymous)
+    message = str(err.value)
+    assert f'failed to resolve image "{ref}" (platform: "{platform}")' in message
+    url = f"http://{auth_registry.host}/v2/mirror/base/manifests/1"
+    assert f"unexpected status from HEAD request to {url}: 401 Unauthorized" in message
+
+    async def authenticated():
+        secret = dag.set_secret("mirror-password", auth_registry.password)
+        ctr = (
+            dag.container(platform=dagger.Platform(platform))
+            .with_registry_auth(auth_registry.host, auth_registry.username, secret)
+            .from_(ref)
+        )
+        return await ctr.env_variable("FROM_MIRROR")
+
+    assert run(authenticated) == "yes"

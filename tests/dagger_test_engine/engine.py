@@ -586,12 +586,38 @@ class Container(Obj):
 
     # -- configuration
     def f_from(self, address: str, registryService=None) -> Container:
+        """core/schema/container.go ``from``. An image in a registry on loopback is
+        resolved when the field resolves, with the session's credentials, and
+        brings its own config (``pull.py``); the public base images, which cannot
+        be pulled here, bring the config ``base_image_state`` models."""
+        from .pull import PullError, on_loopback, resolve_config
+
         validate_reference(address, "address")
+        args: dict[str, Any] = {"address": address}
+        pulled: dict[str, Any] | None = None
+        if on_loopback(address):
+            from .images import parse_normalized_named
+            from .registry import parse_target
+
+            session = self.engine.session()
+            platform = self.state().platform
+            named = parse_normalized_named(address)
+            ref = str(named) if named.tag or named.digest else f"{named.name}:latest"
+            if not named.digest:  # fromSessionScopeInput: a tag once per session
+                args["session"] = session.id
+            creds = session.registry_auth.lookup(parse_target(address).registry)
+            try:
+                pulled = resolve_config(address, platform, creds)
+            except PullError as exc:
+                raise EngineError(
+                    f'failed to resolve image "{ref}" (platform: "{platform}"): {exc}'
+                ) from None
 
         def fn(s: ContainerState) -> ContainerState:
-            return base_image_state(address, s.platform, self.engine.go_version())
+            state = base_image_state(address, s.platform, self.engine.go_version())
+            return state if pulled is None else with_image_config(state, pulled)
 
-        return self._derive("from", {"address": address}, fn)
+        return self._derive("from", args, fn)
 
     def f_withEnvVariable(self, name: str, value: str, expand: bool = False) -> Container:
         def fn(s: ContainerState) -> ContainerState:
@@ -1128,6 +1154,21 @@ def base_image_state(address: str, platform: str, go_version: str) -> ContainerS
         cmd = ("/bin/sh",)
     return ContainerState(
         platform=platform, base_ref=address, env=tuple(env), workdir=workdir, default_args=cmd
+    )
+
+
+def with_image_config(state: ContainerState, cfg: dict[str, Any]) -> ContainerState:
+    """core.MergeImageConfig: a pulled image's own config in place of the modelled one."""
+    env = tuple(tuple(e.split("=", 1)) for e in cfg.get("Env") or [] if "=" in e)
+    return replace(
+        state,
+        env=env or state.env,  # type: ignore[arg-type]
+        workdir=cfg.get("WorkingDir") or state.workdir,
+        user=cfg.get("User") or "",
+        entrypoint=tuple(cfg.get("Entrypoint") or ()),
+        default_args=tuple(cfg.get("Cmd") or ()),
+        labels=tuple((cfg.get("Labels") or {}).items()),
+        exposed_ports=tuple(sorted(cfg.get("ExposedPorts") or {})),
     )
 
 
