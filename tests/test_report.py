@@ -292,7 +292,21 @@ def test_failure_report_of_other_errors() -> None:
     md = failure_markdown(params(), "publish", RuntimeError("registry said no"))
     assert "RuntimeError: registry said no" in md
     payload = failure_payload(params(), "publish", RuntimeError("registry said no\nmore"))
-    assert payload == {"app": "hello-go", "stage": "publish", "error": "registry said no"}
+    assert payload == {
+        "app": "hello-go",
+        "stage": "publish",
+        "error": "registry said no",
+        "hint": "",
+    }
+    # A base image the registry refused: the hint names the parameter that named it.
+    refused = RuntimeError(
+        'failed to resolve image "docker.io/library/alpine:3.22.2" (platform: "linux/amd64"): '
+        "unexpected status from HEAD request to https://registry-1.docker.io/v2/library/alpine/"
+        "manifests/3.22.2: 401 Unauthorized"
+    )
+    hint = failure_payload(params(), "assemble runtime", refused)["hint"]
+    assert hint.startswith("docker.io refused to serve runtime_image 'alpine:3.22.2' without")
+    assert f"Hint: {hint}." in failure_markdown(params(), "assemble runtime", refused)
 
 
 def test_cli_failure_summary_ends_with_the_commands_own_words() -> None:
