@@ -384,8 +384,8 @@ class BuildParams(BaseModel):
         title="Registry secret block",
         description=(
             "Name of a Prefect Secret block holding registry credentials: one "
-            "('username:password' or {\"username\": ..., \"password\": ...}) for the "
-            "registries published to, or one per registry host ({\"ghcr.io\": {...}} or "
+            '(\'username:password\' or {"username": ..., "password": ...}) for the '
+            'registries published to, or one per registry host ({"ghcr.io": {...}} or '
             "a Docker config.json), also used to pull a base image from that host. "
             "Empty: anonymous."
         ),

@@ -113,6 +113,13 @@ def parse_registry_secret(value: object, block: str, push_hosts: frozenset[str])
         isinstance(value, dict) and ("username" in value or "password" in value)
     ):
         return RegistryAuth(shared=parse_credentials(value, block), push_hosts=push_hosts)
+    stores = {"credsStore", "credHelpers"}
+    if isinstance(value, dict) and "auths" not in value and stores & set(value):
+        raise CredentialsError(
+            f"registry_secret_block: secret {block!r} is a Docker config whose credentials "
+            "live in a credential store (credsStore, credHelpers), which holds none to read "
+            'here: give its "auths" entries, or credentials per registry host'
+        )
     entries = value.get("auths") if isinstance(value, dict) and "auths" in value else value
     if not isinstance(entries, dict) or not entries:
         raise CredentialsError(
@@ -123,7 +130,8 @@ def parse_registry_secret(value: object, block: str, push_hosts: frozenset[str])
     by_host: dict[str, Credentials] = {}
     for key, entry in entries.items():
         host = _config_host(str(key))
-        if not _HOST.fullmatch(host):
+        # Docker's rule for a registry host: a dot or a port, or localhost.
+        if not _HOST.fullmatch(host) or not ("." in host or ":" in host or host == "localhost"):
             raise CredentialsError(
                 f"registry_secret_block: secret {block!r} has an entry {str(key)[:80]!r} "
                 "that is not a registry host (e.g. ghcr.io or registry.example.com:5000)"
@@ -169,7 +177,7 @@ def with_registry_auth(
     """``ctr`` with the credential for ``host``, if the build has one: before a
     ``from`` of an image there, or a ``publish`` to it."""
     creds = auth.for_host(host) if auth is not None else None
-    if creds is None:
+    if auth is None or creds is None:
         return ctr
     from dagger import dag
 

@@ -215,7 +215,5 @@ def test_a_git_source_builds_a_program_by_its_import_path(
     assert state.result().app == "tool"  # go build's name for the package, not the repository's
     builds = [e for e in dagger_engine.log.snapshot()["execs"] if e[:2] == ["go", "build"]]
     assert builds[-1][-1] == "example.com/lib/cmd/tool"  # go build resolved it in the module
-    binary = extract_file(
-        f"oci-archive:{out}", "/usr/local/bin/tool", tmp_path / "bin", "amd64"
-    )
+    binary = extract_file(f"oci-archive:{out}", "/usr/local/bin/tool", tmp_path / "bin", "amd64")
     assert subprocess.run([str(binary)], capture_output=True, text=True).stdout == "tool\n"

@@ -74,6 +74,8 @@ def test_credentials_per_host_and_a_docker_config() -> None:
         ({"ghcr.io": {}}, "holds no usable credentials for 'ghcr.io'"),
         ({"auths": {"ghcr.io": {"auth": "bm90LWJhc2U2NA=="}}}, "for 'ghcr.io'"),
         ({"not a host!": "a:b"}, "has an entry 'not a host!' that is not a registry host"),
+        ({"registry": "a:b"}, "has an entry 'registry' that is not a registry host"),
+        ({"credsStore": "desktop"}, "is a Docker config whose credentials live in a credential"),
         ({}, "must hold 'username:password'"),
         (42, "must hold 'username:password'"),
     ],
