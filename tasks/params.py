@@ -209,8 +209,8 @@ class BuildParams(BaseModel):
         title="More programs",
         description=(
             "More main packages to build into the image beside the main package, with "
-            "the same flags, tags and version, e.g. './cmd/migrate'. Each lands at "
-            "/usr/local/bin/<name>, go build's name for it ('migrate'); the entrypoint "
+            "the same flags, tags and version, e.g. './cmd/migrate'. Each lands in "
+            "/usr/local/bin under go build's name for it ('migrate'); the entrypoint "
             "stays the main package's program."
         ),
     )
