@@ -10,17 +10,16 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from flows.build import failure_summary, parse_args
 from tasks.gopackages import exec_name
 from tasks.image_store import file_sha256
-from tasks.params import ParamsError, parse_params
+from tasks.params import parse_params
 from tests.dagger_test_engine.server import TestEngine
 from tests.flowruns import artifacts, build, task_runs
 from tests.git_servers import GitDaemon
 from tests.gitrepo import commit_all
 from tests.oci_check import elf_machine, extract_file, inspect_config
+from tests.paramcheck import problems
 from tests.prefect_fixtures import PrefectAPI
 from tests.trees import write_tree
 
@@ -43,12 +42,6 @@ SERVICE = {
     "cmd/shopctl/v2/main.go": program("shopctl"),  # go install's name: shopctl, not v2
     "internal/db/db.go": "package db\n\nfunc Open() {}\n",
 }
-
-
-def problems(**params) -> str:
-    with pytest.raises(ParamsError) as err:
-        parse_params(params)
-    return str(err.value)
 
 
 def test_exec_name_follows_go_install() -> None:
@@ -172,13 +165,13 @@ def test_a_git_library_among_extra_packages_fails_naming_the_main_packages(
     repo = write_tree(tmp_path / "shopgit", SERVICE)
     commit_all(repo, "init")
     git_daemon.add_repo("shopgit", repo)
-    state = build(
-        source=git_daemon.url("shopgit"),
-        extra_packages=["./cmd/migrate", "./internal/db"],
-        version="1.0.0",
-        output=str(tmp_path / "shop.tar"),
-        run_checks=False,
-    )
+    common = {
+        "source": git_daemon.url("shopgit"),
+        "version": "1.0.0",
+        "output": str(tmp_path / "shop.tar"),
+        "run_checks": False,
+    }
+    state = build(**common, extra_packages=["./cmd/migrate", "./internal/db"])
     assert state.is_failed()
     assert (
         "extra_packages: './internal/db' is not a main package: go build wrote a package "
@@ -189,13 +182,7 @@ def test_a_git_library_among_extra_packages_fails_naming_the_main_packages(
 
     # Nothing but libraries: go build -o DIR/ itself refuses, and the hint names
     # the parameter.
-    only_libraries = build(
-        source=git_daemon.url("shopgit"),
-        extra_packages=["./internal/db"],
-        version="1.0.0",
-        output=str(tmp_path / "shop.tar"),
-        run_checks=False,
-    )
+    only_libraries = build(**common, extra_packages=["./internal/db"])
     assert only_libraries.is_failed()
     exc = only_libraries.result(raise_on_failure=False)
     assert "go: no main packages to build" in exc.stderr  # Go's own words

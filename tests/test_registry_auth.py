@@ -174,16 +174,14 @@ def test_one_credential_serves_the_registry_it_pushes_to_and_pulls_from(
         "corp-one", overwrite=True
     )
     target = f"{auth_registry.host}/team/hello:1"
-    state = build(
-        source=str(hello_go),
-        platforms=["linux/amd64"],
-        run_checks=False,
-        version="1.0.1",
-        output=str(tmp_path / "one.tar"),
-        runtime_image=alpine,
-        image_refs=[target],
-        registry_secret_block="corp-one",
-    )
+    common = {
+        "source": str(hello_go),
+        "platforms": ["linux/amd64"],
+        "run_checks": False,
+        "runtime_image": alpine,
+        "registry_secret_block": "corp-one",
+    }
+    state = build(**common, version="1.0.1", output=str(tmp_path / "one.tar"), image_refs=[target])
     assert state.is_completed(), state.message
     assert auth_registry.tags("team/hello") == ["1"]
     cfg = inspect_config(f"oci-archive:{tmp_path / 'one.tar'}")["config"]
@@ -192,14 +190,6 @@ def test_one_credential_serves_the_registry_it_pushes_to_and_pulls_from(
     # The same block, exporting only: the credential is for registries published
     # to, and this build publishes nowhere, so the pull goes without it (in a
     # session of its own: the engine keeps a login for the whole session).
-    export_only = build(
-        source=str(hello_go),
-        platforms=["linux/amd64"],
-        run_checks=False,
-        version="1.0.2",
-        output=str(tmp_path / "two.tar"),
-        runtime_image=alpine,
-        registry_secret_block="corp-one",
-    )
+    export_only = build(**common, version="1.0.2", output=str(tmp_path / "two.tar"))
     assert export_only.is_failed()
     assert "401 Unauthorized" in str(export_only.result(raise_on_failure=False))

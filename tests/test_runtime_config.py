@@ -21,6 +21,7 @@ from tests.flowruns import artifacts, build, run_logs, task_runs
 from tests.git_servers import GitDaemon
 from tests.gitrepo import commit_all, git
 from tests.oci_check import extract_file, inspect_config
+from tests.paramcheck import problems
 from tests.prefect_fixtures import PrefectAPI
 from tests.trees import write_tree
 
@@ -51,12 +52,6 @@ func main() {
     "templates/parts/footer.html": "<footer/>",
     "config/pages.yaml": "greeting: hi",
 }
-
-
-def problems(**params) -> str:
-    with pytest.raises(ParamsError) as err:
-        parse_params(params)
-    return str(err.value)
 
 
 # ------------------------------------------------------------------- parameters
