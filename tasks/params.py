@@ -486,6 +486,7 @@ class BuildParams(BaseModel):
 
     @classmethod
     def _program(cls, value: str, info: ValidationInfo) -> str:
+        """A program's package, as ``main_package`` and ``extra_packages`` take one."""
         value = main_package_syntax(value)
         local = cls._local_module(info)
         if local is None:
@@ -521,6 +522,8 @@ class BuildParams(BaseModel):
                     f"{show(given)} is the module's root; build it as main_package and "
                     "list the others here"
                 )
+            if package == info.data["main_package"]:
+                raise ValueError(f"{show(given)} is main_package already; list the others here")
             if name == main:
                 raise ValueError(
                     f"{show(given)} would be /usr/local/bin/{name}, the main package's "

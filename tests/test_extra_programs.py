@@ -67,12 +67,17 @@ def test_extra_packages_are_checked_as_main_package_is(tmp_path: Path) -> None:
         (["./internal/db"], "'./internal/db' is package db, not a main package; main packages"),
         (["./cmd/nope"], "'./cmd/nope' is not a directory of the module"),
         (["."], "'.' is the module's root; build it as main_package"),
+        (["example.com/shop"], "'example.com/shop' is the module's root"),
         (["./cmd/migrate", "cmd/migrate/"], "'cmd/migrate/' would be /usr/local/bin/migrate, "),
         (["../x"], "must not contain '..'"),
     ]:
         message = problems(source=str(src), extra_packages=extras)
         assert message.startswith("extra_packages: "), message
         assert reason in message, message
+    message = problems(
+        source=str(src), main_package="./cmd/migrate", extra_packages=["cmd/migrate"]
+    )
+    assert message == "extra_packages: 'cmd/migrate' is main_package already; list the others here"
     # The main program's own name is taken.
     message = problems(source=str(src), app_name="migrate", extra_packages=["./cmd/migrate"])
     assert message == (
