@@ -342,22 +342,20 @@ def success_markdown(result: BuildResult) -> str:
     lines += [
         f"| {s.name} | {s.seconds:.2f} s | {'hit' if s.cached else 'miss'} |" for s in result.stages
     ]
-    if result.extra_binaries:
-        lines += [
-            "",
-            "| platform | binary size | more programs | manifest (in the tarball) |",
-            "|---|---|---|---|",
-        ]
-        lines += [
-            f"| {p} | {result.binaries.get(p, 0):,} bytes | {_programs(result, p)} | `{d}` |"
-            for p, d in result.platforms.items()
-        ]
-    else:
-        lines += ["", "| platform | binary size | manifest (in the tarball) |", "|---|---|---|"]
-        lines += [
-            f"| {p} | {result.binaries.get(p, 0):,} bytes | `{d}` |"
-            for p, d in result.platforms.items()
-        ]
+    more = bool(result.extra_binaries)  # a column for extra_packages' programs
+    lines += [
+        "",
+        "| platform | binary size |"
+        + (" more programs |" if more else "")
+        + " manifest (in the tarball) |",
+        "|---|---|" + ("---|" if more else "") + "---|",
+    ]
+    lines += [
+        f"| {p} | {result.binaries.get(p, 0):,} bytes |"
+        + (f" {_programs(result, p)} |" if more else "")
+        + f" `{d}` |"
+        for p, d in result.platforms.items()
+    ]
     lines += [
         "",
         f"- image digest (tarball): `{result.digest}`",
