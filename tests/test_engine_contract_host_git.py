@@ -598,6 +598,38 @@ def test_exists_with_expected_type_follows_symlinks(dagger_engine: Engine, tmp_p
     assert run(pipeline) == [expected for *_, expected in cases]
 
 
+@pytest.mark.real_engine
+def test_file_and_directory_lead_through_symlinks(dagger_engine: Engine, tmp_path: Path) -> None:
+    """core/directory.go Subfile and DirectorySubdirectoryLazy (a stat that follows
+    symlinks, then the path read inside the snapshot), and the cases of
+    core/integration/directory_test.go TestSymlink: a file reached through a link
+    has its target's contents, a link to a directory is that directory, an
+    absolute link resolves from the directory's root. The runtime files of a
+    build may be such links (``runtime_files``)."""
+    src = write_tree(tmp_path / "src", {"real/app.yaml": "mode: prod\n", "some-file": "x"})
+    (src / "config").symlink_to("real")
+    (src / "symlink-to-some-file").symlink_to("some-file")
+    (src / "absolute").symlink_to("/some-file")
+
+    async def pipeline():
+        d = dag.host().directory(str(src))
+        return (
+            await d.file("symlink-to-some-file").contents(),
+            await d.file("absolute").contents(),
+            await d.file("config/app.yaml").contents(),
+            await d.directory("config").file("app.yaml").contents(),
+            await d.directory("config").entries(),
+        )
+
+    assert run(pipeline) == ("x", "x", "mode: prod\n", "mode: prod\n", ["app.yaml"])
+
+    async def not_a_directory():
+        return await dag.host().directory(str(src)).directory("symlink-to-some-file").entries()
+
+    with pytest.raises(dagger.QueryError):
+        run(not_a_directory)
+
+
 # --------------------------------------------------------------------------- git
 
 

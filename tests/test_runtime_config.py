@@ -291,6 +291,29 @@ def test_image_gets_args_env_ports_workdir_and_files(
     assert page.read_text() == "<h1>changed</h1>"
 
 
+def test_runtime_files_reached_through_symlinks_land_as_their_targets(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path
+) -> None:
+    """A common layout: ``config`` links to the environment's directory. The engine
+    reads a path inside the snapshot, following links (core/directory.go), so the
+    image gets the files the link leads to."""
+    src = write_tree(
+        tmp_path / "pages", {**SERVICE, "deploy/prod/templates/index.html": "<h1>prod</h1>"}
+    )
+    (src / "templates").rename(src / "templates.dev")
+    (src / "templates").symlink_to("deploy/prod/templates")
+    (src / "pages.yaml").symlink_to("config/pages.yaml")
+    out = tmp_path / "linked.tar"
+    params = {"runtime_files": ["templates", "pages.yaml:/etc/pages/pages.yaml"]}
+    state = build(source=str(src), output=str(out), run_checks=False, **params)
+    assert state.is_completed(), state.message
+    archive = f"oci-archive:{out}"
+    page = extract_file(archive, "/app/templates/index.html", tmp_path / "index.html")
+    assert page.read_text() == "<h1>prod</h1>"
+    conf = extract_file(archive, "/etc/pages/pages.yaml", tmp_path / "pages.yaml")
+    assert conf.read_text() == "greeting: hi"
+
+
 def test_a_runtime_file_git_ignores_is_refused_before_engine_work(
     prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path
 ) -> None:

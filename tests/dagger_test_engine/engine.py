@@ -373,23 +373,29 @@ class Directory(Obj):
         return entry.kind == kinds[expectedType]
 
     def f_file(self, path: str, expand: bool = False) -> File:
-        key = fs.norm(path)
+        """core/directory.go Subfile: the path is read inside the snapshot, so a
+        symlink on the way, or at the end, leads to its target
+        (core/integration/directory_test.go TestSymlink); the file keeps its name."""
+        name = fs.norm(path).rsplit("/", 1)[-1]
 
         def thunk():
-            e = self.tree().get(key)
+            key = fs.resolve(self.tree(), path)
+            e = self.tree().get(key) if key else None
             if e is None or e.kind != "file":
                 raise EngineError(f"{path}: no such file")
-            return key.rsplit("/", 1)[-1], e
+            return name, e
 
         return self.child(File, "file", {"path": path}, thunk)
 
     def f_directory(self, path: str, expand: bool = False) -> Directory:
-        key = fs.norm(path)
+        """core/directory.go DirectorySubdirectoryLazy: a stat that follows
+        symlinks checks a directory is there, then its contents are the target's."""
 
         def thunk():
-            if key and (self.tree().get(key) is None or self.tree()[key].kind != "dir"):
+            key = fs.resolve(self.tree(), path)
+            if key is None or (key and self.tree()[key].kind != "dir"):
                 raise EngineError(f"{path}: no such directory")
-            return fs.subtree(self.tree(), path)
+            return fs.subtree(self.tree(), key)
 
         return self.child(Directory, "directory", {"path": path}, thunk)
 

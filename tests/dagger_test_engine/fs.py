@@ -134,6 +134,15 @@ def lookup(tree: Tree, path: str, *, follow: bool = True) -> Entry | None:
     directories and, with ``follow``, in its last element, as a stat inside the
     snapshot does (a link's target is taken relative to its directory, an absolute
     one from the snapshot's root; 40 links at most, as Linux allows)."""
+    key = resolve(tree, path, follow=follow)
+    if key is None:
+        return None
+    return tree.get(key) if key else Entry("dir", 0o755)
+
+
+def resolve(tree: Tree, path: str, *, follow: bool = True) -> str | None:
+    """Where ``path`` leads in the snapshot, symlinks resolved as :func:`lookup`
+    says ('' for the root); None if nothing is there."""
     parts = norm(path).split("/") if norm(path) else []
     done: list[str] = []
     hops = 0
@@ -152,9 +161,7 @@ def lookup(tree: Tree, path: str, *, follow: bool = True) -> Entry | None:
             done = []
             continue
         done.append(part)
-    if not done:
-        return Entry("dir", 0o755)
-    return tree.get("/".join(done))
+    return "/".join(done)
 
 
 def with_parents(entries: dict[str, Entry], key: str) -> None:
