@@ -71,7 +71,13 @@ async def publish_image(
         variants = image_variants(image, Path(tmp))
         published = {}
         for ref in refs:
-            ctr = with_registry_auth(variants[0], registry_host(ref), auth)
+            host = registry_host(ref)
+            if auth is not None and auth.shared is None and host not in auth.by_host:
+                progress.note(
+                    f"registry_secret_block {params.registry_secret_block!r} has no "
+                    f"credential for {host}: pushing {ref} without one"
+                )
+            ctr = with_registry_auth(variants[0], host, auth)
             async with progress.step("publish", f"push {ref}") as push:
                 published[ref] = await ctr.publish(ref, platform_variants=variants[1:])
                 push.outcome = published[ref]  # the name and digest the registry got

@@ -23,7 +23,7 @@ from tasks.registry_auth import (
 )
 from tasks.secrets import CredentialsError
 from tests.dagger_test_engine.server import TestEngine
-from tests.flowruns import artifacts, build, task_runs
+from tests.flowruns import artifacts, build, run_logs, task_runs
 from tests.leaks import assert_not_leaked
 from tests.oci_check import inspect_config
 from tests.prefect_fixtures import PrefectAPI
@@ -193,3 +193,31 @@ def test_one_credential_serves_the_registry_it_pushes_to_and_pulls_from(
     export_only = build(**common, version="1.0.2", output=str(tmp_path / "two.tar"))
     assert export_only.is_failed()
     assert "401 Unauthorized" in str(export_only.result(raise_on_failure=False))
+
+
+def test_a_host_the_block_has_no_credential_for_is_pushed_to_without_one_and_said(
+    prefect_api: PrefectAPI,
+    dagger_engine: TestEngine,
+    auth_registry: Registry,
+    registry: Registry,
+    hello_go: Path,
+    tmp_path: Path,
+) -> None:
+    login = {"username": auth_registry.username, "password": auth_registry.password}
+    Secret(value={auth_registry.host: login}).save("corp-hosts", overwrite=True)
+    refs = [f"{auth_registry.host}/team/two:1", f"{registry.host}/team/two:1"]
+    state = build(
+        source=str(hello_go),
+        platforms=["linux/amd64"],
+        run_checks=False,
+        version="1.0.3",
+        output=str(tmp_path / "two.tar"),
+        image_refs=refs,
+        registry_secret_block="corp-hosts",
+    )
+    assert state.is_completed(), state.message
+    assert auth_registry.tags("team/two") == ["1"] and registry.tags("team/two") == ["1"]
+    logs = run_logs(state.state_details.flow_run_id)
+    said = f"registry_secret_block 'corp-hosts' has no credential for {registry.host}: pushing"
+    assert [m for m in logs if m.startswith(said)]
+    assert not [m for m in logs if f"no credential for {auth_registry.host}" in m]
