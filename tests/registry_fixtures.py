@@ -232,9 +232,17 @@ def fault_proxy(registry: Registry) -> Iterator[FaultProxy]:
     proxy.stop()
 
 
-def push_base(registry: Registry, name: str, config: dict, tmp_path: Path) -> str:
-    """A one-layer linux/amd64 image with ``config`` at ``registry``/mirror/``name``,
-    pushed with skopeo (not the test engine) from an OCI layout written here."""
+def push_base(
+    registry: Registry,
+    name: str,
+    config: dict,
+    tmp_path: Path,
+    platforms: tuple[str, ...] = ("linux/amd64",),
+) -> str:
+    """A one-layer image with ``config`` at ``registry``/mirror/``name``: one
+    manifest for one platform, an image index for several (each platform's
+    config saying which it is, in ``PLATFORM``), pushed with skopeo (not the test
+    engine) from an OCI layout written here."""
     layout = tmp_path / f"layout-{name.replace(':', '-')}"
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True)
@@ -250,28 +258,52 @@ def push_base(registry: Registry, name: str, config: dict, tmp_path: Path) -> st
         info.size = 5
         tar.addfile(info, io.BytesIO(b"corp\n"))
     layer_desc = blob(layer.getvalue())
-    image_config = {
-        "architecture": "amd64",
-        "os": "linux",
-        "config": config,
-        "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
-    }
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            **blob(json.dumps(image_config).encode()),
-        },
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **layer_desc}],
-    }
-    top = {"mediaType": "application/vnd.oci.image.manifest.v1+json"}
-    top |= blob(json.dumps(manifest).encode())
+    manifests = []
+    for platform in platforms:
+        os_, arch = platform.split("/")[:2]
+        env = [*config.get("Env", []), f"PLATFORM={platform}"]
+        image_config = {
+            "architecture": arch,
+            "os": os_,
+            "config": {**config, "Env": env},
+            "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
+        }
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                **blob(json.dumps(image_config).encode()),
+            },
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **layer_desc}],
+        }
+        manifests.append(
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                **blob(json.dumps(manifest).encode()),
+                "platform": {"os": os_, "architecture": arch},
+            }
+        )
+    top: dict = {k: v for k, v in manifests[0].items() if k != "platform"}
+    if len(manifests) > 1:
+        index = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests,
+        }
+        top = {"mediaType": index["mediaType"], **blob(json.dumps(index).encode())}
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [top]}))
     ref = f"{registry.host}/mirror/{name}"
     creds = f"{registry.username}:{registry.password}"
+    every = ["--all"] if len(manifests) > 1 else []
     skopeo(
-        "copy", "--dest-tls-verify=false", "--dest-creds", creds, f"oci:{layout}", f"docker://{ref}"
+        "copy",
+        *every,
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        creds,
+        f"oci:{layout}",
+        f"docker://{ref}",
     )
     return ref

@@ -169,14 +169,20 @@ def test_one_credential_serves_the_registry_it_pushes_to_and_pulls_from(
     hello_go: Path,
     tmp_path: Path,
 ) -> None:
-    alpine = push_base(auth_registry, "alpine:3.22.2-one", {"Env": ["MIRROR=one"]}, tmp_path)
+    alpine = push_base(
+        auth_registry,
+        "alpine:3.22.2-one",
+        {"Env": ["MIRROR=one"]},
+        tmp_path,
+        platforms=("linux/amd64", "linux/arm64"),
+    )
     Secret(value=f"{auth_registry.username}:{auth_registry.password}").save(
         "corp-one", overwrite=True
     )
     target = f"{auth_registry.host}/team/hello:1"
     common = {
         "source": str(hello_go),
-        "platforms": ["linux/amd64"],
+        "platforms": ["linux/amd64", "linux/arm64"],
         "run_checks": False,
         "runtime_image": alpine,
         "registry_secret_block": "corp-one",
@@ -184,8 +190,9 @@ def test_one_credential_serves_the_registry_it_pushes_to_and_pulls_from(
     state = build(**common, version="1.0.1", output=str(tmp_path / "one.tar"), image_refs=[target])
     assert state.is_completed(), state.message
     assert auth_registry.tags("team/hello") == ["1"]
-    cfg = inspect_config(f"oci-archive:{tmp_path / 'one.tar'}")["config"]
-    assert "MIRROR=one" in cfg["Env"]
+    for arch in ("amd64", "arm64"):  # each platform's image from the mirror's own
+        cfg = inspect_config(f"oci-archive:{tmp_path / 'one.tar'}", arch)["config"]
+        assert "MIRROR=one" in cfg["Env"] and f"PLATFORM=linux/{arch}" in cfg["Env"]
 
     # The same block, exporting only: the credential is for registries published
     # to, and this build publishes nowhere, so the pull goes without it (in a
