@@ -213,6 +213,13 @@ def test_command_line_options_map_to_the_parameters() -> None:
 # ------------------------------------------------------------------- end to end
 
 
+def page_and_config(archive: str, tmp_path: Path) -> tuple[str, str]:
+    """The service's page template and its config, as the image holds them."""
+    page = extract_file(archive, "/app/templates/index.html", tmp_path / "index.html")
+    conf = extract_file(archive, "/etc/pages/pages.yaml", tmp_path / "pages.yaml")
+    return page.read_text(), conf.read_text()
+
+
 def run_as_the_image(archive: str, config: dict, tmp_path: Path) -> str:
     """Run the image's binary as a container runtime would: its entrypoint and
     default arguments, its environment, from its working directory, which holds
@@ -307,11 +314,7 @@ def test_runtime_files_reached_through_symlinks_land_as_their_targets(
     params = {"runtime_files": ["templates", "pages.yaml:/etc/pages/pages.yaml"]}
     state = build(source=str(src), output=str(out), run_checks=False, **params)
     assert state.is_completed(), state.message
-    archive = f"oci-archive:{out}"
-    page = extract_file(archive, "/app/templates/index.html", tmp_path / "index.html")
-    assert page.read_text() == "<h1>prod</h1>"
-    conf = extract_file(archive, "/etc/pages/pages.yaml", tmp_path / "pages.yaml")
-    assert conf.read_text() == "greeting: hi"
+    assert page_and_config(f"oci-archive:{out}", tmp_path) == ("<h1>prod</h1>", "greeting: hi")
 
 
 def test_a_runtime_file_git_ignores_is_refused_before_engine_work(
@@ -375,10 +378,7 @@ def test_git_source_runtime_files_are_checked_by_the_engine_before_the_compile(
     )
     assert done.is_completed(), done.message
     archive = f"oci-archive:{tmp_path / 'g.tar'}"
-    page = extract_file(archive, "/app/templates/index.html", tmp_path / "index.html")
-    assert page.read_text() == "<h1>hello</h1>"
-    conf = extract_file(archive, "/etc/pages/pages.yaml", tmp_path / "pages.yaml")
-    assert conf.read_text() == "greeting: hi"
+    assert page_and_config(archive, tmp_path) == ("<h1>hello</h1>", "greeting: hi")
     # The engine lists a remote once per session, and this session is the test's
     # (DAGGER_SESSION_PORT): the run says what that means for a moving ref.
     logs = run_logs(done.state_details.flow_run_id)
