@@ -49,6 +49,7 @@ from tasks.source import SourceInfo, git_token, source_directory
 
 if TYPE_CHECKING:
     import dagger
+    from prefect.filesystems import WritableFileSystem
 
 GOMODCACHE = "/go/pkg/mod"
 GOCACHE = "/root/.cache/go-build"
@@ -358,7 +359,7 @@ async def compile_binary(
             raise await not_a_program(builder_ctr, params, "main_package", params.main_package)
         extras: list[StoredProgram] = []
         if params.extra_packages:
-            extras = await compile_extras(builder_ctr, params, platform, values, Path(tmp))
+            extras = await compile_extras(builder_ctr, params, platform, values, Path(tmp), storage)
         # Streamed: hashed, stored and read for its Go version without loading it whole.
         sha256 = file_sha256(path)
         compiled = CompiledBinary(
@@ -379,6 +380,7 @@ async def compile_extras(
     platform: str,
     values: Mapping[str, str],
     tmp: Path,
+    storage: WritableFileSystem,
 ) -> list[StoredProgram]:
     """``extra_packages``' programs for ``platform``: built (:func:`extra_binaries`),
     exported into ``tmp``, each checked to be a program and kept as the main
@@ -387,7 +389,6 @@ async def compile_extras(
     go_build = build_args(params, values, f"{EXTRA_OUT}/", params.extra_packages)
     async with progress.step(f"compile {platform}", progress.command_text(go_build)):
         await more.export(str(tmp / "more"))
-    storage = await binaries.result_storage()
     programs = []
     for package, name in params.extra_programs():
         path = tmp / "more" / name

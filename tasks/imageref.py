@@ -14,7 +14,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["ImageRef", "check_pinned_image", "parse_image_ref", "show"]
+__all__ = [
+    "DOCKER_HUB",
+    "DOCKER_HUB_HOSTS",
+    "ImageRef",
+    "check_pinned_image",
+    "parse_image_ref",
+    "show",
+]
+
+DOCKER_HUB = "docker.io"
+# Names Docker Hub answers to; the engine normalises them all to docker.io.
+DOCKER_HUB_HOSTS = frozenset({DOCKER_HUB, "index.docker.io", "registry-1.docker.io"})
 
 # --- distribution/reference grammar (regexp.go) ------------------------------
 _ALNUM = r"[a-z0-9]+"
@@ -56,6 +67,21 @@ class ImageRef:
     @property
     def repository(self) -> str:
         return f"{self.domain}/{self.path}" if self.domain else self.path
+
+    @property
+    def registry(self) -> str:
+        """The registry host as the engine names it: Docker Hub's shorthand and
+        aliases are ``docker.io`` (distribution's ``ParseNormalizedNamed``)."""
+        domain = self.domain or DOCKER_HUB
+        return DOCKER_HUB if domain in DOCKER_HUB_HOSTS else domain
+
+    @property
+    def registry_path(self) -> str:
+        """The path in :attr:`registry`: Docker Hub's one-part names are under
+        ``library/``."""
+        if self.registry == DOCKER_HUB and "/" not in self.path:
+            return f"library/{self.path}"
+        return self.path
 
     def __str__(self) -> str:
         text = self.repository

@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from tasks.imageref import parse_image_ref
+from tasks.imageref import DOCKER_HUB, DOCKER_HUB_HOSTS, parse_image_ref
 from tasks.secrets import (
     Credentials,
     CredentialsError,
@@ -50,16 +50,13 @@ if TYPE_CHECKING:
 
     from tasks.params import BuildParams
 
-DOCKER_HUB = "docker.io"
-DOCKER_HUB_ALIASES = frozenset({"index.docker.io", "registry-1.docker.io"})
 _HOST = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?")
 
 
 def registry_host(ref: str) -> str:
     """The registry host of an image reference, as the engine keys credentials
     (Docker Hub's names and shorthand are ``docker.io``)."""
-    domain = parse_image_ref(ref).domain or DOCKER_HUB
-    return DOCKER_HUB if domain in DOCKER_HUB_ALIASES else domain
+    return parse_image_ref(ref).registry
 
 
 def repository(ref: str) -> str:
@@ -70,17 +67,14 @@ def repository(ref: str) -> str:
         parsed = parse_image_ref(ref)
     except ValueError:
         return ""
-    host, path = registry_host(ref), parsed.path
-    if host == DOCKER_HUB and "/" not in path:
-        path = f"library/{path}"
-    return f"{host}/{path}"
+    return f"{parsed.registry}/{parsed.registry_path}"
 
 
 def _config_host(key: str) -> str:
     """A registry host from a key of a Docker config's ``auths`` (which may be a
     URL: ``https://index.docker.io/v1/``) or of a host map."""
     host = re.sub(r"^[a-z]+://", "", key.strip()).split("/", 1)[0]
-    return DOCKER_HUB if host in DOCKER_HUB_ALIASES else host
+    return DOCKER_HUB if host in DOCKER_HUB_HOSTS else host
 
 
 @dataclass(frozen=True)

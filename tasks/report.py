@@ -58,7 +58,7 @@ from tasks import progress
 from tasks.assemble import ImageArtifact
 from tasks.compile import CompiledBinary
 from tasks.gohints import go_hint
-from tasks.imageref import ImageRef, parse_image_ref
+from tasks.imageref import DOCKER_HUB, ImageRef, parse_image_ref
 from tasks.params import BuildParams
 from tasks.registry_auth import repository
 from tasks.sdk import is_exec_error
@@ -67,10 +67,6 @@ from tasks.source import SourceInfo
 OUTPUT_TAIL_LINES = 40  # per stream, in the failure artifact
 EVENT_TAIL_LINES = 20  # per stream, in the failure event
 OUTPUT_LINE_CHARS = 1000  # a minified JSON line must not swamp the report
-
-DOCKER_HUB = "docker.io"
-# Names Docker Hub answers to; the engine normalises them all to docker.io.
-DOCKER_HUB_HOSTS = frozenset({DOCKER_HUB, "index.docker.io", "registry-1.docker.io"})
 
 
 class StageRecord(BaseModel):
@@ -146,9 +142,9 @@ class BuildResult(BaseModel):
             digest=image.digest,
             platforms=image.platforms,
             binaries={b.platform: b.size for b in binaries},
-            extra_binaries={b.platform: {e.name: e.size for e in b.extras} for b in binaries}
-            if params.extra_packages
-            else {},
+            extra_binaries={
+                b.platform: {e.name: e.size for e in b.extras} for b in binaries if b.extras
+            },
             references=list(published.values()),
             requested_references=list(published),
             source_digest=source.digest,
@@ -263,13 +259,7 @@ def _normalised(ref: ImageRef) -> tuple[str, str, str]:
     """(registry, path, tag) as the engine names a pushed image: Docker Hub's aliases
     and shorthand to ``docker.io``, its one-part names under ``library/``, and a
     missing tag to ``latest``."""
-    domain = ref.domain or DOCKER_HUB
-    if domain in DOCKER_HUB_HOSTS:
-        domain = DOCKER_HUB
-        path = ref.path if "/" in ref.path else f"library/{ref.path}"
-    else:
-        path = ref.path
-    return domain, path, ref.tag or "latest"
+    return ref.registry, ref.registry_path, ref.tag or "latest"
 
 
 def _loopback(domain: str) -> bool:
