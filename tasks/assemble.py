@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +72,21 @@ def oci_labels(params: BuildParams, source: SourceInfo, version: str) -> dict[st
     return {k: v for k, v in labels.items() if v}
 
 
+# OCI's pre-defined annotation keys (image-spec annotations.md) share the labels'
+# prefix; ref.name is left out, as it names a tag inside an image layout.
+_OCI_PREFIX = "org.opencontainers.image."
+_LAYOUT_ONLY = ("org.opencontainers.image.ref.name",)
+
+
+def oci_annotations(labels: Mapping[str, str]) -> dict[str, str]:
+    """The OCI labels again as manifest annotations, as ``docker buildx`` and
+    docker/metadata-action write them: registries and their clients (crane,
+    ``docker buildx imagetools inspect``, GHCR, Harbor, Renovate) read a manifest's
+    annotations without fetching its config, and per platform in an image index.
+    Other labels (``com.example.team``) stay labels only."""
+    return {k: v for k, v in labels.items() if k.startswith(_OCI_PREFIX) and k not in _LAYOUT_ONLY}
+
+
 def source_url(source: SourceInfo) -> str:
     return source.location if source.kind == "git" else f"file://{source.location}"
 
@@ -91,7 +106,8 @@ def runtime(
     """The runtime chain for one platform (not evaluated): the base, the runtime
     files (:func:`runtime_files`), the ``extra_packages``' ``programs`` (by file
     name), the binary, then the image config: entrypoint, default arguments,
-    environment, ports, working directory, user, labels.
+    environment, ports, working directory, user, labels; and the manifest's
+    annotations (:func:`oci_annotations`).
 
     The files go in before the programs, so none can replace one. The default
     arguments follow the entrypoint because setting an entrypoint clears them
@@ -128,6 +144,8 @@ def runtime(
     ctr = ctr.with_user(params.runtime_user)
     for key, value in sorted(labels.items()):
         ctr = ctr.with_label(key, value)
+    for key, value in sorted(oci_annotations(labels).items()):
+        ctr = ctr.with_annotation(key, value)
     return ctr
 
 

@@ -131,15 +131,29 @@ def read_image(tarball: Path) -> tuple[str, dict[str, str], dict[str, Any]]:
     return top, platforms, found
 
 
-def split_by_platform(tarball: Path, dest: Path) -> dict[str, Path]:
+@dataclass(frozen=True)
+class PlatformLayout:
+    """One platform's image cut out of a layout, and its manifest's annotations,
+    which ``Container.import`` does not carry over (see :func:`split_by_platform`)."""
+
+    path: Path
+    annotations: dict[str, str]
+
+
+def split_by_platform(tarball: Path, dest: Path) -> dict[str, PlatformLayout]:
     """Write one single-manifest layout per platform under ``dest``.
 
     Blobs are copied by streaming from the source tarball, so a large image is never
     held in memory. Each layout's only descriptor names its platform, so an import
     for another platform fails loudly instead of quietly taking this one.
+
+    The manifest's annotations are returned beside each layout: the engine's
+    ``Container.import`` takes the layers and config but not the annotations
+    (core/container_image.go ``FromOCIStore`` sets no ``Annotations``), so whoever
+    pushes an imported image gives them back with ``withAnnotation``.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Path] = {}
+    out: dict[str, PlatformLayout] = {}
     with tarfile.open(tarball) as tar:
         layout = Layout(tar)
         for image in layout.images():
@@ -171,7 +185,8 @@ def split_by_platform(tarball: Path, dest: Path) -> dict[str, Path]:
                     if member is None:
                         raise ValueError(f"{tarball}: blob {digest} is missing")
                     out_tar.addfile(member, tar.extractfile(member))
-            out[image.platform] = path
+            annotations = image.manifest.get("annotations") or {}
+            out[image.platform] = PlatformLayout(path, dict(annotations))
     return out
 
 

@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 
 
 def image_variants(image: ImageArtifact, workdir: Path) -> list[dagger.Container]:
-    """One container per platform, each imported from its own one-image layout.
+    """One container per platform, each imported from its own one-image layout,
+    with its manifest's annotations given back (an import drops them), so the
+    registry gets the manifests the tarball holds.
 
     Importing every platform from the one multi-platform tarball would let the
     engine's ``platforms.Only`` match pick a neighbour (amd64 takes 386, arm/v7
@@ -48,10 +50,14 @@ def image_variants(image: ImageArtifact, workdir: Path) -> list[dagger.Container
     missing = sorted(set(image.platforms) - set(layouts))
     if missing:
         raise ValueError(f"{image.path} holds no image for {', '.join(missing)}")
-    return [
-        dag.container(platform=dagger.Platform(p)).import_(dag.host().file(str(layouts[p])))
-        for p in image.platforms
-    ]
+    variants = []
+    for p in image.platforms:
+        layout = layouts[p]
+        ctr = dag.container(platform=dagger.Platform(p)).import_(dag.host().file(str(layout.path)))
+        for key, value in sorted(layout.annotations.items()):
+            ctr = ctr.with_annotation(key, value)
+        variants.append(ctr)
+    return variants
 
 
 @task(name="publish", **retry_options())

@@ -331,6 +331,66 @@ def test_import_tag_selects_by_ref_name_annotation(dagger_engine: Engine, tmp_pa
         import_as(combined, "linux/amd64", tag="c")
 
 
+@pytest.mark.real_engine
+def test_annotations_reach_the_manifests_and_an_import_drops_them(
+    dagger_engine: Engine, tmp_path: Path
+) -> None:
+    """core/container.go ``WithAnnotation`` appends (a repeated key twice),
+    ``WithoutAnnotation`` removes the first entry of a key; ``FromCanonicalRef``
+    replaces the rootfs, not the annotations, so ``from`` after ``withAnnotation``
+    keeps them. engine/engineutil/containerimage.go ~39-44 puts them in a map (the
+    last of a key wins) for both the manifest and its descriptor in the index
+    (imageexport/writer.go ~258-292); the index itself gets none. An import
+    (core/container_image.go ``Import``, ``FromOCIStore``) sets no annotations, so
+    the imported container exports without them."""
+    dest = tmp_path / "annotated.tar"
+
+    async def export() -> None:
+        def annotated(platform: str) -> dagger.Container:
+            return (
+                dag.container(platform=dagger.Platform(platform))
+                .with_annotation("org.example.kept", "before from")
+                .from_(ALPINE)
+                .with_new_file("/platform.txt", platform)
+                .with_annotation("org.example.twice", "first")
+                .with_annotation("org.example.twice", "second")
+                .with_annotation("org.example.gone", "x")
+                .with_annotation("org.example.doubled", "1")
+                .with_annotation("org.example.doubled", "2")
+                .without_annotation("org.example.gone")
+                .without_annotation("org.example.doubled")  # the first of two only
+            )
+
+        variants = [annotated(p) for p in ("linux/amd64", "linux/arm64")]
+        await variants[0].export(str(dest), platform_variants=variants[1:])
+
+    run(export)
+    layout = Layout(dest)
+    expected = {
+        "org.example.doubled": "2",
+        "org.example.kept": "before from",
+        "org.example.twice": "second",
+    }
+    assert "annotations" not in layout.root
+    assert "annotations" not in layout.blob(layout.root["digest"])  # the index
+    for desc in layout.manifests():
+        assert desc["annotations"] == expected
+        assert layout.blob(desc["digest"])["annotations"] == expected
+
+    again = tmp_path / "imported.tar"
+
+    async def reexport() -> None:
+        ctr = dag.container(platform=dagger.Platform("linux/amd64")).import_(
+            dag.host().file(str(dest))
+        )
+        await ctr.export(str(again))
+
+    run(reexport)
+    imported = Layout(again)
+    assert "annotations" not in imported.root
+    assert "annotations" not in imported.blob(imported.root["digest"])
+
+
 # containerd/platforms v1.0.0-rc.2 compare_test.go TestOnly (the Linux rows, and the
 # Windows rows that only differ by OS): platform -> (accepted, rejected).
 ONLY_TABLE = {

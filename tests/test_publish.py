@@ -6,8 +6,10 @@ registry, never with the test engine's own code.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import tarfile
 import traceback
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,11 +29,28 @@ from tests.registry_fixtures import FaultProxy, Registry, free_port
 INDEX = "application/vnd.oci.image.index.v1+json"
 
 
-
 def git_copy(src: Path, dest: Path) -> str:
     """A git checkout of the example, so the build has a commit to tag with."""
     shutil.copytree(src, dest)
     return commit_all(dest, "init")
+
+
+def oci_archive_annotations(tarball: Path) -> dict[str, dict[str, str]]:
+    """{platform: the manifest's annotations} of an exported OCI archive, read
+    with tarfile and json, not with the product's or the engine's code."""
+    with tarfile.open(tarball) as tar:
+
+        def blob(digest: str) -> dict:
+            return json.load(tar.extractfile("blobs/" + digest.replace(":", "/")))  # type: ignore[arg-type]
+
+        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
+        top = blob(index["manifests"][0]["digest"])
+        found = {}
+        for desc in top["manifests"]:
+            platform = desc["platform"]
+            assert blob(desc["digest"])["annotations"] == desc["annotations"]
+            found[f"{platform['os']}/{platform['architecture']}"] = desc["annotations"]
+        return found
 
 
 def digests_by_tag(references: list[str]) -> dict[str, str]:
@@ -75,6 +94,7 @@ def test_push_index_with_extra_tags_using_secret_block_and_no_leaks(
         tag_nightly=True,
         tag_latest=True,
         app_name="svc",
+        labels={"org.opencontainers.image.description": "the svc", "com.example.team": "core"},
     )
     assert state.is_completed(), state.message
     result = state.result()
@@ -101,6 +121,17 @@ def test_push_index_with_extra_tags_using_secret_block_and_no_leaks(
         assert cfg["config"]["User"] == "65532"
         assert cfg["config"]["Labels"]["org.opencontainers.image.revision"] == commit
         assert cfg["config"]["Labels"]["org.opencontainers.image.version"] == "1.2.3"
+    # Each pushed manifest carries the OCI labels as annotations, as the exported
+    # tarball's does: Container.import drops a manifest's annotations, so publish
+    # gives them back. A label outside OCI's keys stays a label only.
+    exported = oci_archive_annotations(Path(result.tarball))
+    for entry in index["manifests"]:
+        manifest = inspect_raw(f"docker://{repo}@{entry['digest']}", creds)
+        arch = entry["platform"]["architecture"]
+        assert manifest["annotations"] == entry["annotations"] == exported[f"linux/{arch}"]
+        assert manifest["annotations"]["org.opencontainers.image.revision"] == commit
+        assert manifest["annotations"]["org.opencontainers.image.description"] == "the svc"
+        assert "com.example.team" not in manifest["annotations"]
     amd = extract_file(image, "/usr/local/bin/svc", tmp_path / "amd", "amd64", creds)
     out = subprocess.run([str(amd), "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "hello-go 1.2.3"

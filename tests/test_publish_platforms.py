@@ -159,8 +159,8 @@ def test_split_by_platform_cuts_one_image_per_platform(
     assert sorted(digests) == ["linux/386", "linux/amd64", "linux/arm/v6", "linux/arm/v7"]
     layouts = split_by_platform(tmp_path / "all.tar", tmp_path / "split")
     assert sorted(layouts) == sorted(digests)
-    for platform, path in layouts.items():
-        one_top, one = image_digests(path)
+    for platform, layout in layouts.items():
+        one_top, one = image_digests(layout.path)
         assert one == {platform: digests[platform]} and one_top == digests[platform]
-        config = json.loads(skopeo("inspect", "--config", f"oci-archive:{path}"))
+        config = json.loads(skopeo("inspect", "--config", f"oci-archive:{layout.path}"))
         assert platform_of(config) == platform

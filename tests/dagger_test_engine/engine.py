@@ -126,6 +126,9 @@ class ContainerState:
     entrypoint: tuple[str, ...] = ()
     default_args: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
+    # withAnnotation, in order; a key set twice keeps both entries (the manifest
+    # takes the last, engine/engineutil/containerimage.go ~41-44).
+    annotations: tuple[tuple[str, str], ...] = ()
     exposed_ports: tuple[str, ...] = ()
     mounts: tuple[Mount, ...] = ()
     registry_auth: tuple[tuple[str, str, str], ...] = ()  # (address, username, secret id)
@@ -620,7 +623,10 @@ class Container(Obj):
                 ) from None
 
         def fn(s: ContainerState) -> ContainerState:
+            # The parent's annotations stay: FromCanonicalRef replaces the rootfs
+            # and config, not Container.Annotations.
             state = base_image_state(address, s.platform, self.engine.go_version())
+            state = replace(state, annotations=s.annotations)
             return state if pulled is None else with_image_config(state, pulled)
 
         return self._derive("from", args, fn)
@@ -653,6 +659,27 @@ class Container(Obj):
             return replace(s, labels=tuple(labels))
 
         return self._derive("withLabel", {"name": name, "value": value}, fn)
+
+    def f_withAnnotation(self, name: str, value: str) -> Container:
+        """core/container.go ``WithAnnotation``: appended, a repeated key too."""
+        return self._derive(
+            "withAnnotation",
+            {"name": name, "value": value},
+            lambda s: replace(s, annotations=(*s.annotations, (name, value))),
+        )
+
+    def f_withoutAnnotation(self, name: str) -> Container:
+        """core/container.go ``WithoutAnnotation``: the first entry of that key
+        only (the loop breaks after one ``slices.Delete``)."""
+
+        def fn(s: ContainerState) -> ContainerState:
+            keys = [k for k, _ in s.annotations]
+            if name not in keys:
+                return s
+            i = keys.index(name)
+            return replace(s, annotations=s.annotations[:i] + s.annotations[i + 1 :])
+
+        return self._derive("withoutAnnotation", {"name": name}, fn)
 
     def f_withEntrypoint(self, args: list[str], keepDefaultArgs: bool = False) -> Container:
         def fn(s: ContainerState) -> ContainerState:

@@ -64,7 +64,7 @@ class Images:
             platform=s.platform,
             tree=s.rootfs,
             config=s.image_config(),
-            annotations=dict(getattr(s, "annotations", ()) or ()),
+            annotations=dict(s.annotations),  # the last of a repeated key wins
             created=self.created(s),
         )
 
@@ -76,7 +76,9 @@ class Images:
         """``Container.import`` onto the parent state ``s``: the manifest is chosen
         as the engine's ``resolveIndex`` does (see ``oci.import_image``); the image
         config replaces the container's config and its platform the container's
-        (core/container_image.go ~222-225); ``imageRef`` becomes ``tag``."""
+        (core/container_image.go ~222-225); ``imageRef`` becomes ``tag``. The
+        archive's manifest annotations are not read (``FromOCIStore`` sets no
+        ``Annotations``): the container keeps its parent's."""
         from .engine import EngineError
 
         path = self.engine.store.path(src.entry()[1].blob)
