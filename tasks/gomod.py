@@ -21,59 +21,99 @@ Only a sure answer refuses: a ``use``, or a directory replacement (Go's
 requires (``go mod download`` reads every one of those), that resolves outside
 the source, or inside it but with no go.mod (which Go requires of both), or an
 absolute path, which names this machine's file system, not the builder's. The
-grammar read is go.mod's own (``golang.org/x/mod/modfile``): ``//`` comments,
-``replace``/``use`` blocks, quoted paths. No PyPI package reads go.mod files and
-is kept up; this is the part of it that matters here.
+replacement read is the one Go applies: a go.work's over the go.mod's, a rule
+for the required version over one for every version; a vendored module (built
+with ``-mod=vendor``, no download) reads none. The grammar read is go.mod's own
+(``golang.org/x/mod/modfile``, read.go's lexer): lines end at ``\n`` only,
+``//`` comments (also glued to a word), ``(`` a token of its own, blocks of any
+directive, quoted paths with Go's escapes. No PyPI package reads go.mod files
+and is kept up; this is the part of it that matters here, checked against ``go
+mod edit -json`` in the tests.
 """
 
 from __future__ import annotations
 
-import json
+import ast
 import os
-import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 from tasks.gopackages import scanned_dirs
 from tasks.imageref import show
 
-_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|`[^`]*`|//.*|\S+')
+_PUNCTUATION = "()[]{},"
+
+
+def _unquote(token: str) -> str:
+    """A quoted token's text, as ``strconv.Unquote`` reads it: a raw string as is;
+    an interpreted one with its escapes (Go's are Python's, for what a path holds)."""
+    inner = token[1:-1] if len(token) > 1 and token[-1] == token[0] else token[1:]
+    if token[0] == "`":
+        return inner
+    try:
+        value = ast.literal_eval(f'"{inner}"')
+    except (SyntaxError, ValueError):
+        return inner
+    return value if isinstance(value, str) else inner
 
 
 def _tokens(line: str) -> list[str]:
-    out = []
-    for tok in _TOKEN.findall(line):
-        if tok.startswith("//"):
+    """One line's tokens as ``modfile``'s lexer reads them (read.go ``readToken``):
+    spaces, tabs and carriage returns separate them; each of ``()[]{},`` is a token
+    of its own (so ``replace(`` opens a block); a quoted string is one token; and
+    ``//`` starts a comment anywhere, also inside a word (``../lib// old``)."""
+    out: list[str] = []
+    i, n = 0, len(line)
+    while i < n:
+        c = line[i]
+        if c.isspace() or not c.isprintable():
+            i += 1
+        elif line.startswith("//", i):
             break
-        if tok[0] == "`":
-            tok = tok[1:-1]
-        elif tok[0] == '"':
-            try:  # Go's escapes that paths use are JSON's too
-                tok = json.loads(tok)
-            except ValueError:
-                tok = tok[1:-1]
-        out.append(tok)
+        elif c in _PUNCTUATION:
+            out.append(c)
+            i += 1
+        elif c in '"`':
+            j = i + 1
+            while j < n and line[j] != c:
+                j += 2 if c == '"' and line[j] == "\\" else 1
+            out.append(_unquote(line[i : j + 1]))
+            i = j + 1
+        else:
+            j = i
+            while j < n and not (
+                line[j].isspace()
+                or not line[j].isprintable()
+                or line[j] in _PUNCTUATION
+                or line.startswith("//", j)
+            ):
+                j += 1
+            out.append(line[i:j])
+            i = j
     return out
 
 
 def directives(text: str, verb: str) -> Iterator[list[str]]:
-    """The arguments of each ``verb`` directive, one-line or in a ``verb ( … )`` block."""
-    in_block = False
-    for line in text.splitlines():
+    """The arguments of each ``verb`` directive, one-line or in a ``verb ( … )``
+    block. Lines end at ``\\n`` only, as Go reads them (not at the other breaks
+    ``str.splitlines`` knows, which a comment may hold), and the lines of another
+    directive's block are never taken for a ``verb`` of its own."""
+    block: str | None = None
+    for line in text.split("\n"):
         toks = _tokens(line)
         if not toks:
             continue
-        if in_block:
-            if toks == [")"]:
-                in_block = False
-            else:
+        if block is not None:
+            if toks[0] == ")":
+                block = None
+            elif block == verb:
                 yield toks
-        elif toks[0] == verb:
-            if toks[1:] == ["("]:
-                in_block = True
-            elif len(toks) > 1:
-                yield toks[1:]
+        elif toks[-1] == "(":
+            block = toks[0]
+        elif toks[0] == verb and len(toks) > 1 and toks[1:] != ["(", ")"]:
+            yield toks[1:]
 
 
 def _read(path: Path) -> str:
@@ -110,27 +150,60 @@ def requirements(go_mod: Path) -> set[tuple[str, str]]:
     return {(args[0], args[1]) for args in directives(_read(go_mod), "require") if len(args) >= 2}
 
 
-def local_dirs(file: Path, required: set[tuple[str, str]]) -> Iterator[tuple[str, str]]:
-    """(what, directory as written) for each directory a go.mod or go.work names
-    that the build will read: ``replace`` targets of modules in ``required`` (the
-    module's requirements; Go never reads the replacement of a module it does not
-    need, so a stale one is harmless), and a go.work's ``use`` lines."""
-    text = _read(file)
-    for args in directives(text, "replace"):
-        if "=>" not in args:
-            continue
-        old, new = args[: args.index("=>")], args[args.index("=>") + 1 :]
-        if len(new) != 1 or not old or not is_directory_path(new[0]):
-            continue
-        used = any(
-            path == old[0] and (len(old) == 1 or version == old[1]) for path, version in required
+@dataclass(frozen=True)
+class Replacement:
+    """One ``replace`` line: the module path and version it applies to ('' for
+    every version) and what it points at, as written (a directory, or a module
+    path and version)."""
+
+    file: Path
+    path: str
+    version: str
+    new: tuple[str, ...]
+
+
+def replacements(file: Path) -> list[Replacement]:
+    found = []
+    for args in directives(_read(file), "replace"):
+        if "=>" in args:
+            old, new = args[: args.index("=>")], args[args.index("=>") + 1 :]
+            if old:
+                found.append(Replacement(file, old[0], old[1] if len(old) > 1 else "", tuple(new)))
+    return found
+
+
+def _replacement_for(path: str, version: str, rules: list[Replacement]) -> Replacement | None:
+    """The rule Go applies to one module version: the one for that version over
+    one for every version."""
+    exact = [r for r in rules if r.path == path and r.version == version]
+    every = [r for r in rules if r.path == path and not r.version]
+    return (exact or every or [None])[-1]
+
+
+def local_dirs(
+    files: Sequence[Path], required: set[tuple[str, str]]
+) -> Iterator[tuple[Path, str, str]]:
+    """(file, what, directory as written) for each directory the build will read.
+
+    ``files`` are :func:`module_files`: the go.mod, then the go.work if one
+    applies. For each module in ``required`` (the go.mod's requirements: Go never
+    reads the replacement of a module it does not need, so a stale one is
+    harmless), the replacement Go applies, when it is a directory: a go.work's
+    replaces win over the go.mod's (Go's workspace rule), and in each file a rule
+    for the required version over one for every version. Then a go.work's ``use``
+    lines."""
+    mod_rules = replacements(files[0]) if files else []
+    work_rules = replacements(files[1]) if len(files) > 1 else []
+    for path, version in sorted(required):
+        rule = _replacement_for(path, version, work_rules) or _replacement_for(
+            path, version, mod_rules
         )
-        if used:
-            yield f"replaces {old[0]} with", new[0]
-    if file.name == "go.work":
-        for args in directives(text, "use"):
+        if rule is not None and len(rule.new) == 1 and is_directory_path(rule.new[0]):
+            yield rule.file, f"replaces {path} with", rule.new[0]
+    for file in files[1:]:
+        for args in directives(_read(file), "use"):
             if len(args) == 1:
-                yield "uses", args[0]
+                yield file, "uses", args[0]
 
 
 def module_files(source: Path, module_dir: str) -> list[Path]:
@@ -164,26 +237,30 @@ def check_local_dirs(source: Path, module_dir: str) -> None:
     not have."""
     root = source.resolve()
     module = (root / module_dir).resolve()
+    files = module_files(source, module_dir)
     required = requirements(module / "go.mod")
-    for file in module_files(source, module_dir):
-        for what, written in local_dirs(file, required):
-            shown = file.relative_to(root).as_posix()
-            if _is_absolute(written):
-                raise ValueError(
-                    f"{shown} {what} {written}, an absolute path of this machine, which the "
-                    "engine does not have; use a relative path inside the source"
-                )
-            target = Path(os.path.normpath(file.parent / written.replace("\\", "/")))
-            if target != root and root not in target.parents:
-                common = Path(os.path.commonpath([root, target]))
-                inner = module.relative_to(common).as_posix() if module != common else "."
-                raise ValueError(
-                    f"{shown} {what} {written}, outside source {show(str(source))}, and the "
-                    f"engine gets only the source; set source to {show(str(common))} and "
-                    f"module_dir to {inner!r}"
-                )
-            if not (target / "go.mod").is_file():
-                raise ValueError(f"{shown} {what} {written}, which has no go.mod")
+    if len(files) == 1 and (module / "vendor" / "modules.txt").is_file():
+        # Built with -mod=vendor and no download: Go reads no replacement then
+        # (the vendored copy is the module), so none can be missing.
+        required = set()
+    for file, what, written in local_dirs(files, required):
+        shown = file.relative_to(root).as_posix()
+        if _is_absolute(written):
+            raise ValueError(
+                f"{shown} {what} {written}, an absolute path of this machine, which the "
+                "engine does not have; use a relative path inside the source"
+            )
+        target = Path(os.path.normpath(file.parent / written.replace("\\", "/")))
+        if target != root and root not in target.parents:
+            common = Path(os.path.commonpath([root, target]))
+            inner = module.relative_to(common).as_posix() if module != common else "."
+            raise ValueError(
+                f"{shown} {what} {written}, outside source {show(str(source))}, and the "
+                f"engine gets only the source; set source to {show(str(common))} and "
+                f"module_dir to {inner!r}"
+            )
+        if not (target / "go.mod").is_file():
+            raise ValueError(f"{shown} {what} {written}, which has no go.mod")
 
 
 def find_modules(root: Path, limit: int = 5) -> list[str]:

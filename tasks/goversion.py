@@ -15,8 +15,15 @@ digest is what the engine pulls), and tags with no version (``alpine``,
 gets a hint naming ``builder_image`` (``tasks/gohints.py``).
 
 Versions compare as Go's ``go/version`` package compares them: ``1.21`` (a
-language version) < ``1.21rc1`` < ``1.21.0`` < ``1.21.1``. No PyPI package
+language version) < ``1.21rc1`` < ``1.21.0`` < ``1.21.1``; before 1.21 a
+release was named ``1.N``, so ``1.20`` is ``1.20.0``. A builder older than Go
+1.21 is not judged: its Go read the ``go`` line as advisory. No PyPI package
 parses Go versions and is kept up; the grammar is small.
+
+A workspace has a rule of its own: Go refuses a ``go.work`` whose ``go`` line is
+older than that of a module it uses (``module svc listed in go.work file requires
+go >= 1.27.4, but go.work lists go 1.22``), whatever the builder; a newer image
+does not help, raising the go.work's line does (:func:`check_workspace_go`).
 """
 
 from __future__ import annotations
@@ -24,14 +31,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tasks.gomod import go_line, module_files
+from tasks.gomod import directives, go_line, module_files
 from tasks.imageref import parse_image_ref, show
 
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+)|(beta|rc)(\d+))?", re.ASCII)
-_IMAGE_TAG = re.compile(r"(\d+\.\d+(?:\.\d+|(?:beta|rc)\d+)?)(?:-|$)", re.ASCII)
+# A golang tag's version: 1.27, 1.27.3, 1.28rc1; or 1.28-rc (the newest rc of 1.28).
+_IMAGE_TAG = re.compile(r"(\d+\.\d+(?:\.\d+|(?:beta|rc)\d+)?)(-rc)?(?:-|$)", re.ASCII)
 _KIND = {None: 0, "beta": 1, "rc": 2}
 _RELEASE = 3
-_FLOATING = 1 << 30  # a tag without a patch number is any patch of its minor
+_FLOATING = 1 << 30  # a tag without a patch (or rc) number is any of its minor's
+_GO_LINE_ENFORCED = (1, 21)  # Go 1.21 made the go line a minimum (GOTOOLCHAIN)
 
 
 def version_key(text: str) -> tuple[int, int, int, int] | None:
@@ -44,6 +53,8 @@ def version_key(text: str) -> tuple[int, int, int, int] | None:
         return int(major), int(minor), _RELEASE, int(patch)
     if kind is not None:
         return int(major), int(minor), _KIND[kind], int(number)
+    if (int(major), int(minor)) < _GO_LINE_ENFORCED:
+        return int(major), int(minor), _RELEASE, 0  # go1.20 was the 1.20.0 release
     return int(major), int(minor), _KIND[None], 0
 
 
@@ -80,8 +91,10 @@ def image_go(ref: str) -> tuple[str, tuple[int, int, int, int]] | None:
     key = version_key(version)
     if key is None:
         return None
-    if key[2] == _KIND[None]:
-        key = (key[0], key[1], _RELEASE, _FLOATING)
+    if m.group(2):  # 1.28-rc: some release candidate of 1.28, not a release
+        return f"{version}rc", (key[0], key[1], _KIND["rc"], _FLOATING)
+    if version.count(".") == 1 and key[2] != _KIND["rc"] and key[2] != _KIND["beta"]:
+        key = (key[0], key[1], _RELEASE, _FLOATING)  # no patch: its minor's newest
     return version, key
 
 
@@ -94,7 +107,7 @@ def check_builder_go(builder_image: str, source: Path, module_dir: str) -> None:
         return
     (has, has_key), (version, where) = image, needed
     needed_key = version_key(version)
-    if needed_key is None or has_key >= needed_key:
+    if needed_key is None or has_key >= needed_key or has_key[:2] < _GO_LINE_ENFORCED:
         return
     repository = parse_image_ref(builder_image).repository
     raise ValueError(
@@ -109,3 +122,30 @@ def _pinned_tag_for(version: str) -> str:
     release or pre-release names itself, a language version its ``.0`` release."""
     key = version_key(version)
     return f"{version}.0" if key is not None and key[2] == _KIND[None] else version
+
+
+def check_workspace_go(source: Path, module_dir: str) -> None:
+    """Refuse a workspace whose go.work names an older Go than a module it uses
+    inside the source: Go refuses it with any builder."""
+    files = module_files(source, module_dir)
+    if len(files) < 2:
+        return
+    work = files[1]
+    listed = go_line(work)
+    listed_key = version_key(listed) if listed else None
+    if listed is None or listed_key is None:
+        return
+    root = source.resolve()
+    for args in directives(work.read_text(encoding="utf-8", errors="replace"), "use"):
+        module = (work.parent / args[0]).resolve()
+        if len(args) != 1 or (module != root and root not in module.parents):
+            continue
+        needed = go_line(module / "go.mod")
+        needed_key = version_key(needed) if needed else None
+        if needed and needed_key and needed_key > listed_key:
+            shown = (module / "go.mod").relative_to(root).as_posix()
+            raise ValueError(
+                f"{work.relative_to(root).as_posix()} lists go {listed}, but {shown} needs "
+                f"go >= {needed}, and Go refuses a workspace older than its modules; raise "
+                f"the go line of go.work to {needed} ('go work use' does)"
+            )

@@ -47,7 +47,7 @@ from tasks.goenv import (
 )
 from tasks.gomod import check_local_dirs, find_modules, module_path
 from tasks.gopackages import check_main_package, exec_name, main_package_syntax
-from tasks.goversion import check_builder_go
+from tasks.goversion import check_builder_go, check_workspace_go
 from tasks.imageref import ImageRef, check_pinned_image, parse_image_ref, show
 from tasks.ldflags import check_ldflags
 from tasks.runtimespec import (
@@ -470,6 +470,7 @@ class BuildParams(BaseModel):
             hint = "" if value != "." else "; for a module in a subdirectory set module_dir"
             raise ValueError(f"{where} has no go.mod (expected the root of a Go module{hint})")
         check_local_dirs(Path(source).expanduser(), value)  # replace/use paths go with it
+        check_workspace_go(Path(source).expanduser(), value)
         return value
 
     @field_validator("main_package")

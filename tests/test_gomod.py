@@ -11,7 +11,7 @@ from pathlib import Path
 import go as go_module
 import pytest
 
-from tasks.gomod import directives, go_line, local_dirs, requirements
+from tasks.gomod import directives, go_line, local_dirs, replacements, requirements
 from tasks.params import ParamsError, parse_params
 from tests.dagger_test_engine.server import TestEngine
 from tests.flowruns import build
@@ -70,13 +70,13 @@ def test_only_directory_replacements_of_required_modules_and_uses_are_read(
     required = requirements(mod)
     assert required == {("a", "v1.0.0"), ("b", "v1.0.0"), ("c", "v1.0.0"), ("d", "v1.0.0")}
     # b: a module, not a directory; d v0.9.0 and gone: replacements Go never reads.
-    assert list(local_dirs(mod, required)) == [
-        ("replaces a with", "../a"),
-        ("replaces c with", "C:\\src\\c"),
+    assert list(local_dirs([mod], required)) == [
+        (mod, "replaces a with", "../a"),
+        (mod, "replaces c with", "C:\\src\\c"),
     ]
     work = tmp_path / "go.work"
     work.write_text("go 1.22\n\nuse (\n\t.\n\t./svc\n)\nuse ../x\n")
-    assert [d for _, d in local_dirs(work, set())] == [".", "./svc", "../x"]
+    assert [d for _, _, d in local_dirs([mod, work], set())] == [".", "./svc", "../x"]
     assert go_line(work) == "1.22"
 
 
@@ -177,3 +177,148 @@ def test_a_source_without_a_module_at_its_root_names_its_modules(tmp_path: Path)
     assert parse_params({"source": str(tmp_path), "module_dir": "tools/gen"}).module_dir == (
         "tools/gen"
     )
+
+
+def go_command() -> str:
+    return str(Path(go_module.__file__).parent / "bin" / "go")
+
+
+def offline_go_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "GOTOOLCHAIN": "local",
+        "GOPROXY": "off",
+        "GOFLAGS": "-mod=mod",
+        "GOCACHE": str(tmp_path / "gocache"),
+        "GOMODCACHE": str(tmp_path / "gomodcache"),
+        "GOWORK": "off",
+    }
+
+
+# go.mod texts whose grammar has caught readers out; each is read here and by the
+# real go command (`go mod edit -json`), and the two must agree.
+GRAMMAR = {
+    "paren-glued-to-verb": (
+        "module m\n\ngo 1.22\n\nrequire(\n\ta v1.0.0\n)\n\nreplace(\n\ta => ../a\n)\n"
+    ),
+    "comment-glued-to-word": (
+        "module m// the module\n\ngo 1.22// x\n\nrequire a v1.0.0\n\nreplace a => ../a// was ../b\n"
+    ),
+    "line-separator-in-comment": "module m\n\n// note\u2028go 1.99\ngo 1.22\n",
+    "next-line-in-comment": (
+        "module m\n\ngo 1.22\n\nrequire a v1.0.0\n\n// was:\u0085replace a => ../../a\n"
+    ),
+    "go-inside-another-block": "module m\n\nrequire (\n\tgo v1.0.0\n)\n\ngo 1.22\n",
+    "crlf-and-escapes": (
+        'module m\r\n\r\ngo 1.22\r\n\r\nrequire "a" v1.0.0\r\n\r\nreplace "\\x61" => "./a dir"\r\n'
+    ),
+    "empty-block-and-versions": (
+        "module m\n\ngo 1.22\n\nexclude ( )\n\n"
+        "require (\n\ta v1.0.0\n\tb v1.2.0 // indirect\n)\n\n"
+        "replace (\n\ta v1.0.0 => ./a\n\tb => example.com/b2 v1.0.0\n)\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRAMMAR))
+def test_go_mod_grammar_agrees_with_go_mod_edit(name: str, tmp_path: Path) -> None:
+    import json
+
+    mod = tmp_path / "go.mod"
+    mod.write_text(GRAMMAR[name], newline="")
+    out = subprocess.run(
+        [go_command(), "mod", "edit", "-json", str(mod)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=offline_go_env(tmp_path),
+    )
+    go = json.loads(out.stdout)
+    ours_module = next(iter(directives(mod.read_text(), "module")), [None])[0]
+    assert ours_module == go["Module"]["Path"]
+    assert go_line(mod) == go.get("Go")
+    assert requirements(mod) == {(r["Path"], r["Version"]) for r in go.get("Require") or []}
+    assert [(r.path, r.version, r.new) for r in replacements(mod)] == [
+        (
+            r["Old"]["Path"],
+            r["Old"].get("Version", ""),
+            (r["New"]["Path"], r["New"]["Version"])
+            if r["New"].get("Version")
+            else (r["New"]["Path"],),
+        )
+        for r in go.get("Replace") or []
+    ]
+
+
+def go_builds_from_the_source_alone(source: Path, module_dir: str, tmp_path: Path, *flags: str):
+    """Run the real go command as the builder would: on a copy of the source alone."""
+    import shutil
+
+    copy = tmp_path / "engine" / "src"
+    shutil.copytree(source, copy)
+    env = {**offline_go_env(tmp_path), "GOFLAGS": " ".join(flags)}
+    env.pop("GOWORK")
+    return subprocess.run(
+        [go_command(), "build", "-o", os.devnull, "."],
+        cwd=copy / module_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_a_vendored_module_needs_no_replacement_directory(tmp_path: Path) -> None:
+    """Built with -mod=vendor and no download, Go reads the vendored copy, not the
+    replacement (checked here with the real go command on the source alone)."""
+    svc = (
+        write_tree(
+            tmp_path / "repo",
+            {
+                **LIB,
+                **service("replace example.com/lib => ../lib"),
+                "svc/vendor/modules.txt": (
+                    "# example.com/lib v0.0.0 => ../lib\n## explicit\nexample.com/lib\n"
+                    "# example.com/lib => ../lib\n"
+                ),
+                "svc/vendor/example.com/lib/lib.go": LIB["lib/lib.go"],
+            },
+        )
+        / "svc"
+    )
+    assert parse_params({"source": str(svc)}).module_dir == "."
+    done = go_builds_from_the_source_alone(svc, ".", tmp_path, "-mod=vendor")
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_workspace_replacement_overrides_the_go_mod_one(tmp_path: Path) -> None:
+    """go.work's replace of the required version wins over go.mod's replace of
+    every version, which Go then never reads (the real go command builds it)."""
+    repo = write_tree(
+        tmp_path / "repo",
+        {
+            **LIB,
+            "go.work": "go 1.22\n\nuse ./svc\n\nreplace example.com/lib v0.0.0 => ./lib\n",
+            **service("replace example.com/lib => ../../old/lib"),
+        },
+    )
+    assert parse_params({"source": str(repo), "module_dir": "svc"}).module_dir == "svc"
+    done = go_builds_from_the_source_alone(repo, "svc", tmp_path, "-mod=readonly")
+    assert done.returncode == 0, done.stderr
+    # Without the workspace's rule, the go.mod's is read, and it points outside.
+    (repo / "go.work").write_text(
+        "go 1.22\n\nuse ./svc\n\nreplace example.com/lib v9.9.9 => ./lib\n"
+    )
+    with pytest.raises(
+        ParamsError, match=r"svc/go\.mod replaces example\.com/lib with \.\./\.\./old"
+    ):
+        parse_params({"source": str(repo), "module_dir": "svc"})
+
+
+def test_a_block_glued_to_its_verb_is_read(tmp_path: Path) -> None:
+    """``replace(`` opens a block, as Go's lexer reads it: its outside directory is
+    refused before the engine, where go mod download would fail."""
+    write_tree(tmp_path, {**LIB, **service("replace(\n\texample.com/lib => ../lib\n)")})
+    with pytest.raises(
+        ParamsError, match=r"go\.mod replaces example\.com/lib with \.\./lib, outside"
+    ):
+        parse_params({"source": str(tmp_path / "svc")})

@@ -31,12 +31,14 @@ def module(root: Path, go_line: str, **extra: str) -> Path:
 
 
 def test_versions_order_as_go_version_compare_does() -> None:
-    ordered = ["1.9.2", "1.20", "1.20.0", "1.21", "1.21beta1", "1.21rc1", "1.21rc2", "1.21.0"]
-    ordered += ["1.21.10", "1.22"]
+    ordered = ["1.9.2", "1.20rc1", "1.20", "1.20.1", "1.21", "1.21beta1", "1.21rc1", "1.21rc2"]
+    ordered += ["1.21.0", "1.21.10", "1.22"]
     keys = [version_key(v) for v in ordered]
     assert None not in keys
     assert keys == sorted(keys)  # type: ignore[type-var]
     assert len(set(keys)) == len(keys)
+    # Before 1.21 a release was named 1.N: go/version reads 1.20 as 1.20.0.
+    assert version_key("1.20") == version_key("1.20.0")
     for bad in ("", "1", "go1.21", "1.21.x", "1.21-rc1", "v1.21.0"):
         assert version_key(bad) is None, bad
 
@@ -49,6 +51,7 @@ def test_versions_order_as_go_version_compare_does() -> None:
         ("docker.io/library/golang:1.26-alpine3.22", "1.26"),
         ("mirror.gcr.io/library/golang:1.28rc1-bookworm", "1.28rc1"),
         ("127.0.0.1:5000/golang:1.21.0", "1.21.0"),
+        ("golang:1.28-rc-bookworm", "1.28rc"),  # docker-library's tag of the newest rc
     ],
 )
 def test_a_golang_tag_names_its_go(ref: str, expected: str) -> None:
@@ -126,6 +129,8 @@ def test_a_workspace_newer_than_the_builder_is_refused(tmp_path: Path) -> None:
         ("1.28", "golang:1.28rc1"),  # a language version: any 1.28 toolchain
         ("1.99", f"golang:1.22@{DIGEST}"),  # digest-pinned: left to the engine
         ("1.99", "golang:alpine"),
+        ("1.28rc2", "golang:1.28-rc"),  # which rc the tag holds is not said
+        ("1.21", "golang:1.20"),  # before Go 1.21 the go line was advisory
     ],
 )
 def test_a_builder_that_may_be_new_enough_is_accepted(
@@ -191,3 +196,45 @@ def test_only_the_nearest_workspace_counts(tmp_path: Path) -> None:
     assert required_go(tmp_path, "services/api") == ("1.23", "services/go.work")
     params = parse_params({"source": str(tmp_path), "module_dir": "services/api"})
     assert params.builder_image == "golang:1.27.3-bookworm"
+
+
+def test_a_release_candidate_tag_is_older_than_its_release(tmp_path: Path) -> None:
+    src = module(tmp_path / "app", "1.28.0")
+    with pytest.raises(ParamsError, match=r"'golang:1\.28-rc' has Go 1\.28rc, but go\.mod needs"):
+        parse_params({"source": str(src), "builder_image": "golang:1.28-rc"})
+
+
+def test_a_workspace_older_than_its_module_is_refused(tmp_path: Path) -> None:
+    """The real go command refuses it with the builder's own Go (GOTOOLCHAIN=local),
+    so no builder image helps: the message says to raise the go.work's line."""
+    import go as go_module
+
+    write_tree(
+        tmp_path,
+        {
+            "go.work": "go 1.22\n\nuse (\n\t./svc\n\t./lib\n)\n",
+            "svc/go.mod": "module example.com/svc\n\ngo 1.22\n",
+            "svc/main.go": MAIN,
+            "lib/go.mod": "module example.com/lib\n\ngo 1.22.1\n",
+        },
+    )
+    go = str(Path(go_module.__file__).parent / "bin" / "go")
+    env = {**os.environ, "GOTOOLCHAIN": "local", "GOPROXY": "off"}
+    env["GOCACHE"] = str(tmp_path / "gocache")
+    done = subprocess.run(
+        [go, "build", "-o", os.devnull, "."],
+        cwd=tmp_path / "svc",
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0 and "but go.work lists go 1.22" in done.stderr
+    with pytest.raises(ParamsError) as err:
+        parse_params({"source": str(tmp_path), "module_dir": "svc"})
+    assert str(err.value) == (
+        "module_dir: go.work lists go 1.22, but lib/go.mod needs go >= 1.22.1, and Go refuses "
+        "a workspace older than its modules; raise the go line of go.work to 1.22.1 "
+        "('go work use' does)"
+    )
+    (tmp_path / "go.work").write_text("go 1.22.1\n\nuse (\n\t./svc\n\t./lib\n)\n")
+    assert parse_params({"source": str(tmp_path), "module_dir": "svc"}).module_dir == "svc"
