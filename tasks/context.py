@@ -145,8 +145,10 @@ def read_dockerignore(root: Path) -> tuple[list[str], PatternMatcher]:
         data = (root / DOCKERIGNORE).read_bytes()
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return [], PatternMatcher([])
-    patterns = for_engine(read_ignore_file(data))
+    every = read_ignore_file(data)
+    patterns = for_engine(every)
     try:
+        PatternMatcher(every)  # Docker refuses a bad pattern, also one the engine drops
         return patterns, PatternMatcher(patterns)
     except PatternError as exc:
         raise PatternError(f"{root / DOCKERIGNORE}: {exc}") from None

@@ -15,9 +15,10 @@ escaped, or it would be an exception; whitespace at either end goes into a class
 
 The engine drops patterns that are not local paths (``/…``, ``..``) and turns
 ``.`` into ``*`` (``core/schema/host.go``); in Docker these match nothing (ReadAll
-already strips a leading ``/``), so they are dropped here, which the engine then
-reads the same way. A pattern Docker refuses (a lone ``!``, a malformed ``[``
-class) is refused here before anything is sent. So is a backslash before a letter,
+already strips a leading ``/``) unless a ``|`` makes their regexp match anything
+(``../*|``), so they are dropped here, as the engine reads them. A pattern
+Docker refuses (a lone ``!``, a malformed ``[`` class) is refused here before
+anything is sent, a dropped one too. So is a backslash before a letter,
 digit or non-ASCII character, and a ``[:name:]`` class: patternmatcher hands these
 to Go's regexp (``\\d`` is a digit there, not ``d`` as in ``filepath.Match``), and
 this module does not reproduce that part of Go's regexp; the error says so.
@@ -379,7 +380,9 @@ class Pattern:
         pat = self.cleaned
         rx = "^"
         kind = "exact"
-        i = 0
+        # Go's text/scanner, which reads the pattern here, skips a leading BOM;
+        # the exact, prefix and suffix matches compare the pattern as written.
+        i = 1 if pat.startswith("\ufeff") else 0
         first = True
         while i < len(pat):
             c = pat[i]

@@ -490,10 +490,23 @@ def test_dockerignore_applies_on_top_of_git(tmp_path: Path) -> None:
 
 def test_malformed_dockerignore_is_refused(tmp_path: Path) -> None:
     """Docker refuses these; the engine would drop a lone ``!`` or fail its sync."""
-    for text in ("!\n", "docs/[\n", "[z-a]\n"):
+    # The last three name no path inside the context, so the engine drops them,
+    # but Docker refuses them all the same (patternmatcher v0.6.1 New, run).
+    for text in ("!\n", "docs/[\n", "[z-a]\n", "!/\n", "../[\n", "/!/[\n"):
         write_tree(tmp_path, {".dockerignore": text})
         with pytest.raises(PatternError, match=r"\.dockerignore"):
             build_context(tmp_path)
+
+
+def test_a_byte_order_mark_opening_a_pattern_is_skipped_as_go_scans_it() -> None:
+    """patternmatcher compiles a pattern with Go's text/scanner, which skips a
+    leading U+FEFF; an exact pattern is compared as written (v0.6.1, run)."""
+    later_line = PatternMatcher(for_engine(read_ignore_file(b"x\n\xef\xbb\xbf??")))
+    assert later_line.matches("ab")
+    in_class = PatternMatcher(for_engine(read_ignore_file(b"x\n/\xef\xbb\xbf[a]")))
+    assert in_class.matches("a") and not in_class.matches("\ufeffa")
+    exact = PatternMatcher(for_engine(read_ignore_file("x\n\ufeffdocs".encode())))
+    assert exact.matches("\ufeffdocs") and not exact.matches("docs")
 
 
 def test_special_files_are_excluded_by_name(tmp_path: Path) -> None:
