@@ -6,13 +6,20 @@ keep a library at the root and their programs under ``cmd/``, so building the
 default ``main_package`` ('.') of such a repository is a likely mistake; it is
 caught here, before any engine work, with the main packages the module does have.
 
-Only a sure answer refuses a build: a directory whose every non-test Go file
-was read and names another package (files constrained by ``//go:build ignore``,
-the convention for generators, are left out as Go leaves them out), or a
-directory that is missing or holds no Go file at all, where ``go build`` would
-fail after the engine had started (the common case: a module with nothing at
-its root but ``cmd/<name>``, built with the default '.'). A file whose package
-clause cannot be found makes the answer "unknown", and the build goes on; the
+A package is what ``go build`` compiles of a directory for one platform: its
+non-test Go files whose build constraints hold (``tasks/goconstraints.py``: file
+name suffixes, ``//go:build``, cgo off), so a directory of ``//go:build none``
+generators beside a library is that library, and one whose only program file
+is ``main_windows.go`` is no package at all on linux.
+
+Only a sure answer refuses a build: a directory whose every file Go compiles
+for a platform was read and names another package, a directory whose every Go
+file the constraints surely leave out (``build constraints exclude all Go
+files``), a directory that is missing or holds no Go file at all (the common
+case: a module with nothing at its root but ``cmd/<name>``, built with the
+default '.'), or one inside a nested module that no go.work joins. A file whose
+package clause cannot be found, or whose constraint names a tag only the builder
+knows (``go1.N``), makes the answer "unknown", and the build goes on; the
 compile stage checks what ``go build`` wrote in any case (:func:`is_program`).
 
 The ``main_package`` parameter's own grammar is here too
@@ -22,22 +29,22 @@ The ``main_package`` parameter's own grammar is here too
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 
+from tasks.goconstraints import FileInfo, Target, go_files, read_go_file
 from tasks.imageref import show
 
-_IGNORE_CONSTRAINT = re.compile(r"^//go:build\s+ignore\s*$|^//\s*\+build\s+ignore\s*$", re.M)
-_PACKAGE = re.compile(r"package\s+([A-Za-z_][A-Za-z0-9_]*)")
-_HEAD_BYTES = 64 * 1024  # a package clause comes after comments only
 _PATH_ELEMENT = re.compile(r"[A-Za-z0-9_.~+-]+")
 SCAN_DEPTH = 3
 SCAN_DIRS = 2000
 SKIP_DIRS = {"vendor", "testdata", "node_modules"}
 ELF_MAGIC = b"\x7fELF"
+LINUX_AMD64 = Target("linux", "amd64")  # what a check without the build's platforms assumes
 _MAJOR_VERSION = re.compile(r"v(?:[2-9]|[1-9][0-9]+)")  # v2 and up; v0 and v1 are not
 
 
@@ -81,62 +88,40 @@ def exec_name(package: str) -> str:
 
 
 def package_name(path: Path) -> str | None:
-    """The package a Go file declares, '' for a file Go ignores (``//go:build
-    ignore``), None when the clause cannot be found."""
+    """The package a Go file declares, None when the clause cannot be found."""
+    return read_go_file(path).package
+
+
+def go_files_in(directory: Path) -> list[FileInfo] | None:
+    """What each non-test Go file of a directory says (:func:`read_go_file`);
+    None for a directory that cannot be listed."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(_HEAD_BYTES).decode("utf-8", errors="replace").lstrip("\ufeff")
+        names = [e.name for e in os.scandir(directory) if e.is_file()]
     except OSError:
         return None
-    at = 0
-    while True:  # skip blanks and comments up to the clause
-        while at < len(head) and head[at].isspace():
-            at += 1
-        if head.startswith("//", at):
-            end = head.find("\n", at)
-            at = len(head) if end < 0 else end + 1
-        elif head.startswith("/*", at):
-            end = head.find("*/", at + 2)
-            if end < 0:
-                return None
-            at = end + 2
-        else:
-            break
-    match = _PACKAGE.match(head, at)
-    if match is None:
-        return None
-    return "" if _IGNORE_CONSTRAINT.search(head[:at]) else match.group(1)
+    return [read_go_file(directory / name) for name in go_files(names)]
 
 
-def packages_in(directory: Path) -> set[str | None]:
-    """The package names of a directory's non-test Go files (see :func:`package_name`);
-    ``{""}`` when its only such files are ones Go ignores."""
-    names: set[str | None] = set()
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return {None}
-    ignored = False
-    for entry in entries:
-        go_file = entry.name.endswith(".go") and not entry.name.endswith("_test.go")
-        if go_file and entry.is_file():
-            name = package_name(Path(entry.path))
-            if name == "":
-                ignored = True
-            else:
-                names.add(name)
-    return names or ({""} if ignored else set())
+def package_for(files: list[FileInfo], target: Target) -> set[str | None] | None:
+    """The package names of the files Go may compile for ``target`` (None among
+    them for a clause that cannot be read); None when the constraints surely
+    leave every file out."""
+    kept = [f for f in files if f.builds_for(target) is not False]
+    return {f.package for f in kept} if kept else None
 
 
-def scanned_dirs(root: Path) -> Iterator[Path]:
+def scanned_dirs(root: Path, *, one_module: bool = False) -> Iterator[Path]:
     """The directories under ``root`` (itself first), nearest first: what Go's
     ``./...`` would walk (no hidden, ``_``, testdata or vendor directories), and no
     node_modules either, within three levels and 2,000 directories, no symlinks
-    followed."""
+    followed. ``one_module`` stops, as Go does, at a directory with a go.mod of
+    its own: a nested module, not a package of this one."""
     queue = deque([(root, 0)])
     visited = 0
     while queue and visited < SCAN_DIRS:
         directory, depth = queue.popleft()
+        if one_module and directory != root and (directory / "go.mod").is_file():
+            continue
         visited += 1
         yield directory
         if depth >= SCAN_DEPTH:
@@ -154,39 +139,94 @@ def scanned_dirs(root: Path) -> Iterator[Path]:
         queue.extend((Path(d), depth + 1) for d in subdirs)
 
 
-def main_packages(module: Path, limit: int = 5) -> list[str]:
-    """Up to ``limit`` main packages of the module (``./cmd/x``), nearest first."""
-    found = (d for d in scanned_dirs(module) if "main" in packages_in(d))
+def main_packages(module: Path, target: Target = LINUX_AMD64, limit: int = 5) -> list[str]:
+    """Up to ``limit`` main packages of the module (``./cmd/x``), nearest first:
+    directories Go may build as ``package main`` for ``target``."""
+
+    def is_main(directory: Path) -> bool:
+        files = go_files_in(directory)
+        names = package_for(files, target) if files else None
+        return names is not None and "main" in names
+
+    found = (d for d in scanned_dirs(module, one_module=True) if is_main(d))
     rels = (d.relative_to(module).as_posix() for d in found)
     return ["." if rel == "." else f"./{rel}" for rel in islice(rels, limit)]
 
 
-def check_main_package(module: Path, main_package: str) -> None:
-    """Raise ValueError when ``main_package`` surely holds no program: a library
-    (``go build`` would write its archive without a word), or a directory that is
-    missing or holds no Go file (``go build`` would fail, but only once the engine
-    runs it). The message names the module's main packages, so the fix is in it.
+def nested_module(module: Path, main_package: str) -> Path | None:
+    """The directory of the nearest go.mod between ``main_package`` and the module
+    root, if any: Go builds that package only in a workspace that uses it."""
+    directory = (module / main_package).resolve()
+    root = module.resolve()
+    while directory != root and root in directory.parents:
+        if (directory / "go.mod").is_file():
+            return directory
+        directory = directory.parent
+    return None
 
-    Go files that only ``//go:build ignore`` keeps out are left to ``go build``:
-    the build's own tags could name ``ignore``."""
+
+def check_main_dir(
+    module: Path, main_package: str, *, workspace: bool = False, module_dir: str = "."
+) -> None:
+    """Raise ValueError when ``main_package`` is no directory of the module: it
+    is missing, or sits in a nested module (with its own go.mod) and no go.work
+    (``workspace``) joins the two, where Go says ``main module does not contain
+    package``."""
     directory = module / main_package
     if not directory.is_dir():
         raise ValueError(f"{main_package!r} is not a directory of the module{_hint(module)}")
-    names = packages_in(directory)
-    if not names:
-        tests_only = any(p.name.endswith("_test.go") for p in directory.glob("*.go"))
-        what = "only Go test files" if tests_only else "no Go files"
-        raise ValueError(f"{main_package!r} holds {what}{_hint(module)}")
-    if "main" in names or None in names or "" in names:
+    nested = nested_module(module, main_package)
+    if nested is not None and not workspace:
+        rel = nested.relative_to(module.resolve()).as_posix()
+        inner = (module / main_package).resolve().relative_to(nested).as_posix()
+        raise ValueError(
+            f"{main_package!r} is in another module ({rel}/go.mod), which go build does not "
+            f"build from this one; set module_dir to {posixpath.normpath(f'{module_dir}/{rel}')!r}"
+            f" and main_package to {'.' if inner == '.' else './' + inner!r}{_hint(module)}"
+        )
+
+
+def check_main_package(
+    module: Path, main_package: str, targets: Sequence[Target] = (LINUX_AMD64,)
+) -> None:
+    """Raise ValueError when ``main_package`` surely holds no program for one of
+    ``targets``: a library (``go build`` would write its archive without a word),
+    a directory whose Go files the build constraints all leave out, or one that
+    holds no Go file (``go build`` would fail, but only once the engine runs it).
+    The message names the module's main packages, so the fix is in it."""
+    check_main_dir(module, main_package, workspace=True)
+    files = go_files_in(module / main_package)
+    if files is None:
         return
-    found = ", ".join(sorted(n for n in names if n))
-    raise ValueError(
-        f"{main_package!r} is package {found}, not a main package{_hint(module, main_package)}"
-    )
+    if not files:
+        tests_only = any(p.name.endswith("_test.go") for p in (module / main_package).glob("*.go"))
+        what = "only Go test files" if tests_only else "no Go files"
+        raise ValueError(f"{main_package!r} holds {what}{_hint(module, target=targets[0])}")
+    for target in targets:
+        names = package_for(files, target)
+        if names is None:
+            raise ValueError(
+                f"build constraints exclude all Go files in {main_package!r} for "
+                f"{target.platform()} ({_why_excluded(files, target)})"
+                f"{_hint(module, main_package, target)}"
+            )
+        if "main" in names or None in names:
+            continue
+        found = ", ".join(sorted(n for n in names if n))
+        raise ValueError(
+            f"{main_package!r} is package {found}, not a main package"
+            f"{_hint(module, main_package, target)}"
+        )
 
 
-def _hint(module: Path, main_package: str = "") -> str:
-    others = [p for p in main_packages(module) if p != main_package]
+def _why_excluded(files: list[FileInfo], target: Target) -> str:
+    """What leaves the first files out, in go's terms, for the message."""
+    reasons = [f"{f.name}: {f.excluded_by(target)}" for f in files[:3]]
+    return "; ".join(reasons) + ("; …" if len(files) > 3 else "")
+
+
+def _hint(module: Path, main_package: str = "", target: Target = LINUX_AMD64) -> str:
+    others = [p for p in main_packages(module, target) if p != main_package]
     if not others:
         return " (the module has no main package within three levels)"
     return f"; main packages in this module: {', '.join(others)}"

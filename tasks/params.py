@@ -35,9 +35,11 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic.json_schema import JsonDict
 
+from tasks.goconstraints import targets
 from tasks.goenv import (
     GO_ENV_KEYS,
     SUPPORTED_PLATFORMS,
@@ -45,8 +47,8 @@ from tasks.goenv import (
     check_platforms,
     default_platform,
 )
-from tasks.gomod import check_local_dirs, find_modules, module_path
-from tasks.gopackages import check_main_package, exec_name, main_package_syntax
+from tasks.gomod import check_local_dirs, find_modules, module_files, module_path
+from tasks.gopackages import check_main_dir, check_main_package, exec_name, main_package_syntax
 from tasks.goversion import check_builder_go, check_workspace_go
 from tasks.imageref import ImageRef, check_pinned_image, parse_image_ref, show
 from tasks.ldflags import check_ldflags
@@ -501,7 +503,8 @@ class BuildParams(BaseModel):
                 value = f"./{value}"  # a directory whose name has a dot, as before
             else:
                 return value  # another module's package (a tool among the requirements)
-        check_main_package(module, value)
+        workspace = len(module_files(*local)) > 1
+        check_main_dir(module, value, workspace=workspace, module_dir=local[1])
         return value
 
     @field_validator("extra_packages")
@@ -537,6 +540,34 @@ class BuildParams(BaseModel):
             taken[name] = package
             packages.append(package)
         return packages
+
+    @model_validator(mode="after")
+    def _programs_build_for_every_platform(self) -> BuildParams:
+        """In a local module, ``main_package`` and each of ``extra_packages`` must
+        be a program on every platform, as ``go build`` compiles it there: which
+        files it compiles depends on ``platforms`` and ``build_tags`` (build
+        constraints, ``tasks/goconstraints.py``), fields that come after the
+        packages, so this is checked once all are valid. Reported under the
+        package's own field. Skipped for fields not given (``BuildParams()``
+        validates no defaults; :func:`parse_params` gives them all)."""
+        given = self.model_fields_set
+        if not {"source", "module_dir", "platforms", "build_tags"} <= given:
+            return self
+        source = self.local_source()
+        if source is None:
+            return self
+        module = source / self.module_dir
+        build = targets(self.platforms, self.build_tags, self.go_env.get("GOFLAGS", ""))
+        checked = [("main_package", self.main_package)] if "main_package" in given else []
+        if "extra_packages" in given:
+            checked += [("extra_packages", p) for p in self.extra_packages]
+        for name, package in checked:
+            if package == "." or package.startswith("./"):
+                try:
+                    check_main_package(module, package, build)
+                except ValueError as exc:
+                    raise FieldProblem(name, str(exc)) from None
+        return self
 
     @field_validator("version")
     @classmethod
@@ -851,8 +882,20 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return str(head) + "".join(f"[{part!r}]" for part in rest)
 
 
+class FieldProblem(ValueError):
+    """A problem found by a check across fields, reported under the field that
+    fixes it (a model validator's errors have no field of their own)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def _describe_error(error: Mapping[str, Any]) -> str:
     where = _format_loc(tuple(error["loc"]))
+    problem = error.get("ctx", {}).get("error")
+    if not error["loc"] and isinstance(problem, FieldProblem):
+        where = problem.field
     kind = error["type"]
     if kind == "value_error" and "error" in error.get("ctx", {}):
         reason = str(error["ctx"]["error"])

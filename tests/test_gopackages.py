@@ -98,12 +98,23 @@ def test_a_module_with_only_cmd_at_its_root_is_refused_before_any_engine_work(
         parse_params({"source": str(empty)})
 
 
-def test_files_only_go_build_ignore_keeps_out_are_left_to_go_build(tmp_path: Path) -> None:
-    """Whether they count depends on the build's tags, which could name ``ignore``."""
+def test_files_only_a_constraint_keeps_out_are_refused_unless_the_tags_let_them_in(
+    tmp_path: Path,
+) -> None:
+    """The build's tags are known before the engine runs, so ``//go:build ignore``
+    is a sure answer: Go leaves the file out unless ``build_tags`` names the tag."""
     root = write_tree(
-        tmp_path / "m", {"go.mod": GOMOD, "gen/gen.go": "//go:build ignore\n\npackage main\n"}
+        tmp_path / "m",
+        {"go.mod": GOMOD, "gen/gen.go": "//go:build ignore\n\npackage main\n", **{"main.go": MAIN}},
     )
-    check_main_package(root, "./gen")
+    with pytest.raises(ParamsError) as caught:
+        parse_params({"source": str(root), "main_package": "./gen"})
+    assert str(caught.value) == (
+        "main_package: build constraints exclude all Go files in './gen' for linux/amd64 "
+        "(gen.go: //go:build ignore); main packages in this module: ."
+    )
+    given = {"source": str(root), "main_package": "./gen", "build_tags": ["ignore"]}
+    assert parse_params(given).main_package == "./gen"
 
 
 @pytest.mark.parametrize(
@@ -111,8 +122,10 @@ def test_files_only_go_build_ignore_keeps_out_are_left_to_go_build(tmp_path: Pat
     [
         ("\ufeff// Copyright\n/* a\n block */\n\npackage main // the program\n", "main"),
         ("//go:build linux && amd64\n\npackage main\n", "main"),
-        ("// +build ignore\n\npackage main\n", ""),
-        ("//go:build ignore\n\npackage main\n", ""),
+        ("// +build ignore\n\npackage main\n", "main"),
+        ("//go:build ignore\n\npackage main\n", "main"),
+        ("package /* c */ main\n", "main"),
+        ("package café\n", "café"),
         ("/* never closed\npackage main\n", None),
         ("not go at all\n", None),
     ],
@@ -217,3 +230,33 @@ def test_a_git_source_builds_a_program_by_its_import_path(
     assert builds[-1][-1] == "example.com/lib/cmd/tool"  # go build resolved it in the module
     binary = extract_file(f"oci-archive:{out}", "/usr/local/bin/tool", tmp_path / "bin", "amd64")
     assert subprocess.run([str(binary)], capture_output=True, text=True).stdout == "tool\n"
+
+
+def test_a_package_of_a_nested_module_is_refused_unless_a_workspace_joins_them(
+    tmp_path: Path,
+) -> None:
+    """golang/tools' shape: gopls/ has a go.mod of its own, so ``go build
+    ./gopls`` from the root module fails in the engine; the message says which
+    module_dir builds it, and the hint lists this module's own programs only."""
+    root = write_tree(
+        tmp_path / "tools",
+        {
+            "go.mod": "module golang.org/x/tools\n\ngo 1.22\n",
+            "tools.go": "package tools\n",
+            "cmd/bench/main.go": MAIN,
+            "gopls/go.mod": "module golang.org/x/tools/gopls\n\ngo 1.22\n",
+            "gopls/main.go": MAIN,
+            "gopls/internal/cmd/x/main.go": MAIN,
+        },
+    )
+    with pytest.raises(ParamsError) as caught:
+        parse_params({"source": str(root), "main_package": "./gopls"})
+    assert str(caught.value) == (
+        "main_package: './gopls' is in another module (gopls/go.mod), which go build does not "
+        "build from this one; set module_dir to 'gopls' and main_package to '.'; "
+        "main packages in this module: ./cmd/bench"
+    )
+    fixed = parse_params({"source": str(root), "module_dir": "gopls"})
+    assert (fixed.module_dir, fixed.main_package) == ("gopls", ".")
+    (root / "go.work").write_text("go 1.22\n\nuse (\n\t.\n\t./gopls\n)\n")
+    assert parse_params({"source": str(root), "main_package": "./gopls"}).main_package == "./gopls"
