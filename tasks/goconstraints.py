@@ -106,7 +106,7 @@ _TAG = re.compile(r"[A-Za-z0-9_.]+")
 # Tags whose value only the builder's Go knows: its release (go1.N), its
 # experiments, and the architecture feature levels (amd64.v3, arm64.v8.1).
 _BUILDER_TAG = re.compile(r"go1\.\d+|goexperiment\..+|[a-z0-9]+\.v\d+(?:\.\d+)?")
-_HEAD_LIMIT = 1 << 20  # a package clause and imports come first; past this, unknown
+_HEAD_LIMITS = (64 << 10, 1 << 20)  # a package clause and imports come first
 Truth = bool | None
 
 
@@ -372,16 +372,26 @@ def _imports_c(text: str, at: int) -> bool | None:
 
 
 def read_go_file(path: Path) -> FileInfo:
-    """A Go file's :class:`FileInfo`, from its first megabyte."""
-    try:
-        with open(path, "rb") as fh:
-            text = fh.read(_HEAD_LIMIT).decode("utf-8", errors="replace")
-    except OSError:
-        return FileInfo(path.name, None, imports_c=None)
+    """A Go file's :class:`FileInfo`, from its first 64 KiB, or its first
+    megabyte where the header and imports run past that (a long licence or
+    cgo preamble)."""
+    for limit in _HEAD_LIMITS:
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(limit + 1)
+        except OSError:
+            return FileInfo(path.name, None, imports_c=None)
+        info = _parse(path.name, data[:limit].decode("utf-8", errors="replace"))
+        if len(data) <= limit or (info.package is not None and info.imports_c is not None):
+            return info
+    return info
+
+
+def _parse(name: str, text: str) -> FileInfo:
     text = text.removeprefix("\ufeff")
     go_build, plus, code = _header(text)
     info = FileInfo(
-        path.name,
+        name,
         None,
         go_build[0] if go_build else None,
         plus,
@@ -392,11 +402,11 @@ def read_go_file(path: Path) -> FileInfo:
     if pos is None or not _PACKAGE.match(text, pos):
         return info
     pos = _skip_space_and_comments(text, pos + len("package"))
-    name = _IDENT.match(text, pos) if pos is not None else None
-    if name is None:
+    ident = _IDENT.match(text, pos) if pos is not None else None
+    if ident is None:
         return info
-    info.package = name.group()
-    info.imports_c = _imports_c(text, name.end())
+    info.package = ident.group()
+    info.imports_c = _imports_c(text, ident.end())
     return info
 
 
