@@ -46,14 +46,25 @@ def failed_command(state: Any) -> tuple[dagger.ExecError, str]:
     return exc, failure_summary(exc).splitlines()[-1]
 
 
-def test_a_cgo_only_program_fails_with_the_hint_that_builds_are_static(
-    prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path
+def test_a_cgo_only_program_is_refused_first_or_fails_with_the_hint_that_builds_are_static(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, git_daemon: GitDaemon, tmp_path: Path
 ) -> None:
+    """A local module's files say it before any engine work (tasks/goconstraints.py);
+    a git source's only the engine sees, so go's failure gets the hint."""
     src = write_tree(
         tmp_path / "cgo-app",
         {"go.mod": "module example.com/cgoapp\n\ngo 1.22\n", "main.go": CGO_MAIN},
     )
-    state = build(source=str(src), run_checks=False, output=str(tmp_path / "c.tar"))
+    with pytest.raises(ParamsError, match=r'^main_package: .*main\.go: imports "C", and cgo'):
+        parse_params({"source": str(src)})
+    commit_all(src, "init")
+    git_daemon.add_repo("cgo-app", src)
+    state = build(
+        source=git_daemon.url("cgo-app"),
+        version="1.0.0",
+        run_checks=False,
+        output=str(tmp_path / "c.tar"),
+    )
     assert state.is_failed()
     exc, hint = failed_command(state)
     assert "build constraints exclude all Go files in" in exc.stderr  # Go's own words
