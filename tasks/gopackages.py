@@ -76,11 +76,15 @@ def main_package_syntax(value: str) -> str:
     return "./" + "/".join(segments) if segments else "."
 
 
-def exec_name(package: str) -> str:
+def exec_name(package: str, module: str | None = None) -> str:
     """The file name ``go build`` and ``go install`` give a package's program: its
     last path element, or the one before a major-version suffix (``example.com/
-    tool/v2`` is ``tool``; cmd/go/internal/load ``DefaultExecName``, which the
-    go command applies to the import path, so ``./cmd/v2`` is ``cmd`` too)."""
+    tool/v2`` is ``tool``; cmd/go/internal/load ``DefaultExecName``). The go
+    command applies it to the import path, so a relative package is read inside
+    ``module`` (its module path) where that is known: ``./v2`` of
+    ``example.com/app`` is ``app``, and ``./cmd/v2`` is ``cmd`` either way."""
+    if module and (package == "." or package.startswith("./")):
+        package = module + package[1:]
     elements = [e for e in package.split("/") if e not in ("", ".")]
     if len(elements) > 1 and _MAJOR_VERSION.fullmatch(elements[-1]):
         return elements[-2]

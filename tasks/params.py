@@ -516,11 +516,13 @@ class BuildParams(BaseModel):
         if "main_package" not in info.data or "app_name" not in info.data:
             return value  # reported as their own problems
         main = cls.model_construct(**info.data).resolved_app_name()
+        local = cls._local_module(info)
+        own = module_path(local[0] / local[1]) if local else None
         taken: dict[str, str] = {}
         packages = []
         for given in value:
             package = cls._program(given, info)
-            name = exec_name(package) if package != "." else ""
+            name = exec_name(package, own) if package != "." else ""
             if not name:
                 raise ValueError(
                     f"{show(given)} is the module's root; build it as main_package and "
@@ -845,7 +847,9 @@ class BuildParams(BaseModel):
     def extra_programs(self) -> list[tuple[str, str]]:
         """``extra_packages`` as (package, file name in /usr/local/bin): the name
         ``go build -o DIR/`` gives it, as it is (a file name, not an image name)."""
-        return [(p, exec_name(p)) for p in self.extra_packages]
+        source = self.local_source()
+        own = module_path(source / self.module_dir) if source and self.extra_packages else None
+        return [(p, exec_name(p, own)) for p in self.extra_packages]
 
     def runtime_placements(self) -> tuple[str, list[Placement]]:
         """The image's working directory and each of ``runtime_files`` resolved

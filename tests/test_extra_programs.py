@@ -53,6 +53,27 @@ def test_exec_name_follows_go_install() -> None:
     assert exec_name("v2") == "v2"  # a path of one element is its own name
 
 
+def test_a_top_level_major_version_directory_is_named_after_the_module(tmp_path: Path) -> None:
+    """go applies DefaultExecName to the import path: ./v2 of example.com/shop is
+    example.com/shop/v2, whose program go build names shop (run here)."""
+    import os
+    import subprocess
+
+    import go as go_module
+
+    src = write_tree(tmp_path / "repo", {**SERVICE, "v2/main.go": program("v2")})
+    out = tmp_path / "out"
+    env = {**os.environ, "GOTOOLCHAIN": "local", "GOPROXY": "off", "CGO_ENABLED": "0"}
+    env["GOCACHE"] = str(tmp_path / "gocache")
+    go = str(Path(go_module.__file__).parent / "bin" / "go")
+    subprocess.run([go, "build", "-o", f"{out}/", "./v2"], cwd=src, env=env, check=True)
+    assert [p.name for p in out.iterdir()] == ["shop"]
+    params = parse_params({"source": str(src), "app_name": "api", "extra_packages": ["./v2"]})
+    assert params.extra_programs() == [("./v2", "shop")]
+    message = problems(source=str(src), app_name="shop", extra_packages=["./v2"])
+    assert message.startswith("extra_packages: './v2' would be /usr/local/bin/shop, the main ")
+
+
 def test_extra_packages_are_checked_as_main_package_is(tmp_path: Path) -> None:
     src = write_tree(tmp_path / "shop", SERVICE)
     params = parse_params(
