@@ -404,7 +404,11 @@ class BuildParams(BaseModel):
     labels: dict[str, str] = Field(
         default={},
         title="Labels",
-        description=f"Extra OCI image labels, e.g. org.example.team; at most {_MAX_LABELS}.",
+        description=(
+            f"Extra OCI image labels, e.g. org.example.team; at most {_MAX_LABELS}. "
+            "Those named org.opencontainers.image.* (description, licenses...) are also "
+            "set as the manifests' annotations, as the build's own are."
+        ),
     )
     force_rebuild: bool = Field(
         default=False,
