@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,7 @@ from tasks import binaries, progress
 from tasks.goenv import goenv
 from tasks.gopackages import is_program
 from tasks.image_store import file_sha256
-from tasks.ldflags import expand, stamp_values
+from tasks.ldflags import DEFAULT_VERSION_VARIABLE, expand, stamp_refused, stamp_values
 from tasks.params import BuildParams
 from tasks.registry_auth import RegistryAuth, pull_auth, registry_host, with_registry_auth
 from tasks.retries import retry_options
@@ -219,11 +219,15 @@ def build_args(
     values: Mapping[str, str],
     output: str,
     packages: Sequence[str] | None = None,
+    *,
+    stamp_version: bool = True,
 ) -> list[str]:
     """``go build`` of ``packages`` (default: ``main_package``) with the version in
-    ``version_variable`` and the user's ``ldflags``, their placeholders expanded
-    from ``values`` (:func:`stamp`)."""
-    ldflags = f"-s -w -X {params.version_variable}={values['VERSION']}"
+    ``version_variable`` (unless ``stamp_version`` is off) and the user's
+    ``ldflags``, their placeholders expanded from ``values`` (:func:`stamp`)."""
+    ldflags = "-s -w"
+    if stamp_version:
+        ldflags += f" -X {params.version_variable}={values['VERSION']}"
     if params.ldflags:
         ldflags += " " + expand(params.ldflags, values)
     args = ["go", "build", "-trimpath", "-ldflags", ldflags]
@@ -246,22 +250,68 @@ def cross(builder_ctr: dagger.Container, platform: str) -> dagger.Container:
 
 
 def binary(
-    builder_ctr: dagger.Container, params: BuildParams, platform: str, values: Mapping[str, str]
-):
+    builder_ctr: dagger.Container,
+    params: BuildParams,
+    platform: str,
+    values: Mapping[str, str],
+    *,
+    stamp_version: bool = True,
+) -> dagger.File:
     """The chain that yields the static binary for ``platform`` (not evaluated)."""
     out = binary_path(params)
-    return cross(builder_ctr, platform).with_exec(build_args(params, values, out)).file(out)
+    args = build_args(params, values, out, stamp_version=stamp_version)
+    return cross(builder_ctr, platform).with_exec(args).file(out)
 
 
 def extra_binaries(
-    builder_ctr: dagger.Container, params: BuildParams, platform: str, values: Mapping[str, str]
+    builder_ctr: dagger.Container,
+    params: BuildParams,
+    platform: str,
+    values: Mapping[str, str],
+    *,
+    stamp_version: bool = True,
 ) -> dagger.Directory:
     """The chain that yields ``extra_packages``' programs for ``platform`` as one
     directory (not evaluated): one ``go build -o DIR/`` of them all, which names
     each program as go install does and shares the build cache with the main
     binary's, so the packages they have in common compile once."""
-    args = build_args(params, values, f"{EXTRA_OUT}/", params.extra_packages)
+    args = build_args(
+        params, values, f"{EXTRA_OUT}/", params.extra_packages, stamp_version=stamp_version
+    )
     return cross(builder_ctr, platform).with_exec(args).directory(EXTRA_OUT)
+
+
+async def export_build(
+    scope: str,
+    params: BuildParams,
+    chain: Callable[[bool], tuple[list[str], Any]],
+    dest: Path,
+) -> Any:
+    """Run a ``go build`` chain (``chain(stamp_version)`` -> its command and the
+    file or directory it yields) and export what it yields to ``dest``; -> that
+    chain. When the linker refuses the default version stamp (the program's
+    ``main.version`` is not a string, ``tasks/ldflags.py``), the build runs once
+    more without it, and the run's log says so."""
+    import dagger
+
+    args, built = chain(True)
+    try:
+        async with progress.step(scope, progress.command_text(args)):
+            await built.export(str(dest))
+        return built
+    except dagger.ExecError as exc:
+        default = params.version_variable == DEFAULT_VERSION_VARIABLE
+        if not default or not stamp_refused(exc.stderr, params.version_variable):
+            raise
+    progress.note(
+        f"{scope}: {params.version_variable} in this program is not a string variable, "
+        "which go build's -X cannot set: built without the version stamp (set "
+        "version_variable to a string variable to stamp one)"
+    )
+    args, built = chain(False)
+    async with progress.step(scope, progress.command_text(args)):
+        await built.export(str(dest))
+    return built
 
 
 async def main_packages(builder_ctr: dagger.Container, params: BuildParams) -> list[str] | None:
@@ -349,12 +399,15 @@ async def compile_binary(
     await progress.engine_steps(f"compile {platform}", steps)  # timed, once per run
     storage = await binaries.result_storage()
     values = stamp(source, version)
-    built = binary(builder_ctr, params, platform, values)
+
+    def main_build(stamp_version: bool) -> tuple[list[str], dagger.File]:
+        args = build_args(params, values, binary_path(params), stamp_version=stamp_version)
+        built = binary(builder_ctr, params, platform, values, stamp_version=stamp_version)
+        return args, built
+
     with tempfile.TemporaryDirectory(prefix="gobuild-") as tmp:
         path = Path(tmp, params.resolved_app_name())
-        go_build = progress.command_text(build_args(params, values, binary_path(params)))
-        async with progress.step(f"compile {platform}", go_build):
-            await built.export(str(path))
+        built = await export_build(f"compile {platform}", params, main_build, path)
         if not is_program(path):  # a git source's package is only seen here
             raise await not_a_program(builder_ctr, params, "main_package", params.main_package)
         extras: list[StoredProgram] = []
@@ -385,10 +438,15 @@ async def compile_extras(
     """``extra_packages``' programs for ``platform``: built (:func:`extra_binaries`),
     exported into ``tmp``, each checked to be a program and kept as the main
     binary is, and noted as still in the engine for the assemble stage."""
-    more = extra_binaries(builder_ctr, params, platform, values)
-    go_build = build_args(params, values, f"{EXTRA_OUT}/", params.extra_packages)
-    async with progress.step(f"compile {platform}", progress.command_text(go_build)):
-        await more.export(str(tmp / "more"))
+
+    def extras_build(stamp_version: bool) -> tuple[list[str], dagger.Directory]:
+        args = build_args(
+            params, values, f"{EXTRA_OUT}/", params.extra_packages, stamp_version=stamp_version
+        )
+        more = extra_binaries(builder_ctr, params, platform, values, stamp_version=stamp_version)
+        return args, more
+
+    more = await export_build(f"compile {platform}", params, extras_build, tmp / "more")
     programs = []
     for package, name in params.extra_programs():
         path = tmp / "more" / name

@@ -62,6 +62,7 @@ _EMBED = re.compile(
     r"\S+: contains no embeddable files)"
 )
 _NO_MAIN = re.compile(r"^go: no main packages to build", re.M)
+_NOT_A_STRING = re.compile(r"^(?P<var>\S+): cannot set with -X: not a var of type string", re.M)
 _VET_FINDING = re.compile(r"^\S+\.go:\d+:\d+: ", re.M)
 _VET_TYPE_ERROR = re.compile(r"^vet: ", re.M)
 _UNREACHABLE = re.compile(
@@ -126,6 +127,11 @@ def go_hint(
             "a local checkout sends what git would commit, so set use_gitignore to false "
             "for generated files git ignores (.dockerignore then decides alone); a git URL "
             "holds committed files only"
+        )
+    if m := _NOT_A_STRING.search(text):
+        return (
+            f"{m['var']} is not a string variable in this program, and -ldflags -X sets "
+            "only those: point version_variable (or the -X in ldflags) at a string variable"
         )
     if _NO_MAIN.search(text):
         return (

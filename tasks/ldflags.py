@@ -25,6 +25,13 @@ and an unchanged source would never be served from cache.
 
 The value is split on spaces by ``go build``, not by a shell, so quotes and
 substitutions, which would not work as they read, are refused.
+
+Go's linker stamps only a string variable: ``-X main.version=1.0`` on a program
+whose ``version`` is ``flag.String(...)`` (golang/example's outyet) fails the
+link with ``main.version: cannot set with -X: not a var of type string``. The
+default ``version_variable`` is this tool's choice, not the program's, so such a
+program is built without that stamp, with a note (:func:`stamp_refused`); a
+``version_variable`` someone chose fails, with a hint (``tasks/gohints.py``).
 """
 
 from __future__ import annotations
@@ -34,7 +41,17 @@ from collections.abc import Mapping
 
 from tasks.imageref import show
 
-__all__ = ["PLACEHOLDERS", "check_ldflags", "expand", "stamp_values"]
+__all__ = [
+    "DEFAULT_VERSION_VARIABLE",
+    "PLACEHOLDERS",
+    "check_ldflags",
+    "expand",
+    "stamp_refused",
+    "stamp_values",
+]
+
+DEFAULT_VERSION_VARIABLE = "main.version"
+NOT_A_STRING = "cannot set with -X: not a var of type string"
 
 PLACEHOLDERS: tuple[str, ...] = (
     "VERSION",
@@ -119,3 +136,9 @@ def expand(value: str, values: Mapping[str, str]) -> str:
     """``value`` with each placeholder replaced and ``$$`` made ``$`` (it passed
     :func:`check_ldflags`)."""
     return _DOLLAR.sub(lambda m: "$" if m[0] == "$$" else values[m[1]], value)
+
+
+def stamp_refused(stderr: str, version_variable: str) -> bool:
+    """Whether go's linker refused ``-X`` on ``version_variable`` because the
+    program's variable of that name is not a string."""
+    return f"{version_variable}: {NOT_A_STRING}" in (stderr or "")

@@ -51,7 +51,7 @@ from tasks.gomod import check_local_dirs, find_modules, module_files, module_pat
 from tasks.gopackages import check_main_dir, check_main_package, exec_name, main_package_syntax
 from tasks.goversion import check_builder_go, check_workspace_go
 from tasks.imageref import ImageRef, check_pinned_image, parse_image_ref, show
-from tasks.ldflags import check_ldflags
+from tasks.ldflags import DEFAULT_VERSION_VARIABLE, check_ldflags
 from tasks.runtimespec import (
     FILES_WORKDIR,
     RUNTIME_USER,
@@ -225,7 +225,7 @@ class BuildParams(BaseModel):
         ),
     )
     version_variable: str = Field(
-        default="main.version",
+        default=DEFAULT_VERSION_VARIABLE,
         title="Version variable",
         description=(
             "Go string variable that receives the version (through -ldflags -X), written "

@@ -17,7 +17,7 @@ from flows.build import parse_args
 from tasks.ldflags import check_ldflags, expand, stamp_values
 from tasks.params import ParamsError, parse_params
 from tests.dagger_test_engine.server import TestEngine
-from tests.flowruns import build
+from tests.flowruns import artifacts, build
 from tests.gitrepo import commit_all, git
 from tests.oci_check import extract_file
 from tests.prefect_fixtures import PrefectAPI
@@ -131,3 +131,73 @@ def test_the_commit_and_its_time_are_stamped_and_a_new_commit_rebuilds(
     before = go_builds()
     assert built("", 4)[1] == "none"
     assert go_builds() == before
+
+
+FLAG_VERSION_MAIN = """package main
+
+import (
+\t"flag"
+\t"fmt"
+)
+
+var (
+	version = flag.Bool("version", false, "print the version")
+	verbose = flag.Bool("v", false, "say more")
+)
+
+func main() { flag.Parse(); fmt.Println("served", *version, *verbose) }
+"""
+
+
+def test_a_program_whose_main_version_is_no_string_builds_unstamped_with_a_note(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path
+) -> None:
+    """golang/example's outyet has ``var version = flag.String(...)``: the linker
+    refuses -X on it, and main.version is this tool's default, not the program's
+    choice, so the build goes on without that stamp and says so. A variable the
+    user named fails once, with the hint."""
+    from tests.flowruns import run_logs
+
+    repo = write_tree(
+        tmp_path / "flagged",
+        {"go.mod": "module example.com/flagged\n\ngo 1.22\n", "main.go": FLAG_VERSION_MAIN},
+    )
+    out = tmp_path / "f.tar"
+    state = build(source=str(repo), version="1.2.3", run_checks=False, output=str(out))
+    assert state.is_completed(), state.message
+    binary = extract_file(f"oci-archive:{out}", "/usr/local/bin/flagged", tmp_path / "bin")
+    run = subprocess.run([str(binary)], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "served false false"
+    logs = run_logs(state.state_details.flow_run_id)
+    assert any(
+        "main.version in this program is not a string variable" in line
+        and "built without the version stamp" in line
+        for line in logs
+    ), logs
+    go_builds = [e for e in dagger_engine.log.snapshot()["execs"] if e[:2] == ["go", "build"]]
+    assert [("-X main.version=1.2.3" in " ".join(e)) for e in go_builds] == [True, False]
+
+    named = build(
+        source=str(repo),
+        version="1.2.4",
+        version_variable="main.verbose",
+        run_checks=False,
+        output=str(tmp_path / "g.tar"),
+    )
+    assert named.is_failed()
+    exc = named.result(raise_on_failure=False)
+    assert "main.verbose: cannot set with -X: not a var of type string" in exc.stderr
+    arts = {a.key: a for a in artifacts(named.state_details.flow_run_id) if a.key}
+    assert "Hint: main.verbose is not a string variable" in arts["build-flagged-failure"].data
+
+
+def test_a_variable_the_user_named_that_is_no_string_gets_the_hint() -> None:
+    from tasks.gohints import go_hint
+
+    stderr = (
+        "# example.com/flagged\n"
+        "main.Version: cannot set with -X: not a var of type string (type:*string)\n"
+    )
+    hint = go_hint(stderr, builder_image="golang:1.27.3", go_auth_secret_block="")
+    assert hint.startswith("main.Version is not a string variable in this program")
+    assert "version_variable" in hint
