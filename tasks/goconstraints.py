@@ -202,8 +202,11 @@ class _Expr:
 def plus_build(line: str, target: Target) -> Truth:
     """One ``// +build`` line: space-separated options OR, comma-separated terms
     AND, ``!`` negates one tag."""
+    options = line.strip()[2:].strip().removeprefix("+build").split()
+    if not options:
+        return target.tag("ignore")  # constraint.parsePlusBuildExpr: none is "ignore"
     result: Truth = False
-    for option in line.split()[2:]:
+    for option in options:
         value: Truth = True
         for term in option.split(","):
             neg = term.startswith("!")

@@ -48,6 +48,8 @@ CASES: dict[str, dict[str, str]] = {
     "unix": {"main.go": tagged("//go:build unix")},
     "expression": {"main.go": tagged("//go:build (linux && !arm64) || premium")},
     "plus-build-or-and": {"main.go": tagged("// +build linux,!arm64 premium")},
+    "plus-build-unspaced": {"main.go": tagged("//+build linux")},
+    "plus-build-empty": {"main.go": tagged("// +build")},
     "cgo-only": {"main.go": CGO},
     "cgo-grouped-import": {
         "main.go": 'package main\n\nimport (\n\t"fmt"\n\t"C"\n)\n\nfunc main() { fmt.Println() }\n'
