@@ -302,15 +302,18 @@ def _header(text: str) -> tuple[list[str], list[str], int]:
     offset of the first line of code."""
     go_build: list[str] = []
     plus: list[tuple[int, str]] = []
-    end_blank = 0  # offset just past the last blank line of the header
+    end_blank = 0  # offset just past the last blank line of the header's // lines
+    ended = False  # a line not starting with // was seen: blank lines count no more
     in_star = False
     offset = 0
     for raw in text.split("\n"):
         start, offset = offset, offset + len(raw) + 1
         line = raw.strip()
-        if not line and not in_star:
+        if not line and not ended:
             end_blank = offset
             continue
+        if not line.startswith("//"):
+            ended = True
         if not in_star and re.match(r"//go:build(?:[ \t]|$)", line):
             go_build.append(line[len("//go:build") :].strip())
         if not in_star and re.match(r"//\s*\+build(?:\s|$)", line):

@@ -50,6 +50,8 @@ CASES: dict[str, dict[str, str]] = {
     "plus-build-or-and": {"main.go": tagged("// +build linux,!arm64 premium")},
     "plus-build-unspaced": {"main.go": tagged("//+build linux")},
     "plus-build-empty": {"main.go": tagged("// +build")},
+    "plus-build-after-block-comment": {"main.go": tagged("/* licence */\n\n// +build windows")},
+    "plus-build-inside-block-comment": {"main.go": tagged("/*\n\n// +build windows\n\n*/")},
     "cgo-only": {"main.go": CGO},
     "cgo-grouped-import": {
         "main.go": 'package main\n\nimport (\n\t"fmt"\n\t"C"\n)\n\nfunc main() { fmt.Println() }\n'
