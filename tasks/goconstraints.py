@@ -103,9 +103,10 @@ UNIX_OS = frozenset(
     ]
 )
 _TAG = re.compile(r"[A-Za-z0-9_.]+")
-# Tags whose value only the builder's Go knows: its release (go1.N), its
-# experiments, and the architecture feature levels (amd64.v3, arm64.v8.1).
-_BUILDER_TAG = re.compile(r"go1\.\d+|goexperiment\..+|[a-z0-9]+\.v\d+(?:\.\d+)?")
+# Tags whose value only the builder's Go knows: its release (go1.N) and its
+# experiments; and the architecture feature tags (amd64.v3, arm64.v8.1, arm.7),
+# any tag named after an architecture with a dot (below).
+_BUILDER_TAG = re.compile(r"go1\.\d+|goexperiment\..+")
 _HEAD_LIMITS = (64 << 10, 1 << 20)  # a package clause and imports come first
 Truth = bool | None
 
@@ -130,9 +131,16 @@ class Target:
             return True
         if (self.goos, name) in (("android", "linux"), ("illumos", "solaris"), ("ios", "darwin")):
             return True
-        if self.tags_unknown or _BUILDER_TAG.fullmatch(name):
+        if self.tags_unknown or _BUILDER_TAG.fullmatch(name) or _feature_tag(name):
             return None  # GOFLAGS' -tags may name any tag, even cgo or windows
         return False  # cgo too: CGO_ENABLED=0
+
+
+def _feature_tag(name: str) -> bool:
+    """An architecture's feature level (``amd64.v3``, ``arm.7``): set by GOAMD64,
+    GOARM and the like, which the builder decides."""
+    arch, dot, _ = name.partition(".")
+    return bool(dot) and arch in KNOWN_ARCH
 
 
 def _and(a: Truth, b: Truth) -> Truth:
@@ -253,8 +261,12 @@ class FileInfo:
         if name_matches(self.name, target) is False:
             return "its file name"
         if self.go_build is not None:
-            return f"//go:build {self.go_build}"
-        if any(plus_build(line, target) is False for line in self.plus_build):
+            try:
+                if _Expr(self.go_build, target).value() is False:
+                    return f"//go:build {self.go_build}"
+            except ValueError:
+                pass
+        elif any(plus_build(line, target) is False for line in self.plus_build):
             return "its // +build lines"
         if self.imports_c:
             return 'imports "C", and cgo is off (CGO_ENABLED=0)'

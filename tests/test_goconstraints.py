@@ -60,6 +60,8 @@ CASES: dict[str, dict[str, str]] = {
     "generator-beside-library": {"lib.go": LIB, "gen.go": tagged("//go:build none")},
     "underscore-and-dot-files": {"lib.go": LIB, "_main.go": MAIN, ".main.go": MAIN},
     "release-tag": {"main.go": tagged("//go:build go1.21")},
+    "feature-tag": {"main.go": tagged("//go:build amd64.v1 || arm64.v8.0")},
+    "cgo-under-a-true-constraint": {"main.go": "//go:build linux\n\n" + CGO},
 }
 PLATFORMS = ["linux/amd64", "linux/arm64"]
 
@@ -124,7 +126,7 @@ def test_files_kept_agree_with_go_list(
                 continue
             assert ours == theirs, f"{case}/{name} for {platform} {tags}: go says {theirs}"
     # Only the release tag is left open: which Go the builder has is its own.
-    assert unsure == ["release-tag/main.go"]
+    assert sorted(unsure) == ["feature-tag/main.go", "release-tag/main.go"]
 
 
 def test_goflags_tags_leave_other_tags_open() -> None:
@@ -152,6 +154,9 @@ def test_a_program_only_for_another_os_is_refused_before_the_engine(tmp_path: Pa
         "main_package: build constraints exclude all Go files in './cmd/win' for linux/amd64 "
         "(main_windows.go: its file name); main packages in this module: ."
     )
+    with pytest.raises(ParamsError, match=r'^extra_packages: .*main\.go: imports "C", and cgo'):
+        parse_params({"source": str(root), "extra_packages": ["./cmd/c"]})
+    write_tree(root, {"cmd/c/main.go": "//go:build linux\n\n" + CGO})  # the reason is cgo
     with pytest.raises(ParamsError, match=r'^extra_packages: .*main\.go: imports "C", and cgo'):
         parse_params({"source": str(root), "extra_packages": ["./cmd/c"]})
 
