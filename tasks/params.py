@@ -406,7 +406,7 @@ class BuildParams(BaseModel):
         title="Labels",
         description=(
             f"Extra OCI image labels, e.g. org.example.team; at most {_MAX_LABELS}. "
-            "Those named org.opencontainers.image.* (description, licenses...) are also "
+            "OCI's own keys (org.opencontainers.image.description, .licenses...) are also "
             "set as the manifests' annotations, as the build's own are."
         ),
     )
