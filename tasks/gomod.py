@@ -201,9 +201,13 @@ def local_dirs(
         if rule is not None and len(rule.new) == 1 and is_directory_path(rule.new[0]):
             yield rule.file, f"replaces {path} with", rule.new[0]
     for file in files[1:]:
-        for args in directives(_read(file), "use"):
-            if len(args) == 1:
-                yield file, "uses", args[0]
+        for written in uses(file):
+            yield file, "uses", written
+
+
+def uses(work: Path) -> list[str]:
+    """The directories a go.work's ``use`` lines name, as written."""
+    return [args[0] for args in directives(_read(work), "use") if len(args) == 1]
 
 
 def module_files(source: Path, module_dir: str) -> list[Path]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tasks.gomod import directives, go_line, module_files
+from tasks.gomod import go_line, module_files, uses
 from tasks.imageref import parse_image_ref, show
 
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+)|(beta|rc)(\d+))?", re.ASCII)
@@ -136,9 +136,9 @@ def check_workspace_go(source: Path, module_dir: str) -> None:
     if listed is None or listed_key is None:
         return
     root = source.resolve()
-    for args in directives(work.read_text(encoding="utf-8", errors="replace"), "use"):
-        module = (work.parent / args[0]).resolve()
-        if len(args) != 1 or (module != root and root not in module.parents):
+    for written in uses(work):
+        module = (work.parent / written).resolve()
+        if module != root and root not in module.parents:
             continue
         needed = go_line(module / "go.mod")
         needed_key = version_key(needed) if needed else None
