@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Callable, Collection, Iterable
+from typing import Any, TypeVar
 
+import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -21,26 +23,75 @@ from prefect.events.filters import EventFilter, EventNameFilter
 
 from flows.build import multistage_build
 
+T = TypeVar("T")
+
 
 def build(**params: Any):
     """Run the flow in this process; returns its final state."""
     return asyncio.run(multistage_build(**params, return_state=True))
 
 
-def task_runs(flow_run_id, timeout: float = 30.0) -> list:
-    """The run's task runs, once each has a final state: the server records task
-    runs from their events, asynchronously, so a read right after the flow ended
-    can find the last one without its state yet."""
-    deadline = time.monotonic() + timeout
-    while True:
+def task_runs(flow_run_id, timeout: float = 30.0, names: Collection[str] = ()) -> list:
+    """The run's task runs, read through the Python client once settled (see
+    ``settled``)."""
+
+    def read() -> list:
         with get_client(sync_client=True) as client:
-            runs = client.read_task_runs(
+            return client.read_task_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
             )
-        if all(r.state is not None and r.state.is_final() for r in runs):
+
+    return settled(read, lambda r: (r.id, r.name, r.state and r.state.is_final()), timeout, names)
+
+
+def api_task_runs(
+    api: httpx.Client,
+    flow_run_ids: Iterable[str],
+    names: Collection[str] = (),
+    timeout: float = 30.0,
+) -> list[dict]:
+    """The runs' task runs as the REST API returns them, once settled (see ``settled``)."""
+    body = {"flow_runs": {"id": {"any_": list(flow_run_ids)}}, "limit": 200}
+
+    def read() -> list[dict]:
+        r = api.post("/task_runs/filter", json=body)
+        r.raise_for_status()
+        return r.json()
+
+    def facts(run: dict) -> tuple:
+        state = run.get("state") or {}
+        return run["id"], run["name"], state.get("type") in FINAL_STATE_TYPES
+
+    return settled(read, facts, timeout, names)
+
+
+FINAL_STATE_TYPES = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+
+
+def settled(
+    read: Callable[[], list[T]],
+    facts: Callable[[T], tuple[Any, str, bool]],
+    timeout: float,
+    names: Collection[str],
+) -> list[T]:
+    """Task runs once each is recorded with a final state. The server records task
+    runs from their events, asynchronously and not always in order, so a read right
+    after the flow ended can miss one (a later stage recorded before an earlier one)
+    or find one without its final state yet. ``names`` are the prefixes of task runs
+    the caller knows ran; without them, the same runs read twice in a row, all
+    final, count as all of them. ``facts`` gives a run's (id, name, is final)."""
+    deadline = time.monotonic() + timeout
+    seen: set | None = None
+    while True:
+        runs = read()
+        known = [facts(r) for r in runs]
+        ids = {run_id for run_id, _, _ in known}
+        done = all(final for _, _, final in known) and all(
+            any(name.startswith(prefix) for _, name, _ in known) for prefix in names
+        )
+        if (done and (names or ids == seen)) or time.monotonic() > deadline:
             return runs
-        if time.monotonic() > deadline:
-            return runs
+        seen = ids if done else None
         time.sleep(0.2)
 
 

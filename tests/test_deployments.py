@@ -29,6 +29,7 @@ import pytest
 
 from deployments.config import ConfigError, load_nightly_config
 from tasks.goenv import default_platform
+from tests.flowruns import api_task_runs
 from tests.git_servers import GitDaemon
 from tests.oci_check import extract_file, inspect_config
 from tests.registry_fixtures import Registry
@@ -103,15 +104,6 @@ def wait_idle(server: PrefectServer, procs: Sequence[Proc], timeout: float = 120
 
 def _state(run: dict) -> str:
     return (run.get("state") or {}).get("type", "")
-
-
-def task_runs(api: httpx.Client, flow_run_ids: Iterable[str]) -> list[dict]:
-    r = api.post(
-        "/task_runs/filter",
-        json={"flow_runs": {"id": {"any_": list(flow_run_ids)}}, "limit": 200},
-    )
-    r.raise_for_status()
-    return r.json()
 
 
 def artifacts(api: httpx.Client, flow_run_id: str) -> dict[str, dict]:
@@ -592,7 +584,7 @@ def test_six_simultaneous_triggers_never_run_more_than_two_builds_at_once(
 
     with prefect_server.client() as api:
         limit = api.get("/v2/concurrency_limits/gobuild-engine").json()
-        tasks = task_runs(api, ids)
+        tasks = api_task_runs(api, ids)
     assert limit["limit"] == 2 and limit["active"]
     # Every engine call of a run happens between its first task's start and its last
     # task's end, all inside the engine slot.

@@ -47,6 +47,7 @@ from bench import api_creates
 from bench.api_creates import create_simultaneously
 from deployments.common import CRASH_AUTOMATION
 from tests import postgres_fixtures
+from tests.flowruns import api_task_runs
 from tests.oci_check import inspect_config
 from tests.postgres_fixtures import Postgres
 from tests.server_fixtures import (
@@ -277,12 +278,6 @@ def wait_idle(so: ScaleOut) -> None:
     wait_for("no flow run in flight", idle, timeout=120, procs=so.procs())
 
 
-def task_runs(api: httpx.Client, ids: Iterable[str]) -> list[dict]:
-    r = api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": list(ids)}}, "limit": 200})
-    r.raise_for_status()
-    return r.json()
-
-
 def report(api: httpx.Client, run_id: str) -> str:
     r = api.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}})
     r.raise_for_status()
@@ -425,7 +420,10 @@ def test_build_cached_by_one_worker_is_served_from_cache_by_the_other(
     [done_b] = wait_final(so, [second.json()["id"]], BUILD_TIMEOUT)
     assert done_b["id"] in so.ran("b") and done_b["id"] not in so.ran("a")
     with so.server.client() as api:
-        tasks = {t["name"].rsplit("-", 1)[0]: t for t in task_runs(api, [done_b["id"]])}
+        tasks = {
+            t["name"].rsplit("-", 1)[0]: t
+            for t in api_task_runs(api, [done_b["id"]], names=("compile ", "assemble runtime"))
+        }
         data = report(api, done_b["id"])
     cached = {name: t["state"]["name"] for name, t in tasks.items()}
     assert cached.get("assemble runtime") == "Cached", cached
