@@ -45,6 +45,9 @@ SCAN_DIRS = 2000
 SKIP_DIRS = {"vendor", "testdata", "node_modules"}
 ELF_MAGIC = b"\x7fELF"
 LINUX_AMD64 = Target("linux", "amd64")  # what a check without the build's platforms assumes
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {
+    f"{d}{n}" for d in ("COM", "LPT") for n in "123456789"
+}
 _MAJOR_VERSION = re.compile(r"v(?:[2-9]|[1-9][0-9]+)")  # v2 and up; v0 and v1 are not
 
 
@@ -71,9 +74,32 @@ def main_package_syntax(value: str) -> str:
     for segment in segments:
         if segment == "." or not _PATH_ELEMENT.fullmatch(segment):
             raise ValueError(f"{show(value)} is not a valid Go package path")
+        if problem := element_problem(segment):
+            raise ValueError(
+                f"{show(value)} is not a valid Go import path ({problem}), which go build "
+                "refuses; rename that directory"
+            )
     if not relative and segments and "." in segments[0].lstrip("."):
         return "/".join(segments)  # an import path: example.com/app/cmd/server
     return "./" + "/".join(segments) if segments else "."
+
+
+def element_problem(element: str) -> str | None:
+    """Why Go refuses ``element`` (characters already checked) in an import path,
+    or None: a trailing dot, a name Windows reserves (before its first dot, any
+    case) or a Windows short name (``~`` and digits at its end). The go command
+    checks every package's import path so (golang.org/x/mod/module ``checkElem``,
+    import paths) and fails ``go build ./cmd/aux`` with ``malformed import
+    path``, even on Linux."""
+    if element.endswith("."):
+        return f"{element!r} ends with a dot"
+    short = element.split(".", 1)[0]
+    if short.upper() in _WINDOWS_RESERVED:
+        return f"{short!r} is a name Windows reserves"
+    _, tilde, digits = short.rpartition("~")
+    if tilde and digits and digits.isascii() and digits.isdigit():
+        return f"{element!r} ends like a Windows short name (a tilde and digits)"
+    return None
 
 
 def exec_name(package: str, module: str | None = None) -> str:
@@ -145,9 +171,13 @@ def scanned_dirs(root: Path, *, one_module: bool = False) -> Iterator[Path]:
 
 def main_packages(module: Path, target: Target = LINUX_AMD64, limit: int = 5) -> list[str]:
     """Up to ``limit`` main packages of the module (``./cmd/x``), nearest first:
-    directories Go may build as ``package main`` for ``target``."""
+    directories Go may build as ``package main`` for ``target``, under a path Go
+    takes as an import path."""
 
     def is_main(directory: Path) -> bool:
+        rel = directory.relative_to(module).parts
+        if any(not _PATH_ELEMENT.fullmatch(e) or element_problem(e) for e in rel):
+            return False
         files = go_files_in(directory)
         names = package_for(files, target) if files else None
         return names is not None and "main" in names

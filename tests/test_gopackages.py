@@ -4,9 +4,11 @@ after ``go build`` for a git source, whose tree only the engine sees."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
+import go as go_module
 import pytest
 
 from tasks.gopackages import check_main_package, is_program, main_packages, package_name
@@ -260,3 +262,71 @@ def test_a_package_of_a_nested_module_is_refused_unless_a_workspace_joins_them(
     assert (fixed.module_dir, fixed.main_package) == ("gopls", ".")
     (root / "go.work").write_text("go 1.22\n\nuse (\n\t.\n\t./gopls\n)\n")
     assert parse_params({"source": str(root), "main_package": "./gopls"}).main_package == "./gopls"
+
+
+# Directory names go build refuses in an import path, and near misses it takes.
+IMPORT_PATH_NAMES = {
+    "aux": False,
+    "Con.d": False,  # the name before the first dot, any case
+    "lpt9": False,
+    "tool.": False,
+    "prog~1": False,
+    "com10": True,
+    "auxiliary": True,
+    "v1.2": True,
+    "a~b": True,
+    "x~1y": True,
+    "c++": True,
+}
+
+
+def test_directory_names_go_refuses_in_import_paths_are_refused_as_go_build_refuses_them(
+    tmp_path: Path,
+) -> None:
+    """``go build ./cmd/aux`` fails with ``malformed import path`` even on Linux
+    (golang.org/x/mod/module ``checkElem``): each name is held against the real
+    go command, and the refused ones never show up among the hints."""
+    root = write_tree(
+        tmp_path / "m",
+        {"go.mod": GOMOD, **{f"cmd/{name}/main.go": MAIN for name in IMPORT_PATH_NAMES}},
+    )
+    go = str(Path(go_module.__file__).parent / "bin" / "go")
+    env = {
+        **os.environ,
+        "CGO_ENABLED": "0",
+        "GOTOOLCHAIN": "local",
+        "GOPROXY": "off",
+        "GOFLAGS": "",
+        "GOWORK": "off",
+        "GOCACHE": str(tmp_path / "gocache"),
+    }
+    hints = main_packages(root, limit=100)
+    for name, valid in IMPORT_PATH_NAMES.items():
+        built = subprocess.run(
+            [go, "build", "-o", str(tmp_path / "out"), f"./cmd/{name}"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert (built.returncode == 0) is valid, (name, built.stderr)
+        if not valid:
+            assert "malformed import path" in built.stderr
+        assert (f"./cmd/{name}" in hints) is valid, name
+        params = {"source": str(root), "main_package": f"cmd/{name}"}
+        if valid:
+            assert parse_params(params).main_package == f"./cmd/{name}"
+            continue
+        with pytest.raises(ParamsError) as refused:
+            parse_params(params)
+        assert str(refused.value).startswith(
+            f"main_package: 'cmd/{name}' is not a valid Go import path ("
+        ), name
+        assert "\n" not in str(refused.value)
+        # The same name under extra_packages, and in an import path.
+        with pytest.raises(ParamsError, match=r"^extra_packages: .*not a valid Go import path"):
+            parse_params(
+                {"source": str(root), "main_package": "cmd/c++", "extra_packages": [f"cmd/{name}"]}
+            )
+        with pytest.raises(ParamsError, match=r"^main_package: .*not a valid Go import path"):
+            parse_params({"source": str(root), "main_package": f"example.com/lib/cmd/{name}"})
