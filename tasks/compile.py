@@ -29,7 +29,7 @@ import json
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from prefect import task
 from prefect.context import TaskRunContext
@@ -249,6 +249,17 @@ def cross(builder_ctr: dagger.Container, platform: str) -> dagger.Container:
     return ctr
 
 
+Built = TypeVar("Built", "dagger.File", "dagger.Directory")  # what a go build chain yields
+
+
+class GoBuild(NamedTuple, Generic[Built]):
+    """A ``go build`` chain (not evaluated) and its command, which the run's log
+    shows while the chain runs."""
+
+    args: list[str]
+    output: Built
+
+
 def binary(
     builder_ctr: dagger.Container,
     params: BuildParams,
@@ -256,11 +267,11 @@ def binary(
     values: Mapping[str, str],
     *,
     stamp_version: bool = True,
-) -> dagger.File:
-    """The chain that yields the static binary for ``platform`` (not evaluated)."""
+) -> GoBuild[dagger.File]:
+    """The chain that yields the static binary for ``platform``."""
     out = binary_path(params)
     args = build_args(params, values, out, stamp_version=stamp_version)
-    return cross(builder_ctr, platform).with_exec(args).file(out)
+    return GoBuild(args, cross(builder_ctr, platform).with_exec(args).file(out))
 
 
 def extra_binaries(
@@ -270,35 +281,35 @@ def extra_binaries(
     values: Mapping[str, str],
     *,
     stamp_version: bool = True,
-) -> dagger.Directory:
+) -> GoBuild[dagger.Directory]:
     """The chain that yields ``extra_packages``' programs for ``platform`` as one
-    directory (not evaluated): one ``go build -o DIR/`` of them all, which names
+    directory: one ``go build -o DIR/`` of them all, which names
     each program as go install does and shares the build cache with the main
     binary's, so the packages they have in common compile once."""
     args = build_args(
         params, values, f"{EXTRA_OUT}/", params.extra_packages, stamp_version=stamp_version
     )
-    return cross(builder_ctr, platform).with_exec(args).directory(EXTRA_OUT)
+    return GoBuild(args, cross(builder_ctr, platform).with_exec(args).directory(EXTRA_OUT))
 
 
 async def export_build(
     scope: str,
     params: BuildParams,
-    chain: Callable[[bool], tuple[list[str], Any]],
+    chain: Callable[[bool], GoBuild[Built]],
     dest: Path,
-) -> Any:
-    """Run a ``go build`` chain (``chain(stamp_version)`` -> its command and the
-    file or directory it yields) and export what it yields to ``dest``; -> that
-    chain. When the linker refuses the default version stamp (the program's
+) -> Built:
+    """Run a ``go build`` chain (``chain(stamp_version)``, :func:`binary` or
+    :func:`extra_binaries`) and export what it yields to ``dest``; -> the file or
+    directory it yields. When the linker refuses the default version stamp (the program's
     ``main.version`` is not a string, ``tasks/ldflags.py``), the build runs once
     more without it, and the run's log says so."""
     import dagger
 
-    args, built = chain(True)
+    build = chain(True)
     try:
-        async with progress.step(scope, progress.command_text(args)):
-            await built.export(str(dest))
-        return built
+        async with progress.step(scope, progress.command_text(build.args)):
+            await build.output.export(str(dest))
+        return build.output
     except dagger.ExecError as exc:
         default = params.version_variable == DEFAULT_VERSION_VARIABLE
         if not default or not stamp_refused(exc.stderr, params.version_variable):
@@ -308,10 +319,10 @@ async def export_build(
         "which go build's -X cannot set: built without the version stamp (set "
         "version_variable to a string variable to stamp one)"
     )
-    args, built = chain(False)
-    async with progress.step(scope, progress.command_text(args)):
-        await built.export(str(dest))
-    return built
+    build = chain(False)
+    async with progress.step(scope, progress.command_text(build.args)):
+        await build.output.export(str(dest))
+    return build.output
 
 
 async def main_packages(builder_ctr: dagger.Container, params: BuildParams) -> list[str] | None:
@@ -400,10 +411,8 @@ async def compile_binary(
     storage = await binaries.result_storage()
     values = stamp(source, version)
 
-    def main_build(stamp_version: bool) -> tuple[list[str], dagger.File]:
-        args = build_args(params, values, binary_path(params), stamp_version=stamp_version)
-        built = binary(builder_ctr, params, platform, values, stamp_version=stamp_version)
-        return args, built
+    def main_build(stamp_version: bool) -> GoBuild[dagger.File]:
+        return binary(builder_ctr, params, platform, values, stamp_version=stamp_version)
 
     with tempfile.TemporaryDirectory(prefix="gobuild-") as tmp:
         path = Path(tmp, params.resolved_app_name())
@@ -439,12 +448,8 @@ async def compile_extras(
     exported into ``tmp``, each checked to be a program and kept as the main
     binary is, and noted as still in the engine for the assemble stage."""
 
-    def extras_build(stamp_version: bool) -> tuple[list[str], dagger.Directory]:
-        args = build_args(
-            params, values, f"{EXTRA_OUT}/", params.extra_packages, stamp_version=stamp_version
-        )
-        more = extra_binaries(builder_ctr, params, platform, values, stamp_version=stamp_version)
-        return args, more
+    def extras_build(stamp_version: bool) -> GoBuild[dagger.Directory]:
+        return extra_binaries(builder_ctr, params, platform, values, stamp_version=stamp_version)
 
     more = await export_build(f"compile {platform}", params, extras_build, tmp / "more")
     programs = []
