@@ -241,10 +241,15 @@ class Bench:
     def flow(self, source: Path | None = None, bare: bool = False, **params: Any) -> Build:
         """The ``multistage-build`` flow, in this process, end to end, started as
         the command line starts it (``flows.build.run_build``: a build that surely
-        needs the engine opens its session while Prefect starts the run); ``bare``:
-        the flow called as such, as a deployment's run calls it."""
+        needs the engine opens its session while Prefect starts the run; its
+        progress on stderr as ``--progress plain`` prints it, Prefect's own console
+        lines held back as the CLI holds them); ``bare``: the flow called as such,
+        as a deployment's run calls it, Prefect's console handler printing every
+        line as it does on a worker."""
+        from flows import terminal
         from flows.build import multistage_build, run_build
         from tasks.params import parse_params
+        from tasks.progress import MODE_ENV
 
         params.setdefault("source", str(source or self.app))
 
@@ -253,7 +258,16 @@ class Bench:
                 return await multistage_build(**params, return_state=True)
             return await run_build(params, parse_params(params))
 
-        seconds, state, log = self._measure(go)
+        mode = os.environ.get(MODE_ENV)
+        if not bare:
+            terminal.start_cli("plain")
+        try:
+            seconds, state, log = self._measure(go)
+        finally:
+            terminal.stop_cli()
+            os.environ.pop(MODE_ENV, None)
+            if mode is not None:
+                os.environ[MODE_ENV] = mode
         if not state.is_completed():
             raise RuntimeError(f"flow run ended {state.name}: {state.message}")
         result = state.result()
