@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import re
 
+from tasks.ldflags import NOT_A_STRING
+
 _TOO_NEW = re.compile(
     r"^go: (?P<what>.+?) requires go >= (?P<needed>\S+) "
     r"\(running go (?P<running>[^;)\s]+)(?:; GOTOOLCHAIN=[^)]*)?\)",
@@ -62,7 +64,7 @@ _EMBED = re.compile(
     r"\S+: contains no embeddable files)"
 )
 _NO_MAIN = re.compile(r"^go: no main packages to build", re.M)
-_NOT_A_STRING = re.compile(r"^(?P<var>\S+): cannot set with -X: not a var of type string", re.M)
+_NOT_A_STRING = re.compile(rf"^(?P<var>\S+): {re.escape(NOT_A_STRING)}", re.M)
 _VET_FINDING = re.compile(r"^\S+\.go:\d+:\d+: ", re.M)
 _VET_TYPE_ERROR = re.compile(r"^vet: ", re.M)
 _UNREACHABLE = re.compile(

@@ -43,6 +43,7 @@ from tasks.imageref import show
 
 __all__ = [
     "DEFAULT_VERSION_VARIABLE",
+    "NOT_A_STRING",
     "PLACEHOLDERS",
     "check_ldflags",
     "expand",
