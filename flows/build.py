@@ -117,8 +117,35 @@ async def run_build(values: dict[str, Any], params: BuildParams) -> State[BuildR
     once, while Prefect creates and starts the run, instead of after: the run
     joins that session (``tasks/session.session_opened_early``). Any other build
     connects only once it knows the cache cannot serve it."""
-    async with session_opened_early(params.surely_needs_engine):
-        return await multistage_build(**values, return_state=True)
+    with shared_prefect_client():
+        async with session_opened_early(params.surely_needs_engine):
+            return await multistage_build(**values, return_state=True)
+
+
+class PrefectAPIUnavailable(Exception):
+    """The Prefect API does not answer, or answers with a version this Prefect
+    cannot talk to."""
+
+
+@contextlib.contextmanager
+def shared_prefect_client() -> Iterator[None]:
+    """One synchronous Prefect client for the whole run (``SyncClientContext``,
+    Prefect's own way to share it). Without it Prefect makes a new one each time
+    it reads the server's default result storage (twice a run) and for the thread
+    that renews the engine slot's lease (which copies the context, so it finds
+    this one), and each new client loads the whole CA bundle: ~50 ms of CPU, even
+    for an ``http://`` API.
+
+    Entering it asks the API its version, so an API that does not answer is one
+    line (:class:`PrefectAPIUnavailable`) before any engine work, not a traceback."""
+    from prefect.context import SyncClientContext
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(SyncClientContext.get_or_create())
+        except RuntimeError as exc:  # Prefect: "Failed to reach API at ..." or a version mismatch
+            raise PrefectAPIUnavailable(str(exc)) from None
+        yield
 
 
 CLI_TAIL_LINES = 20
@@ -348,8 +375,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     terminal.start_cli(progress_mode)  # stderr: a line per step, and a heartbeat
     quiet_console_tracebacks()
-    with _api(api_url):
-        state = asyncio.run(run_build(values, params))
+    try:
+        with _api(api_url):
+            state = asyncio.run(run_build(values, params))
+    except PrefectAPIUnavailable as exc:
+        terminal.stop_cli()
+        where = "the local server, see GOBUILD_LOCAL_API" if api_url else "PREFECT_API_URL"
+        print(f"error: Prefect API ({where}): {exc}", file=sys.stderr)
+        return 2
     terminal.stop_cli()
     if not state.is_completed():
         exc = state.result(raise_on_failure=False)

@@ -455,6 +455,29 @@ def test_git_source_at_a_tag_records_the_commit(
     assert tagged in md.data
 
 
+def test_cli_with_a_prefect_api_that_does_not_answer_fails_with_one_line(
+    dagger_engine: TestEngine, hello_go: Path, tmp_path: Path
+) -> None:
+    """A configured PREFECT_API_URL nobody answers on: one line naming it, before
+    any engine work, instead of Prefect's traceback from inside the flow engine."""
+    dead = f"http://127.0.0.1:{free_port()}/api"
+    env = {**os.environ, **dagger_engine.env, "PREFECT_API_URL": dead}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    output = tmp_path / "never.tar"
+    dagger_engine.log.clear()
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.build", str(hello_go), "--force", "--output", str(output)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("error: Prefect API (PREFECT_API_URL): ")
+    assert dead.removesuffix("/api") in lines[0]
+    assert not output.exists()
+    assert dagger_engine.log.snapshot()["requests"] == []  # not even a session
+
+
 def test_cli_failure_is_one_line_with_stage_and_output_and_no_traceback(
     prefect_api: PrefectAPI, dagger_engine: TestEngine, hello_go: Path, tmp_path: Path
 ) -> None:

@@ -96,6 +96,48 @@ def test_a_build_the_cache_may_serve_opens_nothing_early(
     assert dagger_engine.log.snapshot()["requests"] == []
 
 
+def test_a_run_started_as_the_command_line_starts_it_makes_one_sync_prefect_client(
+    prefect_api: PrefectAPI,
+    dagger_engine: TestEngine,
+    hello_go: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each new Prefect client loads the whole CA bundle (~50 ms of CPU). Without
+    ``flows.build.shared_prefect_client`` a run makes three synchronous ones: two
+    to read the server's default result storage, one in the thread that renews
+    the engine slot's lease. With it, one, and the lease thread renews with it."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    made: list[int] = []
+    renewed_with: list[int] = []
+    init = SyncPrefectClient.__init__
+    renew = SyncPrefectClient.renew_concurrency_lease
+
+    def counting_init(self: SyncPrefectClient, *args: Any, **kwargs: Any) -> None:
+        made.append(id(self))
+        init(self, *args, **kwargs)
+
+    def recording_renew(self: SyncPrefectClient, *args: Any, **kwargs: Any) -> Any:
+        renewed_with.append(id(self))
+        return renew(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncPrefectClient, "__init__", counting_init)
+    monkeypatch.setattr(SyncPrefectClient, "renew_concurrency_lease", recording_renew)
+    state = build(
+        {
+            "source": str(hello_go),
+            "version": "8.3.0",
+            "output": str(tmp_path / "one-client.tar"),
+            "run_checks": False,
+            "force_rebuild": True,
+        }
+    )
+    assert state.is_completed(), state.message
+    assert len(made) == 1, made
+    assert renewed_with and set(renewed_with) == set(made)
+
+
 def test_an_early_session_that_fails_leaves_the_failure_to_the_run(
     dagger_engine: TestEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
