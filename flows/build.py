@@ -117,8 +117,8 @@ async def run_build(values: dict[str, Any], params: BuildParams) -> State[BuildR
     once, while Prefect creates and starts the run, instead of after: the run
     joins that session (``tasks/session.session_opened_early``). Any other build
     connects only once it knows the cache cannot serve it."""
-    with shared_prefect_client():
-        async with session_opened_early(params.surely_needs_engine):
+    async with session_opened_early(params.surely_needs_engine):
+        with shared_prefect_client():
             return await multistage_build(**values, return_state=True)
 
 
@@ -137,7 +137,7 @@ def shared_prefect_client() -> Iterator[None]:
     for an ``http://`` API.
 
     Entering it asks the API its version, so an API that does not answer is one
-    line (:class:`PrefectAPIUnavailable`) before any engine work, not a traceback."""
+    line (:class:`PrefectAPIUnavailable`) before the run starts, not a traceback."""
     from prefect.context import SyncClientContext
 
     with contextlib.ExitStack() as stack:

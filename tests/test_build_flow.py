@@ -459,7 +459,8 @@ def test_cli_with_a_prefect_api_that_does_not_answer_fails_with_one_line(
     dagger_engine: TestEngine, hello_go: Path, tmp_path: Path
 ) -> None:
     """A configured PREFECT_API_URL nobody answers on: one line naming it, before
-    any engine work, instead of Prefect's traceback from inside the flow engine."""
+    the run starts and anything is built, instead of Prefect's traceback from
+    inside the flow engine. (A forced build's session has started opening.)"""
     dead = f"http://127.0.0.1:{free_port()}/api"
     env = {**os.environ, **dagger_engine.env, "PREFECT_API_URL": dead}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
@@ -475,7 +476,7 @@ def test_cli_with_a_prefect_api_that_does_not_answer_fails_with_one_line(
     assert lines[0].startswith("error: Prefect API (PREFECT_API_URL): ")
     assert dead.removesuffix("/api") in lines[0]
     assert not output.exists()
-    assert dagger_engine.log.snapshot()["requests"] == []  # not even a session
+    assert dagger_engine.log.snapshot()["execs"] == []
 
 
 def test_cli_failure_is_one_line_with_stage_and_output_and_no_traceback(

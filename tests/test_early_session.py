@@ -10,6 +10,9 @@ other build may be served from cache and still connects only when it must.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +160,64 @@ def test_an_early_session_that_fails_leaves_the_failure_to_the_run(
     with pytest.raises(EngineUnavailable, match="could not connect to the Dagger engine"):
         asyncio.run(scenario())
     assert session._SHARED is None
+
+
+def _busy(seconds: float) -> None:
+    """CPU work, as the opener's transport does loading the CA bundle."""
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_the_body_starts_once_the_early_session_has_sent_its_first_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a head start the opener would get the loop only once the body
+    blocks it (Prefect's synchronous start), and its first request would leave
+    that much later. ``engine_session`` stands in for one that is busy 20 ms,
+    then sends, then waits on the engine."""
+    from tasks import session
+
+    seen: dict[str, bool] = {}
+    answered: list[asyncio.Event] = []
+
+    @asynccontextmanager
+    async def opening() -> AsyncIterator[None]:
+        _busy(0.01)
+        await asyncio.sleep(0)
+        _busy(0.01)
+        seen["sent"] = True
+        await answered[0].wait()  # the engine answers
+        yield
+
+    monkeypatch.setattr(session, "engine_session", opening)
+
+    async def scenario() -> None:
+        answered.append(asyncio.Event())
+        async with session.session_opened_early(True):
+            seen["body saw it sent"] = seen.get("sent", False)
+            answered[0].set()
+
+    asyncio.run(scenario())
+    assert seen["body saw it sent"]
+
+
+def test_the_head_start_is_bounded_for_an_opener_that_never_waits() -> None:
+    from tasks import session
+
+    async def scenario() -> bool:
+        async def opener() -> None:
+            while True:
+                _busy(0.01)
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(opener())
+        await session._head_start(task)
+        still_running = not task.done()
+        task.cancel()
+        return still_running
+
+    assert asyncio.run(scenario())
 
 
 def test_surely_needs_engine_is_read_from_the_parameters(hello_go: Path) -> None:
