@@ -243,8 +243,8 @@ async def session_opened_early(wanted: bool) -> AsyncIterator[None]:
         return
     stack = contextlib.AsyncExitStack()
     opening = asyncio.create_task(stack.enter_async_context(engine_session()))
-    await _head_start(opening)
     try:
+        await _head_start(opening)
         yield
     finally:
         with contextlib.suppress(BaseException):  # the run reports its own engine errors
