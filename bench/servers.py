@@ -17,13 +17,14 @@ from pathlib import Path
 
 
 @contextmanager
-def local_server(home: Path, replay: bool) -> Iterator[tuple[str, Path]]:
+def local_server(home: Path, shipped: bool = True) -> Iterator[tuple[str, Path]]:
     """A local API server over its own ``PREFECT_HOME``, started and stopped as the
-    command line does it: -> (API URL, its log)."""
+    command line does it (``shipped=False``: Prefect's server as it is): -> (API URL,
+    its log)."""
     from flows.local_api import LOG_FILE, _start, _terminate
 
     home.mkdir(parents=True, exist_ok=True)
-    state = _start(home, replay=replay)
+    state = _start(home, shipped=shipped)
     try:
         yield state.api_url, home / LOG_FILE
     finally:

@@ -59,9 +59,9 @@ EXPECTED = {
         "rebuilt from cache",
     ],
     "9 together": [
-        "builds at once, Prefect's client back-off only",
-        "builds at once, local API replays busy requests",
-        "ratio replay / back-off only",
+        "builds at once, Prefect's server as it is",
+        "builds at once, local API as shipped",
+        "ratio as shipped / as it is",
         "requests the server replayed",
     ],
 }

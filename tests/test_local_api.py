@@ -8,11 +8,14 @@ their own, and stop every server they started.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,6 +68,11 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
     }
 
 
+def _uuid(value: str) -> str:
+    """A UUID as the API writes it, whichever form SQLite holds."""
+    return str(uuid.UUID(value))
+
+
 def _state(home: Path) -> dict:
     return json.loads((home / "gobuild-api.json").read_text())
 
@@ -85,7 +93,13 @@ def test_builds_reuse_one_local_server_and_stop_ends_it(
     home: Path, test_engine_session: TestEngine, hello_go: Path, tmp_path: Path
 ) -> None:
     args = [str(hello_go), "--no-checks", "--output", str(tmp_path / "out" / "h.tar")]
-    first = _cli(home, test_engine_session, *args)
+    # The server the first build starts writes task runs and events in batches; with
+    # batches this big and this slow, only stopping it writes them (checked below).
+    slow_batches = {
+        "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "600",
+        "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "600",
+    }
+    first = _cli(home, test_engine_session, *args, **slow_batches)
     assert first.returncode == 0, first.stderr[-3000:]
     state = _state(home)
     assert _alive(state["pid"])
@@ -103,6 +117,8 @@ def test_builds_reuse_one_local_server_and_stop_ends_it(
     url = f"http://127.0.0.1:{state['port']}/api"
     runs = httpx.post(f"{url}/flow_runs/filter", json={}, timeout=30).json()
     assert len(runs) == 2 and {r["state_type"] for r in runs} == {"COMPLETED"}
+    # Their task runs are still in the recorder's batch, not yet in the database.
+    assert httpx.post(f"{url}/task_runs/filter", json={}, timeout=30).json() == []
 
     status = subprocess.run(
         [sys.executable, "-m", "flows.local_api", "status"],
@@ -117,6 +133,18 @@ def test_builds_reuse_one_local_server_and_stop_ends_it(
     assert stop.stdout.strip() == "stopped"
     assert not _alive(state["pid"])
     assert not (home / "gobuild-api.json").exists()
+
+    # Stopping wrote what the batches held: each run's four stages, each in a final
+    # state, and their events.
+    with contextlib.closing(sqlite3.connect(home / "prefect.db")) as db:
+        stages = db.execute("SELECT flow_run_id, name, state_type FROM task_run").fetchall()
+        events = db.execute(
+            "SELECT count(*) FROM events WHERE event LIKE 'prefect.task-run.%'"
+        ).fetchone()[0]
+    for run in runs:
+        mine = [(name, kind) for flow_run, name, kind in stages if _uuid(flow_run) == run["id"]]
+        assert len(mine) == 4 and {kind for _, kind in mine} == {"COMPLETED"}, (run["id"], stages)
+    assert events >= len(stages) * 2  # at least Pending and a final state each
 
 
 def test_simultaneous_starts_make_one_server(home: Path) -> None:
