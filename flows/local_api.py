@@ -60,11 +60,9 @@ OFF_WORDS = {"0", "false", "no", "off"}
 IDLE_SERVICES = ("SCHEDULER", "LATE_RUNS", "FOREMAN", "PAUSE_EXPIRATIONS")
 # Prefect writes each task run state event as it arrives (a batch of 1) and events
 # 20 at a time. Every write takes SQLite's one write lock, so those writes land in
-# the middle of the requests a build waits for: measured with bench.run's
-# overhead build, 2026-11-28, 1.80 s a build with Prefect's defaults, 1.71 s
-# with these (10 alternating builds each). A flush every few seconds, or when a
-# batch is full, writes the same rows in one transaction. A user's own settings
-# win.
+# the middle of the requests a build waits for. A flush every few seconds, or
+# when a batch is full, writes the same rows in one transaction. A user's own
+# settings win. (Measured in the README's "The local Prefect API".)
 BATCHED_WRITES = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "2",

@@ -498,6 +498,17 @@ def test_malformed_dockerignore_is_refused(tmp_path: Path) -> None:
             build_context(tmp_path)
 
 
+def test_a_pattern_that_is_not_utf8_is_refused_naming_its_line(tmp_path: Path) -> None:
+    """The engine gets excludes as JSON text, so such a pattern would reach it as
+    another one; in a comment the bytes do no harm."""
+    write_tree(tmp_path, {"a.go": "a", "foo\udcff": "x"})
+    (tmp_path / ".dockerignore").write_bytes(b"\xef\xbb\xbf# caf\xe9\n*.md\nfoo\xff\n")
+    with pytest.raises(PatternError, match=r"\.dockerignore: line 3 is not valid UTF-8"):
+        build_context(tmp_path)
+    (tmp_path / ".dockerignore").write_bytes(b"# caf\xe9\n*.md\n")
+    assert build_context(tmp_path).files == [".dockerignore", "a.go", "foo\udcff"]
+
+
 def test_a_byte_order_mark_opening_a_pattern_is_skipped_as_go_scans_it() -> None:
     """patternmatcher compiles a pattern with Go's text/scanner, which skips a
     leading U+FEFF; an exact pattern is compared as written (v0.6.1, run)."""
