@@ -62,6 +62,7 @@ from tasks.dockerignore import (
     MatchInfo,
     PatternError,
     PatternMatcher,
+    first_line_not_utf8,
     for_engine,
     literal,
     read_ignore_file,
@@ -145,7 +146,11 @@ def read_dockerignore(root: Path) -> tuple[list[str], PatternMatcher]:
         data = (root / DOCKERIGNORE).read_bytes()
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return [], PatternMatcher([])
-    _refuse_undecodable_patterns(root, data)
+    if (line := first_line_not_utf8(data)) is not None:
+        raise PatternError(
+            f"{root / DOCKERIGNORE}: line {line} is not valid UTF-8, and the engine "
+            "takes patterns as text; write the file as UTF-8"
+        )
     every = read_ignore_file(data)
     patterns = for_engine(every)
     try:
@@ -153,23 +158,6 @@ def read_dockerignore(root: Path) -> tuple[list[str], PatternMatcher]:
         return patterns, PatternMatcher(patterns)
     except PatternError as exc:
         raise PatternError(f"{root / DOCKERIGNORE}: {exc}") from None
-
-
-def _refuse_undecodable_patterns(root: Path, data: bytes) -> None:
-    """Docker matches a pattern's bytes, whatever they are, but the Dagger API
-    carries excludes as JSON text: a pattern that is not UTF-8 would reach the
-    engine as some other pattern, and the engine would send other files than the
-    ones digested here. Comments may hold any bytes; nobody reads them."""
-    for number, line in enumerate(data.removeprefix(b"\xef\xbb\xbf").split(b"\n"), 1):
-        if line.startswith(b"#"):
-            continue
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError:
-            raise PatternError(
-                f"{root / DOCKERIGNORE}: line {number} is not valid UTF-8, and the "
-                "engine takes patterns as text; write the file as UTF-8"
-            ) from None
 
 
 def build_context(

@@ -95,18 +95,40 @@ def go_is_local(p: str) -> bool:
 # --------------------------------------------------------------------------- .dockerignore
 
 
+def _pattern_lines(data: bytes) -> list[tuple[int, bytes]]:
+    """The lines of a .dockerignore that are not comments, numbered from 1: a
+    comment is a line starting with ``#`` before any trimming (after a leading
+    byte order mark, which patternmatcher drops)."""
+    lines = data.removeprefix(b"\xef\xbb\xbf").split(b"\n")
+    return [
+        (number, raw.removesuffix(b"\r"))
+        for number, raw in enumerate(lines, 1)
+        if not raw.startswith(b"#")
+    ]
+
+
+def first_line_not_utf8(data: bytes) -> int | None:
+    """The number of the first pattern line that is not UTF-8. Docker matches a
+    pattern's bytes, whatever they are, but the Dagger API carries excludes as
+    JSON text, so such a pattern would reach the engine as some other one.
+    Comments may hold any bytes; nobody reads them."""
+    for number, line in _pattern_lines(data):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            return number
+    return None
+
+
 def read_ignore_file(data: bytes) -> list[str]:
     """patternmatcher ``ignorefile.ReadAll``: the patterns of a .dockerignore.
 
-    A comment is a line starting with ``#`` before any trimming; a leading ``/``
-    is dropped (``/docs`` is ``docs``); ``!`` may be followed by spaces.
+    Comments are skipped (``_pattern_lines``); a leading ``/`` is dropped (``/docs``
+    is ``docs``); ``!`` may be followed by spaces.
     """
-    data = data.removeprefix(b"\xef\xbb\xbf")
     patterns: list[str] = []
-    for raw in data.split(b"\n"):
-        line = raw.removesuffix(b"\r").decode("utf-8", "surrogateescape")
-        if line.startswith("#"):
-            continue
+    for _, raw in _pattern_lines(data):
+        line = raw.decode("utf-8", "surrogateescape")
         pattern = go_trim_space(line)
         if not pattern:
             continue
