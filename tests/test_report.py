@@ -323,3 +323,21 @@ def test_cli_failure_summary_ends_with_the_commands_own_words() -> None:
     assert "--- last lines of stderr ---" in text and "stdout ---" not in text
     assert len(text.splitlines()) <= 2 + 20
     assert failure_summary(ValueError("bad\nsecond")) == "error: build failed: bad"
+
+
+def test_a_forced_stage_reuses_one_refreshing_variant_of_its_task() -> None:
+    """``force_rebuild`` runs each stage with ``refresh_cache`` on; the variant is
+    made once per task (``with_options`` builds a whole Task) and keeps the task's
+    own options, while the task itself stays as it was for unforced runs."""
+    from tasks.compile import compile_binary
+
+    forced = report._refreshing(compile_binary)
+    assert forced is report._refreshing(compile_binary)
+    assert forced is not compile_binary
+    assert forced.refresh_cache is True
+    assert compile_binary.refresh_cache is None
+    assert (forced.name, forced.retries, forced.cache_key_fn) == (
+        compile_binary.name,
+        compile_binary.retries,
+        compile_binary.cache_key_fn,
+    )
