@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 import stat
 import subprocess
 from dataclasses import dataclass, field
@@ -94,6 +95,26 @@ class BuildContext:
     @property
     def files(self) -> list[str]:
         return sorted(rel for rel, _ in self.entries)
+
+    def outside_links(self) -> list[tuple[str, str]]:
+        """(path, target) of each symlink sent whose target is not in the source:
+        an absolute path, or one that climbs out of it. The engine recreates a link
+        as it is, not what it leads to (engine/filesync/localfs.go ``Symlink``), and
+        has nothing beside the source, so there such a link leads nowhere, though
+        ``go build`` on this machine follows it (a shared package linked into a
+        service, a monorepo's habit)."""
+        found = []
+        for rel, st in self.entries:
+            if not stat.S_ISLNK(st.st_mode):
+                continue
+            try:
+                target = os.readlink(self.root / rel)
+            except OSError:
+                continue
+            joined = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
+            if posixpath.isabs(target) or joined == ".." or joined.startswith("../"):
+                found.append((rel, target))
+        return sorted(found)
 
 
 @dataclass

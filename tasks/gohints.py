@@ -26,8 +26,9 @@ the text cmd/go prints (matched on stderr, where go writes its own messages):
   git ignores (a web app's ``dist/``), which a local checkout does not send
   unless ``use_gitignore`` is off;
 - ``go vet`` findings (``file.go:L:C: ...``, with no ``vet:`` type error, which
-  would be the compiler's failure too): go vet's analyzers flag code that
-  ``go build`` and ``go test`` accept (``run_vet``);
+  would be the compiler's failure too, and none of the package loader's errors,
+  a missing package or file, which ``go build`` would hit as well): go vet's
+  analyzers flag code that ``go build`` and ``go test`` accept (``run_vet``);
 - ``go test`` whose tests could not reach a network service (net's ``dial tcp
   ADDR: connect: connection refused``, ``lookup HOST: no such host``, in the test
   output on stdout): the builder runs the tests, not the database or API they
@@ -67,6 +68,14 @@ _NO_MAIN = re.compile(r"^go: no main packages to build", re.M)
 _NOT_A_STRING = re.compile(rf"^(?P<var>\S+): {re.escape(NOT_A_STRING)}", re.M)
 _VET_FINDING = re.compile(r"^\S+\.go:\d+:\d+: ", re.M)
 _VET_TYPE_ERROR = re.compile(r"^vet: ", re.M)
+# Go's package loader, which go vet runs first, reports in the same file:line:col
+# form as vet's analyzers; go build would fail on these too.
+_LOAD_ERROR = re.compile(
+    r"cannot find module providing package|no required module provides package"
+    r"|is not in std|cannot find package|import cycle not allowed|use of internal package"
+    r"|found packages \S+ \(\S+\) and|no such file or directory|no matching files found"
+    r"|cannot embed"
+)
 _UNREACHABLE = re.compile(
     r"dial (?:tcp|udp|unix)[46]? (?P<addr>\S+): connect: connection refused"
     r"|dial (?:tcp|udp)[46]?: lookup (?P<host>\S+)(?: on \S+)?: no such host"
@@ -144,6 +153,7 @@ def go_hint(
         list(command[:2]) == ["go", "vet"]
         and _VET_FINDING.search(text)
         and not _VET_TYPE_ERROR.search(text)
+        and not _LOAD_ERROR.search(text)
     ):
         return (
             "go vet reports code that go build and go test accept: fix what it names, or "

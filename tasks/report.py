@@ -58,12 +58,13 @@ from pydantic import BaseModel, field_validator
 from tasks import progress
 from tasks.assemble import ImageArtifact
 from tasks.compile import CompiledBinary
+from tasks.context import build_context
 from tasks.gohints import go_hint
 from tasks.imageref import DOCKER_HUB, ImageRef, parse_image_ref
 from tasks.params import BuildParams
 from tasks.registry_auth import repository
 from tasks.sdk import is_exec_error
-from tasks.source import SourceInfo
+from tasks.source import SourceInfo, outside_links_advice
 
 OUTPUT_TAIL_LINES = 40  # per stream, in the failure artifact
 EVENT_TAIL_LINES = 20  # per stream, in the failure event
@@ -496,16 +497,45 @@ _PULL_DENIED = re.compile(
 def failure_hint(params: BuildParams, exc: BaseException) -> str:
     """What to change for a failed go command or a refused base-image pull whose
     fix is known, '' otherwise."""
+    known = getattr(exc, "gobuild_hint", None)  # the summary, artifact and event share it
+    if isinstance(known, str):
+        return known
     if not is_exec_error(exc):
-        return pull_hint(params, str(exc))
-    return go_hint(
-        exc.stderr,
-        builder_image=params.builder_image,
-        go_auth_secret_block=params.go_auth_secret_block,
-        module_dir=params.module_dir,
-        command=exc.command,
-        stdout=exc.stdout,
-    )
+        hint = pull_hint(params, str(exc))
+    else:
+        hint = link_hint(params, f"{exc.stderr}\n{exc.stdout}") or go_hint(
+            exc.stderr,
+            builder_image=params.builder_image,
+            go_auth_secret_block=params.go_auth_secret_block,
+            module_dir=params.module_dir,
+            command=exc.command,
+            stdout=exc.stdout,
+        )
+    with contextlib.suppress(AttributeError):
+        exc.gobuild_hint = hint  # type: ignore[attr-defined]
+    return hint
+
+
+def link_hint(params: BuildParams, text: str) -> str:
+    """For a failure that names a symlink of a local source leading out of it
+    (``BuildContext.outside_links``), by its path or as part of an import path:
+    the fix (``tasks.source.outside_links_advice``). Go's own words for it say
+    only that a package or file is missing. The source is walked again, once, on
+    a failure only."""
+    root = params.local_source()
+    if root is None or not text:
+        return ""
+    try:
+        context = build_context(root, use_gitignore=params.use_gitignore)
+    except Exception:  # the hint is a courtesy: the build's own error stands
+        return ""
+    prefix = "" if params.module_dir in ("", ".") else params.module_dir.strip("/") + "/"
+    named = [
+        (rel, target)
+        for rel, target in context.outside_links()
+        if re.search(rf"(?<![\w.-]){re.escape(rel.removeprefix(prefix))}(?![\w.-])", text)
+    ]
+    return outside_links_advice(root, params.module_dir, named) if named else ""
 
 
 def pull_hint(params: BuildParams, message: str) -> str:

@@ -206,10 +206,37 @@ def _unreadable(spec: str, user: str, path: str, mode: int, what: str) -> None:
     )
 
 
+def outside_links_advice(root: Path, module_dir: str, links: list[tuple[str, str]]) -> str:
+    """Which symlinks lead out of the source (``BuildContext.outside_links``) and
+    the fix: a source that holds their targets too (the module then sits at a
+    ``module_dir`` in it), or, for an absolute link, a relative one. Said on every
+    build that sends such a link, as a note (a link the build never reads, a
+    README say, does no harm), and as the hint of a failure that names one."""
+    shown = ", ".join(f"{rel} -> {target}" for rel, target in links[:3])
+    more = f" and {len(links) - 3} more" if len(links) > 3 else ""
+    what = "a symlink" if len(links) == 1 else f"{len(links)} symlinks"
+    said = (
+        f"source {str(root)!r} sends {what} leading out of it ({shown}{more}); the engine "
+        "gets each link, not what it leads to, so there it leads nowhere"
+    )
+    rel, target = links[0]
+    if posixpath.isabs(target):
+        return f"{said}: make {rel} a relative link within source, or a copy"
+    outside = os.path.realpath(root / posixpath.dirname(rel) / target)
+    parent = Path(os.path.commonpath([os.path.realpath(root), outside]))
+    module = os.path.relpath(os.path.realpath(root / module_dir), parent)
+    return (
+        f"{said}: set source to {str(parent)!r} and module_dir to {module!r}, "
+        "so that the engine gets what they lead to as well"
+    )
+
+
 def describe_local(params: BuildParams) -> SourceInfo:
     root = params.local_source()
     assert root is not None
     context = build_context(root, params.resolved_output(), use_gitignore=params.use_gitignore)
+    if links := context.outside_links():
+        progress.note(f"load source: {outside_links_advice(root, params.module_dir, links)}")
     runtime_dirs = _check_runtime_files_sent(params, context)
     digest, files, kept, excluded, newest = digest_tree(context)
     commit = _git(root, "rev-parse", "HEAD")  # also when the source is a subdirectory

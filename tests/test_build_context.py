@@ -719,3 +719,40 @@ def test_the_cases_cover_what_they_claim(tmp_path: Path) -> None:
     sub = files["submodule-checkout"]
     assert {"third_party/mod/mod.go", "third_party/mod/data.bin"} <= set(sub)
     assert "x.bin" not in sub
+
+
+def test_links_leading_out_of_the_source_are_found_with_the_fix(tmp_path: Path) -> None:
+    """The engine recreates a symlink as it is (engine/filesync/localfs.go
+    ``Symlink``) and has nothing beside the source: a link that climbs out of it,
+    or names an absolute path, leads nowhere there. Links within the source, and
+    links the engine does not get, are not named."""
+    from tasks.source import outside_links_advice
+
+    root = write_tree(
+        tmp_path / "mono" / "svc",
+        {"go.mod": "module example.com/svc\n\ngo 1.22\n", "main.go": "package main\n",
+         "sub/x.go": "package sub\n", ".dockerignore": "ignored\n"},
+    )
+    write_tree(tmp_path / "mono" / "shared" / "greet", {"greet.go": "package greet\n"})
+    (root / "greet").symlink_to("../shared/greet")  # out, a directory
+    (root / "sub" / "deep").symlink_to("../../shared/greet/greet.go")  # out, from below
+    (root / "hosts").symlink_to("/etc/hosts")  # absolute
+    (root / "inner").symlink_to("sub/x.go")  # within
+    (root / "sub" / "up").symlink_to("../main.go")  # within, through ..
+    (root / "ignored").symlink_to("../shared")  # out, but .dockerignore keeps it home
+    links = build_context(root).outside_links()
+    assert links == [
+        ("greet", "../shared/greet"),
+        ("hosts", "/etc/hosts"),
+        ("sub/deep", "../../shared/greet/greet.go"),
+    ]
+    advice = outside_links_advice(root, ".", links[:1])
+    mono = str((tmp_path / "mono").resolve())
+    assert "sends a symlink leading out of it (greet -> ../shared/greet)" in advice
+    assert advice.endswith(
+        f"set source to {mono!r} and module_dir to 'svc', so that the engine gets what "
+        "they lead to as well"
+    )
+    absolute = outside_links_advice(root, ".", [("hosts", "/etc/hosts")])
+    assert absolute.endswith("make hosts a relative link within source, or a copy")
+    assert "3 symlinks" in outside_links_advice(root, ".", links)

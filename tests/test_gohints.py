@@ -356,3 +356,59 @@ def test_a_git_source_whose_module_is_in_a_subdirectory_gets_the_module_dir_hint
         source=url, module_dir="server", run_checks=False, output=str(tmp_path / "m2.tar")
     )
     assert state.is_completed(), state.message
+
+
+def test_a_missing_package_that_go_vet_meets_first_gets_no_vet_hint() -> None:
+    """go vet loads the packages before its analyzers run, and the loader's errors
+    come in the analyzers' file:line:col form; go build would fail on them too."""
+    stderr = (
+        "main.go:6:2: cannot find module providing package example.com/svc/greet: "
+        "import lookup disabled by -mod=readonly\n"
+    )
+    hint = go_hint(
+        stderr, builder_image="golang:1.27.3", go_auth_secret_block="", command=["go", "vet"]
+    )
+    assert hint == ""
+    finding = "# example.com/app\n./main.go:9:7: call of show copies lock value\n"
+    assert go_hint(
+        finding, builder_image="golang:1.27.3", go_auth_secret_block="", command=["go", "vet"]
+    ).startswith("go vet reports code")
+
+
+def test_a_symlink_out_of_the_source_that_go_misses_gets_the_fix_and_the_fix_builds(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path
+) -> None:
+    """A package shared by a symlink (svc/greet -> ../shared/greet) builds on this
+    machine; the engine gets the link, not the package, and Go says only that the
+    package is missing. The hint names the link and the source that holds both,
+    and that source builds."""
+    mono = tmp_path / "mono"
+    write_tree(
+        mono / "shared" / "greet",
+        {"greet.go": 'package greet\n\nfunc Hello() string { return "hello via link" }\n'},
+    )
+    svc = write_tree(
+        mono / "svc",
+        {
+            "go.mod": "module example.com/svc\n\ngo 1.22\n",
+            "main.go": (
+                'package main\n\nimport (\n\t"fmt"\n\n\t"example.com/svc/greet"\n)\n\n'
+                "func main() { fmt.Println(greet.Hello()) }\n"
+            ),
+        },
+    )
+    (svc / "greet").symlink_to("../shared/greet")
+    state = build(source=str(svc), output=str(tmp_path / "a.tar"))
+    exc, hint = failed_command(state)
+    assert "example.com/svc/greet" in exc.stderr  # go's words name the package only
+    assert hint.startswith(f"hint: source {str(svc)!r} sends a symlink leading out of it")
+    assert "(greet -> ../shared/greet)" in hint
+    assert f"set source to {str(mono)!r} and module_dir to 'svc'" in hint
+    assert "go vet reports" not in hint
+
+    state = build(source=str(mono), module_dir="svc", output=str(tmp_path / "b.tar"))
+    assert state.is_completed(), state.message
+    tarball = f"oci-archive:{tmp_path / 'b.tar'}"
+    binary = extract_file(tarball, "/usr/local/bin/svc", tmp_path / "svc-bin")
+    out = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "hello via link"
