@@ -208,26 +208,28 @@ def _unreadable(spec: str, user: str, path: str, mode: int, what: str) -> None:
 
 def outside_links_advice(root: Path, module_dir: str, links: list[tuple[str, str]]) -> str:
     """Which symlinks lead out of the source (``BuildContext.outside_links``) and
-    the fix: a source that holds their targets too (the module then sits at a
-    ``module_dir`` in it), or, for an absolute link, a relative one. Said on every
-    build that sends such a link, as a note (a link the build never reads, a
-    README say, does no harm), and as the hint of a failure that names one."""
+    the fix: a source that also holds what the relative ones lead to (the module
+    then sits at a ``module_dir`` in it), and relative links for absolute ones,
+    which lead nowhere in the engine whatever the source. Said on every build that
+    sends such a link, as a note (a link the build never reads, a README say, does
+    no harm), and as the hint of a failure that names one."""
     shown = ", ".join(f"{rel} -> {target}" for rel, target in links[:3])
     more = f" and {len(links) - 3} more" if len(links) > 3 else ""
     what = "a symlink" if len(links) == 1 else f"{len(links)} symlinks"
-    said = (
-        f"source {str(root)!r} sends {what} leading out of it ({shown}{more}); the engine "
-        "gets each link, not what it leads to, so there it leads nowhere"
-    )
-    rel, target = links[0]
-    if posixpath.isabs(target):
-        return f"{said}: make {rel} a relative link within source, or a copy"
-    outside = os.path.realpath(root / posixpath.dirname(rel) / target)
-    parent = Path(os.path.commonpath([os.path.realpath(root), outside]))
-    module = os.path.relpath(os.path.realpath(root / module_dir), parent)
+    fixes = []
+    if climbing := [(r, t) for r, t in links if not posixpath.isabs(t)]:
+        places = [os.path.realpath(root / posixpath.dirname(r) / t) for r, t in climbing]
+        parent = Path(os.path.commonpath([os.path.realpath(root), *places]))
+        module = os.path.relpath(os.path.realpath(root / module_dir), parent)
+        fixes.append(
+            f"set source to {str(parent)!r} and module_dir to {module!r}, so that the "
+            "engine gets what they lead to as well"
+        )
+    if absolute := [r for r, t in links if posixpath.isabs(t)]:
+        fixes.append(f"make {', '.join(absolute[:3])} relative, within source, or copies")
     return (
-        f"{said}: set source to {str(parent)!r} and module_dir to {module!r}, "
-        "so that the engine gets what they lead to as well"
+        f"source {str(root)!r} sends {what} leading out of it ({shown}{more}); the engine "
+        f"gets each link, not what it leads to, so there it leads nowhere: {'; '.join(fixes)}"
     )
 
 

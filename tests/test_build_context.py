@@ -754,5 +754,13 @@ def test_links_leading_out_of_the_source_are_found_with_the_fix(tmp_path: Path) 
         "they lead to as well"
     )
     absolute = outside_links_advice(root, ".", [("hosts", "/etc/hosts")])
-    assert absolute.endswith("make hosts a relative link within source, or a copy")
-    assert "3 symlinks" in outside_links_advice(root, ".", links)
+    assert absolute.endswith("leads nowhere: make hosts relative, within source, or copies")
+    every = outside_links_advice(root, ".", links)
+    assert "sends 3 symlinks leading out of it (greet -> ../shared/greet, hosts -> " in every
+    assert every.endswith(
+        f"set source to {mono!r} and module_dir to 'svc', so that the engine gets what "
+        "they lead to as well; make hosts relative, within source, or copies"
+    )
+    (root / "far").symlink_to("../../elsewhere")  # a second place: the source holds both
+    far = outside_links_advice(root, ".", build_context(root).outside_links())
+    assert f"set source to {str(tmp_path.resolve())!r} and module_dir to 'mono/svc'" in far
