@@ -238,7 +238,8 @@ def describe_local(params: BuildParams) -> SourceInfo:
     assert root is not None
     context = build_context(root, params.resolved_output(), use_gitignore=params.use_gitignore)
     if links := context.outside_links():
-        progress.note(f"load source: {outside_links_advice(root, params.module_dir, links)}")
+        advice = outside_links_advice(root, params.module_dir, links)
+        progress.note(f"load source: {advice} (a link the build never reads does no harm)")
     runtime_dirs = _check_runtime_files_sent(params, context)
     digest, files, kept, excluded, newest = digest_tree(context)
     commit = _git(root, "rev-parse", "HEAD")  # also when the source is a subdirectory

@@ -21,7 +21,7 @@ from flows.build import failure_summary, parse_args
 from tasks.gohints import go_hint
 from tasks.params import ParamsError, parse_params
 from tests.dagger_test_engine.server import TestEngine
-from tests.flowruns import artifacts, build, events
+from tests.flowruns import artifacts, build, events, run_logs
 from tests.git_servers import GitDaemon
 from tests.gitrepo import commit_all
 from tests.oci_check import extract_file
@@ -405,9 +405,14 @@ def test_a_symlink_out_of_the_source_that_go_misses_gets_the_fix_and_the_fix_bui
     assert "(greet -> ../shared/greet)" in hint
     assert f"set source to {str(mono)!r} and module_dir to 'svc'" in hint
     assert "go vet reports" not in hint
+    noted = [m for m in run_logs(state.state_details.flow_run_id) if "leading out" in m]
+    assert noted == [
+        f"load source: {hint.removeprefix('hint: ')} (a link the build never reads does no harm)"
+    ]
 
     state = build(source=str(mono), module_dir="svc", output=str(tmp_path / "b.tar"))
     assert state.is_completed(), state.message
+    assert not [m for m in run_logs(state.state_details.flow_run_id) if "leading out" in m]
     tarball = f"oci-archive:{tmp_path / 'b.tar'}"
     binary = extract_file(tarball, "/usr/local/bin/svc", tmp_path / "svc-bin")
     out = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout
