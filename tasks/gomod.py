@@ -267,6 +267,29 @@ def check_local_dirs(source: Path, module_dir: str) -> None:
             raise ValueError(f"{shown} {what} {written}, which has no go.mod")
 
 
+def needed_modules(source: Path, module_dir: str) -> list[tuple[str, str]]:
+    """(what names it, the go.mod Go reads there, relative to the source) for each
+    directory of the source the build reads as a module: a replacement's, a
+    go.work's ``use``. :func:`check_local_dirs` has refused those outside the
+    source or without a go.mod; whether the engine gets each go.mod is the build
+    context's to say (``tasks/source.py``)."""
+    root = source.resolve()
+    module = (root / module_dir).resolve()
+    files = module_files(source, module_dir)
+    required = requirements(module / "go.mod")
+    if len(files) == 1 and (module / "vendor" / "modules.txt").is_file():
+        required = set()  # -mod=vendor: Go reads no replacement
+    found = []
+    for file, what, written in local_dirs(files, required):
+        if _is_absolute(written):
+            continue
+        target = Path(os.path.normpath(file.parent / written.replace("\\", "/"))) / "go.mod"
+        if root in target.parents:
+            shown = file.relative_to(root).as_posix()
+            found.append((f"{shown} {what} {written}", target.relative_to(root).as_posix()))
+    return found
+
+
 def find_modules(root: Path, limit: int = 5) -> list[str]:
     """Up to ``limit`` directories under ``root`` that hold a go.mod, nearest first
     (as ``module_dir`` values), for the hint of a source with none at its root;

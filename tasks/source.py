@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from tasks import progress
 from tasks.context import BuildContext, build_context
+from tasks.gomod import needed_modules
 from tasks.params import BuildParams, ParamsError
 from tasks.retries import retry_options
 from tasks.secrets import Credentials, load_secret_block, parse_git_token, secret_name
@@ -138,6 +139,23 @@ async def git_token(params: BuildParams) -> Credentials | None:
     return parse_git_token(value, params.git_secret_block)
 
 
+def _check_modules_sent(params: BuildParams, root: Path, context: BuildContext) -> None:
+    """A module the build reads from a directory of the source (a replacement, a
+    go.work's ``use``) must be among the files sent: a vendoring script's
+    ``third_party/`` that git ignores would otherwise fail in the engine's ``go mod
+    download`` (``open /src/third_party/foo/go.mod: no such file or directory``).
+    Refused in one line naming the parameter, before any engine work."""
+    sent = {rel for rel, _ in context.entries}
+    for named, gomod in needed_modules(root, params.module_dir):
+        if gomod in sent:
+            continue
+        why = ".dockerignore or .gitignore" if context.from_git else ".dockerignore"
+        hint = "; use_gitignore=false sends what git ignores" if context.from_git else ""
+        raise ParamsError(
+            [f"module_dir: {named}, but {why} leaves {gomod} out of what the engine gets{hint}"]
+        )
+
+
 def _check_runtime_files_sent(params: BuildParams, context: BuildContext) -> list[str]:
     """Each runtime file must be among the files sent, or the image would lack it
     (or the engine fail on a missing path after the compile), and readable by the
@@ -240,6 +258,7 @@ def describe_local(params: BuildParams) -> SourceInfo:
     if links := context.outside_links():
         advice = outside_links_advice(root, params.module_dir, links)
         progress.note(f"load source: {advice} (a link the build never reads does no harm)")
+    _check_modules_sent(params, root, context)
     runtime_dirs = _check_runtime_files_sent(params, context)
     digest, files, kept, excluded, newest = digest_tree(context)
     commit = _git(root, "rev-parse", "HEAD")  # also when the source is a subdirectory

@@ -322,3 +322,51 @@ def test_a_block_glued_to_its_verb_is_read(tmp_path: Path) -> None:
         ParamsError, match=r"go\.mod replaces example\.com/lib with \.\./lib, outside"
     ):
         parse_params({"source": str(tmp_path / "svc")})
+
+
+def test_a_module_directory_the_context_leaves_out_is_refused_before_the_engine(
+    tmp_path: Path,
+) -> None:
+    """A replacement inside the source that git ignores (a vendoring script's
+    third_party/), or a go.work ``use`` that .dockerignore leaves out: the engine
+    would not get its go.mod, and go mod download would fail there. use_gitignore
+    off sends what git ignores, and the same source then loads."""
+    from tasks.source import describe_local
+    from tests.gitrepo import commit_all
+
+    repo = write_tree(
+        tmp_path / "repo",
+        {
+            **{f"third_party/{k}": v for k, v in LIB.items()},
+            "go.mod": (
+                "module example.com/svc\n\ngo 1.22\n\nrequire example.com/lib v0.0.0\n\n"
+                "replace example.com/lib => ./third_party/lib\n"
+            ),
+            "main.go": SVC_MAIN,
+            ".gitignore": "/third_party/\n",
+        },
+    )
+    commit_all(repo, "init")
+    params = parse_params({"source": str(repo)})  # parameters alone cannot tell
+    with pytest.raises(ParamsError) as err:
+        describe_local(params)
+    assert str(err.value) == (
+        "module_dir: go.mod replaces example.com/lib with ./third_party/lib, but "
+        ".dockerignore or .gitignore leaves third_party/lib/go.mod out of what the engine "
+        "gets; use_gitignore=false sends what git ignores"
+    )
+    sent = describe_local(parse_params({"source": str(repo), "use_gitignore": False}))
+    assert sent.files == 5  # the go.mod, main.go, .gitignore and the library's two
+
+    work = write_tree(
+        tmp_path / "work",
+        {
+            **LIB,
+            "go.work": "go 1.22\n\nuse (\n\t./svc\n\t./lib\n)\n",
+            "svc/go.mod": "module example.com/svc\n\ngo 1.22\n",
+            "svc/main.go": SVC_MAIN,
+            ".dockerignore": "lib\n",
+        },
+    )
+    with pytest.raises(ParamsError, match=r"^module_dir: go\.work uses \./lib, but \.dockerignore"):
+        describe_local(parse_params({"source": str(work), "module_dir": "svc"}))
