@@ -140,20 +140,43 @@ async def git_token(params: BuildParams) -> Credentials | None:
 
 
 def _check_modules_sent(params: BuildParams, root: Path, context: BuildContext) -> None:
-    """A module the build reads from a directory of the source (a replacement, a
-    go.work's ``use``) must be among the files sent: a vendoring script's
-    ``third_party/`` that git ignores would otherwise fail in the engine's ``go mod
-    download`` (``open /src/third_party/foo/go.mod: no such file or directory``).
-    Refused in one line naming the parameter, before any engine work."""
+    """What the build reads by name must be among the files sent: the module's
+    go.mod, a module it reads from a directory of the source (a replacement, a
+    go.work's ``use``), the Go files of ``main_package`` and ``extra_packages``. A
+    vendoring script's ``third_party/`` that git ignores, or a ``.dockerignore``
+    line ``cmd``, would otherwise fail in the engine (``open
+    /src/third_party/foo/go.mod: no such file or directory``). Refused in one line
+    naming the parameter, before any engine work."""
     sent = {rel for rel, _ in context.entries}
+    why = ".dockerignore or .gitignore" if context.from_git else ".dockerignore"
+    hint = "; use_gitignore=false sends what git ignores" if context.from_git else ""
+    module = posixpath.normpath(params.module_dir)
+    own = posixpath.normpath(posixpath.join(module, "go.mod"))
+    if own not in sent and (root / own).is_file():
+        raise ParamsError([f"module_dir: {why} leaves {own} out of what the engine gets{hint}"])
     for named, gomod in needed_modules(root, params.module_dir):
-        if gomod in sent:
-            continue
-        why = ".dockerignore or .gitignore" if context.from_git else ".dockerignore"
-        hint = "; use_gitignore=false sends what git ignores" if context.from_git else ""
-        raise ParamsError(
-            [f"module_dir: {named}, but {why} leaves {gomod} out of what the engine gets{hint}"]
-        )
+        if gomod not in sent:
+            raise ParamsError(
+                [f"module_dir: {named}, but {why} leaves {gomod} out of what the engine gets{hint}"]
+            )
+    packages = [("main_package", params.main_package)]
+    packages += [("extra_packages", p) for p in params.extra_packages]
+    for field, package in packages:
+        directory = posixpath.normpath(posixpath.join(module, package))
+        if directory.startswith("../") or not (root / directory).is_dir():
+            continue  # an import path, or a directory the parameter check has judged
+        files = [
+            posixpath.normpath(posixpath.join(directory, f.name))
+            for f in (root / directory).glob("*.go")
+            if not f.name.endswith("_test.go")
+        ]
+        if files and not sent.intersection(files):
+            raise ParamsError(
+                [
+                    f"{field}: {package!r}: {why} leaves its Go files out of what the engine "
+                    f"gets{hint}"
+                ]
+            )
 
 
 def _check_runtime_files_sent(params: BuildParams, context: BuildContext) -> list[str]:

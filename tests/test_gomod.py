@@ -370,3 +370,37 @@ def test_a_module_directory_the_context_leaves_out_is_refused_before_the_engine(
     )
     with pytest.raises(ParamsError, match=r"^module_dir: go\.work uses \./lib, but \.dockerignore"):
         describe_local(parse_params({"source": str(work), "module_dir": "svc"}))
+
+
+def test_a_main_package_or_go_mod_the_context_leaves_out_is_refused_before_the_engine(
+    tmp_path: Path,
+) -> None:
+    """A .dockerignore line ``cmd`` leaves main_package's Go files out (the engine's
+    go build would find no package there), one ``go.mod`` the module's own; both
+    are named with their parameter. Test files alone do not count as sent."""
+    from tasks.source import describe_local
+
+    src = write_tree(
+        tmp_path / "app",
+        {
+            "go.mod": "module example.com/app\n\ngo 1.22\n",
+            "cmd/app/main.go": "package main\n\nfunc main() {}\n",
+            "cmd/app/main_test.go": "package main\n",
+            "cmd/tool/main.go": "package main\n\nfunc main() {}\n",
+            ".dockerignore": "cmd/app/main.go\ncmd/tool\n",
+        },
+    )
+    params = parse_params({"source": str(src), "main_package": "./cmd/app"})
+    with pytest.raises(ParamsError) as err:
+        describe_local(params)
+    assert str(err.value) == (
+        "main_package: './cmd/app': .dockerignore leaves its Go files out of what the "
+        "engine gets"
+    )
+    (src / ".dockerignore").write_text("cmd/tool\n")
+    assert describe_local(params).files == 4
+    with pytest.raises(ParamsError, match=r"^extra_packages: './cmd/tool': \.dockerignore"):
+        describe_local(parse_params({**params.model_dump(), "extra_packages": ["./cmd/tool"]}))
+    (src / ".dockerignore").write_text("go.mod\n")
+    with pytest.raises(ParamsError, match=r"^module_dir: \.dockerignore leaves go\.mod out"):
+        describe_local(params)
