@@ -267,12 +267,12 @@ def check_local_dirs(source: Path, module_dir: str) -> None:
             raise ValueError(f"{shown} {what} {written}, which has no go.mod")
 
 
-def needed_modules(source: Path, module_dir: str) -> list[tuple[str, str]]:
-    """(what names it, the go.mod Go reads there, relative to the source) for each
-    directory of the source the build reads as a module: a replacement's, a
-    go.work's ``use``. :func:`check_local_dirs` has refused those outside the
-    source or without a go.mod; whether the engine gets each go.mod is the build
-    context's to say (``tasks/source.py``)."""
+def needed_modules(source: Path, module_dir: str) -> list[tuple[str, str, str]]:
+    """(the go.mod or go.work naming it, what it says, the go.mod Go reads there),
+    paths relative to the source, for each directory of the source the build reads
+    as a module: a replacement's, a go.work's ``use``. :func:`check_local_dirs`
+    has refused those outside the source or without a go.mod; whether the engine
+    gets each go.mod is the build context's to say (``tasks/source.py``)."""
     root = source.resolve()
     module = (root / module_dir).resolve()
     files = module_files(source, module_dir)
@@ -286,7 +286,7 @@ def needed_modules(source: Path, module_dir: str) -> list[tuple[str, str]]:
         target = Path(os.path.normpath(file.parent / written.replace("\\", "/"))) / "go.mod"
         if root in target.parents:
             shown = file.relative_to(root).as_posix()
-            found.append((f"{shown} {what} {written}", target.relative_to(root).as_posix()))
+            found.append((shown, f"{shown} {what} {written}", target.relative_to(root).as_posix()))
     return found
 
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from tasks import progress
 from tasks.context import BuildContext, build_context
-from tasks.gomod import needed_modules
+from tasks.gomod import needed_modules, requirements
 from tasks.params import BuildParams, ParamsError
 from tasks.retries import retry_options
 from tasks.secrets import Credentials, load_secret_block, parse_git_token, secret_name
@@ -141,21 +141,34 @@ async def git_token(params: BuildParams) -> Credentials | None:
 
 def _check_modules_sent(params: BuildParams, root: Path, context: BuildContext) -> None:
     """What the build reads by name must be among the files sent: the module's
-    go.mod, a module it reads from a directory of the source (a replacement, a
-    go.work's ``use``), the Go files of ``main_package`` and ``extra_packages``. A
-    vendoring script's ``third_party/`` that git ignores, or a ``.dockerignore``
-    line ``cmd``, would otherwise fail in the engine (``open
-    /src/third_party/foo/go.mod: no such file or directory``). Refused in one line
-    naming the parameter, before any engine work."""
+    go.mod and (with requirements to verify) go.sum, a module it reads from a directory
+    of the source (a replacement, a go.work's ``use``), the Go files of
+    ``main_package`` and ``extra_packages``. A vendoring script's ``third_party/``
+    that git ignores, or a ``.dockerignore`` line ``cmd``, would otherwise fail in
+    the engine (``open /src/third_party/foo/go.mod: no such file or directory``),
+    or a go.sum left out as if it were not tidy. Refused in one line naming the
+    parameter, before any engine work."""
     sent = {rel for rel, _ in context.entries}
     why = ".dockerignore or .gitignore" if context.from_git else ".dockerignore"
     hint = "; use_gitignore=false sends what git ignores" if context.from_git else ""
     module = posixpath.normpath(params.module_dir)
-    own = posixpath.normpath(posixpath.join(module, "go.mod"))
-    if own not in sent and (root / own).is_file():
-        raise ParamsError([f"module_dir: {why} leaves {own} out of what the engine gets{hint}"])
-    for named, gomod in needed_modules(root, params.module_dir):
-        if gomod not in sent:
+
+    def at_module(name: str) -> str:
+        return posixpath.normpath(posixpath.join(module, name))
+
+    own = [at_module("go.mod")]
+    # go.sum matters once there is something to verify and no vendor/ to build
+    # from. A go.work is often kept out of version control on purpose (Go's own
+    # advice), and the module then builds alone, as CI builds it.
+    if requirements(root / module / "go.mod") and at_module("vendor/modules.txt") not in sent:
+        own.append(at_module("go.sum"))
+    for name in own:
+        if name not in sent and (root / name).is_file():
+            raise ParamsError(
+                [f"module_dir: {why} leaves {name} out of what the engine gets{hint}"]
+            )
+    for file, named, gomod in needed_modules(root, params.module_dir):
+        if file in sent and gomod not in sent:  # a go.work left out is not read there
             raise ParamsError(
                 [f"module_dir: {named}, but {why} leaves {gomod} out of what the engine gets{hint}"]
             )

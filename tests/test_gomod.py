@@ -404,3 +404,44 @@ def test_a_main_package_or_go_mod_the_context_leaves_out_is_refused_before_the_e
     (src / ".dockerignore").write_text("go.mod\n")
     with pytest.raises(ParamsError, match=r"^module_dir: \.dockerignore leaves go\.mod out"):
         describe_local(params)
+
+
+def test_go_sum_counts_once_there_are_requirements_and_a_go_work_left_out_is_not_read(
+    tmp_path: Path,
+) -> None:
+    """A go.sum left out would fail in the engine as if it were untidy, but only a
+    module with requirements reads it. A go.work git ignores (Go's own advice is
+    not to commit one) is not read in the engine, nor are the directories it uses:
+    the module builds alone, as CI builds it."""
+    from tasks.source import describe_local
+    from tests.gitrepo import commit_all
+
+    src = write_tree(
+        tmp_path / "app",
+        {
+            "go.mod": "module example.com/app\n\ngo 1.22\n",
+            "go.sum": "",
+            "main.go": "package main\n\nfunc main() {}\n",
+            ".dockerignore": "go.sum\n",
+        },
+    )
+    assert describe_local(parse_params({"source": str(src)})).files == 3
+    (src / "go.mod").write_text(
+        "module example.com/app\n\ngo 1.22\n\nrequire example.com/dep v1.0.0\n"
+    )
+    with pytest.raises(ParamsError, match=r"^module_dir: \.dockerignore leaves go\.sum out"):
+        describe_local(parse_params({"source": str(src)}))
+
+    repo = write_tree(
+        tmp_path / "repo",
+        {
+            **LIB,
+            "go.work": "go 1.22\n\nuse (\n\t./svc\n\t./lib\n)\n",
+            "svc/go.mod": "module example.com/svc\n\ngo 1.22\n",
+            "svc/main.go": "package main\n\nfunc main() {}\n",
+            ".gitignore": "/go.work\n/lib/\n",
+        },
+    )
+    commit_all(repo, "init")
+    loaded = describe_local(parse_params({"source": str(repo), "module_dir": "svc"}))
+    assert loaded.files == 3  # .gitignore and svc's two files
