@@ -139,7 +139,7 @@ async def git_token(params: BuildParams) -> Credentials | None:
     return parse_git_token(value, params.git_secret_block)
 
 
-def _check_modules_sent(params: BuildParams, root: Path, context: BuildContext) -> None:
+def _check_go_inputs_sent(params: BuildParams, root: Path, context: BuildContext) -> None:
     """What the build reads by name must be among the files sent: the module's
     go.mod and (with requirements to verify) go.sum, a module it reads from a directory
     of the source (a replacement, a go.work's ``use``), the Go files of
@@ -176,7 +176,7 @@ def _check_modules_sent(params: BuildParams, root: Path, context: BuildContext) 
     packages += [("extra_packages", p) for p in params.extra_packages]
     for field, package in packages:
         directory = posixpath.normpath(posixpath.join(module, package))
-        if directory.startswith("../") or not (root / directory).is_dir():
+        if directory == ".." or directory.startswith("../") or not (root / directory).is_dir():
             continue  # an import path, or a directory the parameter check has judged
         files = [
             posixpath.normpath(posixpath.join(directory, f.name))
@@ -294,7 +294,7 @@ def describe_local(params: BuildParams) -> SourceInfo:
     if links := context.outside_links():
         advice = outside_links_advice(root, params.module_dir, links)
         progress.note(f"load source: {advice} (a link the build never reads does no harm)")
-    _check_modules_sent(params, root, context)
+    _check_go_inputs_sent(params, root, context)
     runtime_dirs = _check_runtime_files_sent(params, context)
     digest, files, kept, excluded, newest = digest_tree(context)
     commit = _git(root, "rev-parse", "HEAD")  # also when the source is a subdirectory
