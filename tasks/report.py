@@ -24,7 +24,8 @@ Event payloads (the contract automations rely on):
   the tarball's ``digest``, because the engine builds its own manifests to push.
   ``references`` is empty for ``gobuild.image.exported``.
 - ``gobuild.build.failed``: ``app``, ``stage``, ``error`` (the first line of the
-  error), ``hint`` (what to change: ``tasks/gohints.py`` for a go command, and a
+  error), ``hint`` (what to change: ``tasks/gohints.py`` for a go command, a
+  symlink out of a local source that the failure names (:func:`link_hint`), and a
   base image a registry refused; '' where no fix is known); for a failed command
   also ``command``, ``exit_code``, ``stdout_tail`` and ``stderr_tail`` (its last
   lines, as text).
