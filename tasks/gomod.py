@@ -236,58 +236,79 @@ def module_path(module: Path) -> str | None:
     return _first_argument(module / "go.mod", "module")
 
 
+@dataclass(frozen=True)
+class LocalModule:
+    """A directory the build reads as a module, as its go.mod or go.work names it."""
+
+    file: Path  # the go.mod or go.work that names it
+    said: str  # what that file says, its path relative to the source
+    written: str  # the directory as written
+    target: Path | None  # where it resolves; None for an absolute path
+
+
+def local_modules(
+    source: Path, module_dir: str, vendored: bool | None = None
+) -> Iterator[LocalModule]:
+    """Each directory the module's go.mod and go.work make the build read
+    (:func:`local_dirs`). ``vendored``: whether the build has ``vendor/modules.txt``
+    (Go then builds with -mod=vendor and reads no replacement, as the vendored
+    copy is the module); by default, whether the disk has it."""
+    root = source.resolve()
+    module = (root / module_dir).resolve()
+    files = module_files(source, module_dir)
+    required = requirements(module / "go.mod")
+    if vendored is None:
+        vendored = (module / "vendor" / "modules.txt").is_file()
+    if len(files) == 1 and vendored:
+        required = set()
+    for file, what, written in local_dirs(files, required):
+        target = None
+        if not _is_absolute(written):
+            target = Path(os.path.normpath(file.parent / written.replace("\\", "/")))
+        said = f"{file.relative_to(root).as_posix()} {what} {written}"
+        yield LocalModule(file, said, written, target)
+
+
 def check_local_dirs(source: Path, module_dir: str) -> None:
     """Refuse a module whose go.mod or go.work names a directory the engine will
     not have."""
     root = source.resolve()
     module = (root / module_dir).resolve()
-    files = module_files(source, module_dir)
-    required = requirements(module / "go.mod")
-    if len(files) == 1 and (module / "vendor" / "modules.txt").is_file():
-        # Built with -mod=vendor and no download: Go reads no replacement then
-        # (the vendored copy is the module), so none can be missing.
-        required = set()
-    for file, what, written in local_dirs(files, required):
-        shown = file.relative_to(root).as_posix()
-        if _is_absolute(written):
+    for local in local_modules(source, module_dir):
+        if local.target is None:
             raise ValueError(
-                f"{shown} {what} {written}, an absolute path of this machine, which the "
+                f"{local.said}, an absolute path of this machine, which the "
                 "engine does not have; use a relative path inside the source"
             )
-        target = Path(os.path.normpath(file.parent / written.replace("\\", "/")))
+        target = local.target
         if target != root and root not in target.parents:
             common = Path(os.path.commonpath([root, target]))
             inner = module.relative_to(common).as_posix() if module != common else "."
             raise ValueError(
-                f"{shown} {what} {written}, outside source {show(str(source))}, and the "
+                f"{local.said}, outside source {show(str(source))}, and the "
                 f"engine gets only the source; set source to {show(str(common))} and "
                 f"module_dir to {inner!r}"
             )
         if not (target / "go.mod").is_file():
-            raise ValueError(f"{shown} {what} {written}, which has no go.mod")
+            raise ValueError(f"{local.said}, which has no go.mod")
 
 
-def needed_modules(source: Path, module_dir: str) -> list[tuple[str, str, str]]:
+def needed_modules(source: Path, module_dir: str, vendored: bool) -> list[tuple[str, str, str]]:
     """(the go.mod or go.work naming it, what it says, the go.mod Go reads there),
     paths relative to the source, for each directory of the source the build reads
-    as a module: a replacement's, a go.work's ``use``. :func:`check_local_dirs`
-    has refused those outside the source or without a go.mod; whether the engine
-    gets each go.mod is the build context's to say (``tasks/source.py``)."""
+    as a module. :func:`check_local_dirs` has refused those outside the source or
+    without a go.mod; whether the engine gets each go.mod is the build context's to
+    say (``tasks/source.py``), as is ``vendored`` (a vendor/modules.txt sent)."""
     root = source.resolve()
-    module = (root / module_dir).resolve()
-    files = module_files(source, module_dir)
-    required = requirements(module / "go.mod")
-    if len(files) == 1 and (module / "vendor" / "modules.txt").is_file():
-        required = set()  # -mod=vendor: Go reads no replacement
-    found = []
-    for file, what, written in local_dirs(files, required):
-        if _is_absolute(written):
-            continue
-        target = Path(os.path.normpath(file.parent / written.replace("\\", "/"))) / "go.mod"
-        if root in target.parents:
-            shown = file.relative_to(root).as_posix()
-            found.append((shown, f"{shown} {what} {written}", target.relative_to(root).as_posix()))
-    return found
+    return [
+        (
+            local.file.relative_to(root).as_posix(),
+            local.said,
+            (local.target / "go.mod").relative_to(root).as_posix(),
+        )
+        for local in local_modules(source, module_dir, vendored)
+        if local.target is not None and root in (local.target / "go.mod").parents
+    ]
 
 
 def find_modules(root: Path, limit: int = 5) -> list[str]:

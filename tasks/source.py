@@ -158,16 +158,18 @@ def _check_go_inputs_sent(params: BuildParams, root: Path, context: BuildContext
 
     own = [at_module("go.mod")]
     # go.sum matters once there is something to verify and no vendor/ to build
-    # from. A go.work is often kept out of version control on purpose (Go's own
-    # advice), and the module then builds alone, as CI builds it.
-    if requirements(root / module / "go.mod") and at_module("vendor/modules.txt") not in sent:
+    # from (the compile stage decides -mod=vendor from the files sent, too). A
+    # go.work is often kept out of version control on purpose (Go's own advice),
+    # and the module then builds alone, as CI builds it.
+    vendored = at_module("vendor/modules.txt") in sent
+    if requirements(root / module / "go.mod") and not vendored:
         own.append(at_module("go.sum"))
     for name in own:
         if name not in sent and (root / name).is_file():
             raise ParamsError(
                 [f"module_dir: {why} leaves {name} out of what the engine gets{hint}"]
             )
-    for file, named, gomod in needed_modules(root, params.module_dir):
+    for file, named, gomod in needed_modules(root, params.module_dir, vendored):
         if file in sent and gomod not in sent:  # a go.work left out is not read there
             raise ParamsError(
                 [f"module_dir: {named}, but {why} leaves {gomod} out of what the engine gets{hint}"]

@@ -372,6 +372,36 @@ def test_a_module_directory_the_context_leaves_out_is_refused_before_the_engine(
         describe_local(parse_params({"source": str(work), "module_dir": "svc"}))
 
 
+def test_whether_a_build_is_vendored_is_read_from_the_files_sent(tmp_path: Path) -> None:
+    """A vendor/ that .dockerignore leaves out does not make the build vendored:
+    the compile stage builds with -mod=vendor only when vendor/modules.txt is sent,
+    so a replacement left out beside it would fail in the engine's go mod
+    download, and is refused. With vendor/ sent, Go reads no replacement, so the
+    same replacement may stay out."""
+    from tasks.source import describe_local
+
+    files = {
+        **{f"third_party/{k}": v for k, v in LIB.items()},
+        "go.mod": (
+            "module example.com/svc\n\ngo 1.22\n\nrequire example.com/lib v0.0.0\n\n"
+            "replace example.com/lib => ./third_party/lib\n"
+        ),
+        "go.sum": "",
+        "main.go": SVC_MAIN,
+        "vendor/modules.txt": "# example.com/lib v0.0.0 => ./third_party/lib\n## explicit\n",
+    }
+    unvendored = write_tree(tmp_path / "a", {**files, ".dockerignore": "vendor\nthird_party\n"})
+    with pytest.raises(ParamsError) as err:
+        describe_local(parse_params({"source": str(unvendored)}))
+    assert str(err.value) == (
+        "module_dir: go.mod replaces example.com/lib with ./third_party/lib, but "
+        ".dockerignore leaves third_party/lib/go.mod out of what the engine gets"
+    )
+    vendored = write_tree(tmp_path / "b", {**files, ".dockerignore": "third_party\n"})
+    sent = describe_local(parse_params({"source": str(vendored)}))
+    assert sent.vendor_manifests == ["vendor/modules.txt"]
+
+
 def test_a_main_package_or_go_mod_the_context_leaves_out_is_refused_before_the_engine(
     tmp_path: Path,
 ) -> None:
