@@ -24,8 +24,10 @@ image built from that binary never contain it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import posixpath
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -93,8 +95,8 @@ class CompiledBinary(BaseModel):
 
 
 # What `go mod download` needs, for every module in the source: replace
-# directives and go.work workspaces point at sibling modules.
-MODULE_FILES = ["**/go.mod", "**/go.sum", "go.work", "go.work.sum"]
+# directives point at sibling modules. (A workspace has no download step.)
+MODULE_FILES = ["**/go.mod", "**/go.sum"]
 
 
 def module_path(params: BuildParams) -> str:
@@ -131,12 +133,15 @@ def builder(
     params: BuildParams,
     *,
     vendored: bool = False,
+    workspace: bool = False,
     auth: GoAuth | None = None,
     pull: RegistryAuth | None = None,
 ) -> dagger.Container:
     """The golang stage up to (and including) the optional vet + test gate
     (:func:`builder_steps` describes it)."""
-    return builder_steps(src, params, vendored=vendored, auth=auth, pull=pull)[0]
+    return builder_steps(
+        src, params, vendored=vendored, workspace=workspace, auth=auth, pull=pull
+    )[0]
 
 
 def builder_steps(
@@ -144,6 +149,7 @@ def builder_steps(
     params: BuildParams,
     *,
     vendored: bool = False,
+    workspace: bool = False,
     auth: GoAuth | None = None,
     pull: RegistryAuth | None = None,
 ) -> tuple[dagger.Container, list[tuple[list[str], dagger.Container]]]:
@@ -157,7 +163,12 @@ def builder_steps(
     default for go >= 1.14 modules); otherwise the modules are downloaded from the
     go.mod/go.sum files alone before the rest of the source is copied, so the
     download is cached apart from code changes, and ``-mod=readonly`` keeps a
-    stale go.sum from being rewritten silently.
+    stale go.sum from being rewritten silently. In ``workspace`` mode (a go.work
+    applies) there is no download step either: ``go mod download`` there looks
+    up the workspace's own modules at the versions the go.mod files require
+    (golang/go#51946), which fails for a version never published (``v0.0.0``)
+    and fetches one that is for nothing, though ``go build`` uses the workspace's
+    copy; the build then fetches what it needs into the same module cache.
 
     ``params.go_env`` is set before the download. The credentials in ``auth`` stay
     mounted for vet, test and build too, since any later go command fetches what
@@ -185,7 +196,7 @@ def builder_steps(
         ctr = with_go_auth(ctr, auth)
     ctr = ctr.with_workdir(module_path(params))
     steps: list[tuple[list[str], dagger.Container]] = []
-    if not vendored:
+    if not vendored and not workspace:
         download = ["go", "mod", "download"]
         ctr = ctr.with_directory(SRC, src, include=MODULE_FILES).with_exec(download)
         steps.append((download, ctr))
@@ -197,6 +208,24 @@ def builder_steps(
             ctr = ctr.with_exec(check)
             steps.append((check, ctr))
     return ctr, steps
+
+
+async def in_workspace(src: dagger.Directory, params: BuildParams, source: SourceInfo) -> bool:
+    """Whether Go builds the module in workspace mode in the engine: a go.work in
+    its directory or one above it, up to the source's root (the builder's /src),
+    as the engine received the source: from the list of files sent where the
+    source is local, else asked of the engine."""
+    module = posixpath.normpath(params.module_dir or ".")
+    candidates = []
+    while True:
+        candidates.append(posixpath.join(module, "go.work") if module != "." else "go.work")
+        if module == ".":
+            break
+        module = posixpath.dirname(module) or "."
+    if source.workspaces is not None:
+        return any(c in source.workspaces for c in candidates)
+    found = await asyncio.gather(*(src.exists(c) for c in candidates))
+    return any(found)
 
 
 async def is_vendored(src: dagger.Directory, params: BuildParams, source: SourceInfo) -> bool:
@@ -405,8 +434,12 @@ async def compile_binary(
     auth = await go_auth(params)
     pull = await pull_auth(params, params.builder_image)
     src = source_directory(source, token)
-    vendored = await is_vendored(src, params, source)
-    builder_ctr, steps = builder_steps(src, params, vendored=vendored, auth=auth, pull=pull)
+    vendored, workspace = await asyncio.gather(
+        is_vendored(src, params, source), in_workspace(src, params, source)
+    )
+    builder_ctr, steps = builder_steps(
+        src, params, vendored=vendored, workspace=workspace, auth=auth, pull=pull
+    )
     await progress.engine_steps(f"compile {platform}", steps)  # timed, once per run
     storage = await binaries.result_storage()
     values = stamp(source, version)

@@ -55,6 +55,9 @@ class SourceInfo(BaseModel):
     # stage then knows a vendored module without a round trip to the engine. None
     # where only the engine knows the tree (git).
     vendor_manifests: list[str] | None = None
+    # Every `go.work` among the files sent, likewise (None for git): whether Go
+    # builds the module in workspace mode in the engine.
+    workspaces: list[str] | None = None
     # Which `runtime_files` sources are directories (source-relative paths): the
     # assemble stage copies a directory and a file with different calls, and only
     # this stage has looked at the tree (the host's, or the engine's for git).
@@ -318,6 +321,7 @@ def describe_local(params: BuildParams) -> SourceInfo:
             for rel, _ in context.entries
             if rel.rsplit("/", 2)[-2:] == ["vendor", "modules.txt"]
         ),
+        workspaces=sorted(rel for rel, _ in context.entries if rel.rsplit("/", 1)[-1] == "go.work"),
         runtime_dirs=runtime_dirs,
     )
 

@@ -122,3 +122,32 @@ def test_branch_over_git_protocol_builds_its_head(
     )
     assert state.is_completed(), state.message
     assert state.result().commit == tip
+
+
+def test_a_workspace_in_a_git_source_is_found_in_the_engine(
+    prefect_api: PrefectAPI,
+    dagger_engine: TestEngine,
+    git_daemon: GitDaemon,
+    tmp_path: Path,
+) -> None:
+    """Only the engine sees a git source's tree, so it is asked where the go.work
+    Go would read could be (the module's directory and each one above it); the
+    workspace then builds with no download step, which would look the required
+    version of the workspace's library up (golang/go#51946)."""
+    from tests.test_go_projects import CORPUS
+    from tests.trees import write_tree
+
+    project = CORPUS["go-work-over-a-required-version"]
+    repo = write_tree(tmp_path / "ws", project.files)
+    commit_all(repo, "workspace")
+    url = git_daemon.add_repo("ws", repo)
+    state = build(
+        source=url, module_dir="services/api", version="1.0.0", output=str(tmp_path / "ws.tar")
+    )
+    assert state.is_completed(), state.message
+    log = dagger_engine.log.snapshot()
+    assert ["go", "mod", "download"] not in log["execs"]
+    image = f"oci-archive:{tmp_path / 'ws.tar'}"
+    binary = extract_file(image, "/usr/local/bin/api", tmp_path / "api")
+    printed = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout
+    assert printed == f"{project.output} 1.0.0\n"

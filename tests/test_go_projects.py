@@ -159,6 +159,25 @@ CORPUS: dict[str, Project] = {
         output="hello from lib",
         app="app",
     ),
+    # Go's workspace tutorial: the service requires a published version of the
+    # library, and the go.work (here one level down, in services/) swaps in the
+    # local copy. go build uses that copy; go mod download would look the
+    # version up (golang/go#51946), and offline, or for a version never
+    # published, fail.
+    "go-work-over-a-required-version": Project(
+        files={
+            "services/go.work": "go 1.22\n\nuse (\n\t./api\n\t./lib\n)\n",
+            "services/lib/go.mod": GOMOD.format(name="example.com/lib"),
+            "services/lib/lib.go": LIB,
+            "services/api/go.mod": (
+                GOMOD.format(name="example.com/api") + "\nrequire example.com/lib v1.2.0\n"
+            ),
+            "services/api/main.go": MAIN,
+        },
+        params={"module_dir": "services/api"},
+        output="hello from lib",
+        app="api",
+    ),
     "dockerignore-nested-negated": Project(
         files={
             "go.mod": GOMOD.format(name="example.com/ctx"),
@@ -281,6 +300,66 @@ def test_vendored_is_decided_from_the_files_sent(
     source = describe_local(params)
     answer = anyio.run(is_vendored, _Untouchable(), params, source)  # type: ignore[arg-type]
     assert answer is vendored
+
+
+@pytest.mark.parametrize(
+    ("files", "module_dir", "workspace"),
+    [
+        ({"go.work": "go 1.22\n", "svc/go.mod": "module a\n", "svc/main.go": PROG}, "svc", True),
+        (
+            {"a/go.work": "go 1.22\n", "a/b/svc/go.mod": "module a\n", "a/b/svc/main.go": PROG},
+            "a/b/svc",
+            True,
+        ),
+        ({"go.work": "go 1.22\n", "go.mod": "module a\n", "main.go": PROG}, ".", True),
+        # Beside the module, not above it: Go never reads it.
+        (
+            {"lib/go.work": "go 1.22\n", "svc/go.mod": "module a\n", "svc/main.go": PROG},
+            "svc",
+            False,
+        ),
+        # Left out of the context (often on purpose): the engine never sees it.
+        (
+            {
+                "go.work": "go 1.22\n",
+                "svc/go.mod": "module a\n",
+                "svc/main.go": PROG,
+                ".dockerignore": "go.work\n",
+            },
+            "svc",
+            False,
+        ),
+    ],
+)
+def test_workspace_mode_is_decided_from_the_files_sent(
+    tmp_path: Path, files: dict[str, str], module_dir: str, workspace: bool
+) -> None:
+    from tasks.compile import in_workspace
+    from tasks.source import describe_local
+
+    root = write_tree(tmp_path / "src", files)
+    params = parse_params({"source": str(root), "module_dir": module_dir})
+    source = describe_local(params)
+    answer = anyio.run(in_workspace, _Untouchable(), params, source)  # type: ignore[arg-type]
+    assert answer is workspace
+
+
+def test_a_workspace_build_has_no_download_step(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path
+) -> None:
+    """go mod download in workspace mode looks up the workspace's own modules
+    (golang/go#51946); the build fetches what it needs instead."""
+    # A source of its own, so the engine's exec cache cannot answer for go vet/test.
+    files = {
+        **CORPUS["go-work-over-a-required-version"].files,
+        "services/api/extra.go": "package main\n\nconst extra = 1\n",
+    }
+    root = write_tree(tmp_path / "ws", files)
+    state = build(source=str(root), module_dir="services/api", output=str(tmp_path / "w.tar"))
+    assert state.is_completed(), state.message
+    execs = dagger_engine.log.snapshot()["execs"]
+    assert ["go", "mod", "download"] not in execs
+    assert {tuple(e[:2]) for e in execs} >= {("go", "vet"), ("go", "test"), ("go", "build")}
 
 
 def test_module_dir_is_checked_before_any_engine_work(tmp_path: Path) -> None:
