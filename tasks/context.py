@@ -160,6 +160,69 @@ def git_listing(root: Path) -> _GitListing | None:
     return listing
 
 
+def would_send(root: Path, rel: str, *, known: str, use_gitignore: bool = True) -> bool:
+    """Whether :func:`build_context` of ``root`` would send the file ``rel``,
+    decided for that path alone: for a file read before the context is built (a
+    workspace's go.work, at parameter time), where a walk of the whole source per
+    question would cost a build context each. ``known`` is a file the context
+    holds whenever git decides at all (the module's go.mod): git listing neither
+    means it does not decide (no checkout, nothing listed under the source, or a
+    nested repository sent whole), as :func:`git_listing` returns None then."""
+    parts = rel.split("/")
+    if GIT_DIR in parts:
+        return False
+    if use_gitignore and _git_keeps(root, rel, known) is False:
+        return False
+    try:
+        _, matcher = read_dockerignore(root)
+    except PatternError:
+        return True  # the load source stage names the file and its problem
+    if not matcher:
+        return True
+    info: MatchInfo = ()
+    for depth in range(1, len(parts) + 1):
+        excluded, info = matcher.match("/".join(parts[:depth]), info)
+        if excluded and (depth == len(parts) or not matcher.exclusions):
+            return False  # as _Walk.visit decides, directory by directory
+    return True
+
+
+def _git_keeps(root: Path, rel: str, known: str) -> bool | None:
+    """Whether git's listing keeps the file ``rel`` (:func:`would_send`); None
+    where git does not decide."""
+    listed = _git_lists(root, [rel, known])
+    if listed is None or rel in listed:
+        return None if listed is None else True
+    if known not in listed:
+        return None
+    parts = rel.split("/")
+    for depth in range(1, len(parts)):
+        above = "/".join(parts[:depth])
+        if os.path.lexists(root / above / GIT_DIR):
+            # A nested repository or a submodule: listed whole (``above/`` or the
+            # gitlink) unless git ignores it, and sent whole then (_listed_whole).
+            return above in {name.rstrip("/") for name in _git_lists(root, [above]) or ()}
+    return False
+
+
+def _git_lists(root: Path, paths: list[str]) -> set[str] | None:
+    """Which of ``paths`` git lists as :func:`git_listing` does (the pathspecs
+    keep git to them); None outside a checkout or without git."""
+    args = ["ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *paths]
+    try:
+        proc = subprocess.run(
+            ["git", "--literal-pathspecs", "-C", str(root), *args],
+            capture_output=True,
+            check=False,
+            timeout=GIT_TIMEOUT,
+        )
+    except OSError:
+        return None
+    if proc.returncode != 0:
+        return None
+    return {os.fsdecode(raw) for raw in proc.stdout.split(b"\0") if raw}
+
+
 def read_dockerignore(root: Path) -> tuple[list[str], PatternMatcher]:
     """The .dockerignore patterns as the engine is to get them, and their matcher
     (which refuses what Docker would refuse, naming the file)."""

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import ast
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -210,20 +210,27 @@ def uses(work: Path) -> list[str]:
     return [args[0] for args in directives(_read(work), "use") if len(args) == 1]
 
 
-def module_files(source: Path, module_dir: str) -> list[Path]:
+Sent = Callable[[str], bool]  # whether the engine gets a file (a source-relative path)
+
+
+def module_files(source: Path, module_dir: str, sent: Sent | None = None) -> list[Path]:
     """The module's go.mod, and the go.work Go would use for it: the nearest one
     from its directory up to the source root, if any; [] for a module that
-    resolves outside the source."""
+    resolves outside the source. ``sent`` says which go.work files the engine
+    gets: one that git ignores (Go advises against committing a go.work) or
+    ``.dockerignore`` leaves out is not there, and Go looks further up."""
     root = source.resolve()
     module = (root / module_dir).resolve()
     if module != root and root not in module.parents:
         return []
     here = module
-    while not (here / "go.work").is_file():
+    while True:
+        work = here / "go.work"
+        if work.is_file() and (sent is None or sent(work.relative_to(root).as_posix())):
+            return [module / "go.mod", work]
         if here == root:
             return [module / "go.mod"]
         here = here.parent
-    return [module / "go.mod", here / "go.work"]
 
 
 def go_line(path: Path) -> str | None:
@@ -247,15 +254,16 @@ class LocalModule:
 
 
 def local_modules(
-    source: Path, module_dir: str, vendored: bool | None = None
+    source: Path, module_dir: str, sent: Sent | None = None, vendored: bool | None = None
 ) -> Iterator[LocalModule]:
     """Each directory the module's go.mod and go.work make the build read
-    (:func:`local_dirs`). ``vendored``: whether the build has ``vendor/modules.txt``
-    (Go then builds with -mod=vendor and reads no replacement, as the vendored
-    copy is the module); by default, whether the disk has it."""
+    (:func:`local_dirs`; ``sent`` as :func:`module_files` takes it). ``vendored``:
+    whether the build has ``vendor/modules.txt`` (Go then builds with -mod=vendor
+    and reads no replacement, as the vendored copy is the module); by default,
+    whether the disk has it."""
     root = source.resolve()
     module = (root / module_dir).resolve()
-    files = module_files(source, module_dir)
+    files = module_files(source, module_dir, sent)
     required = requirements(module / "go.mod")
     if vendored is None:
         vendored = (module / "vendor" / "modules.txt").is_file()
@@ -269,12 +277,12 @@ def local_modules(
         yield LocalModule(file, said, written, target)
 
 
-def check_local_dirs(source: Path, module_dir: str) -> None:
+def check_local_dirs(source: Path, module_dir: str, sent: Sent | None = None) -> None:
     """Refuse a module whose go.mod or go.work names a directory the engine will
-    not have."""
+    not have (``sent`` as :func:`module_files` takes it)."""
     root = source.resolve()
     module = (root / module_dir).resolve()
-    for local in local_modules(source, module_dir):
+    for local in local_modules(source, module_dir, sent):
         if local.target is None:
             raise ValueError(
                 f"{local.said}, an absolute path of this machine, which the "
@@ -293,12 +301,15 @@ def check_local_dirs(source: Path, module_dir: str) -> None:
             raise ValueError(f"{local.said}, which has no go.mod")
 
 
-def needed_modules(source: Path, module_dir: str, vendored: bool) -> list[tuple[str, str, str]]:
+def needed_modules(
+    source: Path, module_dir: str, sent: Sent, vendored: bool
+) -> list[tuple[str, str, str]]:
     """(the go.mod or go.work naming it, what it says, the go.mod Go reads there),
     paths relative to the source, for each directory of the source the build reads
     as a module. :func:`check_local_dirs` has refused those outside the source or
     without a go.mod; whether the engine gets each go.mod is the build context's to
-    say (``tasks/source.py``), as is ``vendored`` (a vendor/modules.txt sent)."""
+    say (``tasks/source.py``), as are ``sent`` and ``vendored`` (a
+    vendor/modules.txt sent)."""
     root = source.resolve()
     return [
         (
@@ -306,7 +317,7 @@ def needed_modules(source: Path, module_dir: str, vendored: bool) -> list[tuple[
             local.said,
             (local.target / "go.mod").relative_to(root).as_posix(),
         )
-        for local in local_modules(source, module_dir, vendored)
+        for local in local_modules(source, module_dir, sent, vendored)
         if local.target is not None and root in (local.target / "go.mod").parents
     ]
 

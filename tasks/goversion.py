@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tasks.gomod import go_line, module_files, uses
+from tasks.gomod import Sent, go_line, module_files, uses
 from tasks.imageref import parse_image_ref, show
 
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+)|(beta|rc)(\d+))?", re.ASCII)
@@ -58,13 +58,15 @@ def version_key(text: str) -> tuple[int, int, int, int] | None:
     return int(major), int(minor), _KIND[None], 0
 
 
-def required_go(source: Path, module_dir: str) -> tuple[str, str] | None:
-    """The newest Go the module's files ask for (:func:`tasks.gomod.module_files`),
-    with the file that asks for it, relative to the source."""
+def required_go(
+    source: Path, module_dir: str, sent: Sent | None = None
+) -> tuple[str, str] | None:
+    """The newest Go the module's files ask for (:func:`tasks.gomod.module_files`,
+    which takes ``sent``), with the file that asks for it, relative to the source."""
     root = source.resolve()
     best: tuple[str, str] | None = None
     best_key: tuple[int, int, int, int] | None = None
-    for path in module_files(source, module_dir):
+    for path in module_files(source, module_dir, sent):
         version = go_line(path)
         key = version_key(version) if version else None
         if version and key and (best_key is None or key > best_key):
@@ -98,11 +100,13 @@ def image_go(ref: str) -> tuple[str, tuple[int, int, int, int]] | None:
     return version, key
 
 
-def check_builder_go(builder_image: str, source: Path, module_dir: str) -> None:
+def check_builder_go(
+    builder_image: str, source: Path, module_dir: str, sent: Sent | None = None
+) -> None:
     """Refuse a ``golang`` builder whose tag surely names an older Go than the
     module's ``go`` line, before the engine would say so after starting."""
     image = image_go(builder_image)
-    needed = required_go(source, module_dir)
+    needed = required_go(source, module_dir, sent)
     if image is None or needed is None:
         return
     (has, has_key), (version, where) = image, needed
@@ -124,10 +128,11 @@ def _pinned_tag_for(version: str) -> str:
     return f"{version}.0" if key is not None and key[2] == _KIND[None] else version
 
 
-def check_workspace_go(source: Path, module_dir: str) -> None:
+def check_workspace_go(source: Path, module_dir: str, sent: Sent | None = None) -> None:
     """Refuse a workspace whose go.work names an older Go than a module it uses
-    inside the source: Go refuses it with any builder."""
-    files = module_files(source, module_dir)
+    inside the source: Go refuses it with any builder (a go.work the engine gets:
+    ``sent``, as :func:`tasks.gomod.module_files` takes it)."""
+    files = module_files(source, module_dir, sent)
     if len(files) < 2:
         return
     work = files[1]

@@ -21,6 +21,7 @@ references in `tasks.imageref` (the distribution/reference grammar).
 from __future__ import annotations
 
 import difflib
+import posixpath
 import re
 import subprocess
 from collections.abc import Mapping
@@ -39,6 +40,7 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonDict
 
+from tasks.context import would_send
 from tasks.goconstraints import targets
 from tasks.goenv import (
     GO_ENV_KEYS,
@@ -47,7 +49,7 @@ from tasks.goenv import (
     check_platforms,
     default_platform,
 )
-from tasks.gomod import check_local_dirs, find_modules, module_files, module_path
+from tasks.gomod import Sent, check_local_dirs, find_modules, module_files, module_path
 from tasks.gopackages import check_main_dir, check_main_package, exec_name, main_package_syntax
 from tasks.goversion import check_builder_go, check_workspace_go
 from tasks.imageref import ImageRef, check_pinned_image, parse_image_ref, show
@@ -133,6 +135,19 @@ def _sanitize_version(described: str) -> str:
     version = re.sub(r"[^0-9A-Za-z._+-]+", "-", described)
     version = re.sub(r"^[^0-9A-Za-z]+", "", version)[:128]
     return version if _VERSION_RE.fullmatch(version) else ""
+
+
+def _go_work_sent(source: Path, module_dir: str, use_gitignore: bool | None) -> Sent:
+    """Whether the engine gets a go.work, as the build context will decide it
+    (``tasks/context.would_send``): a go.work that git ignores (Go advises against
+    committing one) is not read there, so neither its ``use`` lines nor its ``go``
+    line can fail the build, and none of them may refuse it here."""
+    known = posixpath.normpath(posixpath.join(module_dir, "go.mod"))
+
+    def sent(rel: str) -> bool:
+        return would_send(source, rel, known=known, use_gitignore=use_gitignore is not False)
+
+    return sent
 
 
 class BuildParams(BaseModel):
@@ -475,8 +490,9 @@ class BuildParams(BaseModel):
                 raise ValueError(f"{where} has no go.mod; set module_dir to a module: {listed}")
             hint = "" if value != "." else "; for a module in a subdirectory set module_dir"
             raise ValueError(f"{where} has no go.mod (expected the root of a Go module{hint})")
-        check_local_dirs(Path(source).expanduser(), value)  # replace/use paths go with it
-        check_workspace_go(Path(source).expanduser(), value)
+        sent = _go_work_sent(Path(source).expanduser(), value, info.data.get("use_gitignore"))
+        check_local_dirs(Path(source).expanduser(), value, sent)  # replace/use paths go with it
+        check_workspace_go(Path(source).expanduser(), value, sent)
         return value
 
     @field_validator("main_package")
@@ -628,14 +644,16 @@ class BuildParams(BaseModel):
         return value
 
     @staticmethod
-    def _local_module(info: ValidationInfo) -> tuple[Path, str] | None:
-        """(source directory, module_dir) of a local source whose two fields are
-        valid, for the checks that read its files; None for a git source (its
-        tree is only known to the engine) or when either field failed."""
+    def _local_module(info: ValidationInfo) -> tuple[Path, str, Sent] | None:
+        """(source directory, module_dir, which go.work files the engine gets) of
+        a local source whose two fields are valid, for the checks that read its
+        files; None for a git source (its tree is only known to the engine) or
+        when either field failed."""
         source, module_dir = info.data.get("source"), info.data.get("module_dir")
         if source is None or module_dir is None or is_git_url(source):
             return None
-        return Path(source).expanduser(), module_dir
+        root = Path(source).expanduser()
+        return root, module_dir, _go_work_sent(root, module_dir, info.data.get("use_gitignore"))
 
     @field_validator("runtime_image")
     @classmethod

@@ -172,8 +172,8 @@ def _check_go_inputs_sent(params: BuildParams, root: Path, context: BuildContext
             raise ParamsError(
                 [f"module_dir: {why} leaves {name} out of what the engine gets{hint}"]
             )
-    for file, named, gomod in needed_modules(root, params.module_dir, vendored):
-        if file in sent and gomod not in sent:  # a go.work left out is not read there
+    for _, named, gomod in needed_modules(root, params.module_dir, sent.__contains__, vendored):
+        if gomod not in sent:
             raise ParamsError(
                 [f"module_dir: {named}, but {why} leaves {gomod} out of what the engine gets{hint}"]
             )

@@ -21,7 +21,7 @@ import dagger
 import pytest
 from dagger import dag
 
-from tasks.context import build_context, context_files
+from tasks.context import build_context, context_files, would_send
 from tasks.dockerignore import (
     Pattern,
     PatternError,
@@ -481,6 +481,57 @@ def test_a_subdirectory_of_a_checkout(tmp_path: Path) -> None:
     gen = build_context(tmp_path / "gen")
     assert not gen.from_git
     assert gen.files == ["x.go", "y.o"]
+
+
+def test_would_send_answers_for_one_path_as_the_context_does(tmp_path: Path) -> None:
+    """The parameter check asks about one file (a workspace's go.work) without
+    building the context; for every file of a tree mixing tracked and ignored
+    files, .dockerignore exclusions and exceptions, a nested repository sent
+    whole, and a subdirectory source, the answer is the context's. Without git
+    deciding (use_gitignore off, or a source git ignores whole), .dockerignore
+    alone does."""
+    checkout(
+        tmp_path,
+        {
+            ".gitignore": "go.work\n/gen/\n*.o\n",
+            ".dockerignore": "docs\ntestdata/**\n!testdata/keep.txt\n**/*.tmp\n",
+            "go.mod": "module a\n",
+            "svc/go.mod": "module b\n",
+            "svc/go.work": "go 1.22\n",  # tracked, though .gitignore names it
+            "docs/go.work": "go 1.22\n",
+        },
+    )
+    write_tree(
+        tmp_path,
+        {
+            "go.work": "go 1.22\n",
+            "gen/go.work": "x",
+            "a.o": "x",
+            "svc/b.o": "x",
+            "x.tmp": "x",
+            "testdata/go.work": "x",
+            "testdata/keep.txt": "x",
+            "new/go.work": "x",
+            "nested/go.work": "x",
+        },
+    )
+    git(tmp_path / "nested", "init", "-q")  # untracked nested repository: sent whole
+    on_disk = sorted(
+        p.relative_to(tmp_path).as_posix()
+        for p in tmp_path.rglob("*")
+        if p.is_file() and ".git" not in p.relative_to(tmp_path).parts
+    )
+    for use_gitignore in (True, False):
+        sent = set(build_context(tmp_path, use_gitignore=use_gitignore).files)
+        for rel in on_disk:
+            answer = would_send(tmp_path, rel, known="go.mod", use_gitignore=use_gitignore)
+            assert answer is (rel in sent), (rel, use_gitignore)
+    assert not would_send(tmp_path, "go.work", known="go.mod")
+    assert would_send(tmp_path, "go.work", known="go.mod", use_gitignore=False)
+    assert would_send(tmp_path, "svc/go.work", known="svc/go.mod")
+    # A source the checkout ignores whole: git lists nothing there, so does not decide.
+    assert build_context(tmp_path / "gen").files == ["go.work"]
+    assert would_send(tmp_path / "gen", "go.work", known="go.mod")
 
 
 def test_dockerignore_applies_on_top_of_git(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import anyio
 import go as go_module
 import pytest
 
@@ -475,3 +476,44 @@ def test_go_sum_counts_once_there_are_requirements_and_a_go_work_left_out_is_not
     commit_all(repo, "init")
     loaded = describe_local(parse_params({"source": str(repo), "module_dir": "svc"}))
     assert loaded.files == 3  # .gitignore and svc's two files
+
+
+def test_a_go_work_the_engine_does_not_get_refuses_nothing(tmp_path: Path) -> None:
+    """A developer's own go.work, ignored by git as Go advises, that uses a
+    checkout beside the repository, or names a Go no builder has: the engine never
+    reads it (the module builds alone, with no workspace), so the parameter check
+    reads it no more. Sent (use_gitignore off), it is read and refused as before;
+    .dockerignore leaving it out counts as git ignoring it does."""
+    from tasks.compile import in_workspace
+    from tasks.source import describe_local
+    from tests.gitrepo import commit_all
+    from tests.test_go_projects import _Untouchable
+
+    write_tree(tmp_path / "other", {"go.mod": "module example.com/other\n\ngo 1.22\n"})
+    repo = write_tree(
+        tmp_path / "repo",
+        {
+            "go.mod": "module example.com/app\n\ngo 1.22\n",
+            "main.go": "package main\n\nfunc main() {}\n",
+            "go.work": "go 1.99\n\nuse (\n\t.\n\t../other\n)\n",
+            ".gitignore": "/go.work\n",
+        },
+    )
+    commit_all(repo, "init")
+    params = parse_params({"source": str(repo)})
+    source = describe_local(params)
+    assert source.workspaces == []
+    assert anyio.run(in_workspace, _Untouchable(), params, source) is False
+    with pytest.raises(ParamsError) as err:
+        parse_params({"source": str(repo), "use_gitignore": False})
+    assert str(err.value).startswith(
+        "module_dir: go.work uses ../other, outside source"
+    )
+    (repo / ".dockerignore").write_text("go.work\n")
+    parse_params({"source": str(repo), "use_gitignore": False})
+    # The go line of a go.work that is sent is still held against the builder.
+    (repo / ".dockerignore").unlink()
+    (repo / "go.work").write_text("go 1.99\n\nuse .\n")
+    with pytest.raises(ParamsError, match=r"^builder_image: .* but go\.work needs go >= 1\.99"):
+        parse_params({"source": str(repo), "use_gitignore": False})
+    parse_params({"source": str(repo)})
