@@ -417,3 +417,52 @@ def test_a_symlink_out_of_the_source_that_go_misses_gets_the_fix_and_the_fix_bui
     binary = extract_file(tarball, "/usr/local/bin/svc", tmp_path / "svc-bin")
     out = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "hello via link"
+
+
+def test_a_stale_vendor_directory_gets_the_hint_and_leaving_it_out_builds(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path
+) -> None:
+    """go.mod moved on (a requirement bumped) and vendor/ was not redone: with
+    vendor/modules.txt sent the build uses vendor/, as go build does, and Go says
+    ``inconsistent vendoring``. Its own advice, -mod=readonly, is no parameter
+    here, so the hint names go mod vendor, or vendor/ left out; left out by
+    .dockerignore, the module downloads what it needs and builds."""
+    lib = 'package lib\n\nfunc G() string { return "from lib" }\n'
+    repo = write_tree(
+        tmp_path / "stale",
+        {
+            "go.mod": (
+                "module example.com/app\n\ngo 1.22\n\nrequire example.com/lib v0.0.1\n\n"
+                "replace example.com/lib => ./lib\n"
+            ),
+            "main.go": (
+                'package main\n\nimport (\n\t"fmt"\n\n\t"example.com/lib"\n)\n\n'
+                "func main() { fmt.Println(lib.G()) }\n"
+            ),
+            "lib/go.mod": "module example.com/lib\n\ngo 1.22\n",
+            "lib/lib.go": lib,
+            # As go mod vendor wrote it when go.mod still required v0.0.0.
+            "vendor/modules.txt": (
+                "# example.com/lib v0.0.0 => ./lib\n## explicit; go 1.22\nexample.com/lib\n"
+                "# example.com/lib => ./lib\n"
+            ),
+            "vendor/example.com/lib/lib.go": lib,
+        },
+    )
+    state = build(source=str(repo), run_checks=False, output=str(tmp_path / "s1.tar"))
+    exc, hint = failed_command(state)
+    assert "go: inconsistent vendoring in /src" in exc.stderr  # Go's own words
+    assert hint == (
+        "hint: vendor/ does not match go.mod, and a module whose vendor/modules.txt is "
+        "sent builds from vendor/ (-mod=vendor, as go build does): run 'go mod vendor' and "
+        "commit vendor/, or leave vendor/ out of the source (a .dockerignore line vendor) "
+        "to download the modules instead"
+    )
+
+    (repo / ".dockerignore").write_text("vendor\n")
+    out = tmp_path / "s2.tar"
+    state = build(source=str(repo), run_checks=False, output=str(out))
+    assert state.is_completed(), state.message
+    binary = extract_file(f"oci-archive:{out}", "/usr/local/bin/stale", tmp_path / "bin")
+    printed = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout
+    assert printed == "from lib\n"
