@@ -210,11 +210,13 @@ def builder_steps(
     return ctr, steps
 
 
-async def in_workspace(src: dagger.Directory, params: BuildParams, source: SourceInfo) -> bool:
-    """Whether Go builds the module in workspace mode in the engine: a go.work in
-    its directory or one above it, up to the source's root (the builder's /src),
-    as the engine received the source: from the list of files sent where the
-    source is local, else asked of the engine."""
+async def workspace_file(
+    src: dagger.Directory, params: BuildParams, source: SourceInfo
+) -> str | None:
+    """The go.work Go reads for the module in the engine (source-relative), None
+    in module mode: the nearest one from the module's directory up to the source's
+    root (the builder's /src), as the engine received the source: from the list
+    of files sent where the source is local, else asked of the engine."""
     module = posixpath.normpath(params.module_dir or ".")
     candidates = []
     while True:
@@ -223,16 +225,22 @@ async def in_workspace(src: dagger.Directory, params: BuildParams, source: Sourc
             break
         module = posixpath.dirname(module) or "."
     if source.workspaces is not None:
-        return any(c in source.workspaces for c in candidates)
+        return next((c for c in candidates if c in source.workspaces), None)
     found = await asyncio.gather(*(src.exists(c) for c in candidates))
-    return any(found)
+    return next((c for c, there in zip(candidates, found, strict=True) if there), None)
 
 
-async def is_vendored(src: dagger.Directory, params: BuildParams, source: SourceInfo) -> bool:
-    """Whether the module as the engine received it has ``vendor/modules.txt``:
-    from the list of files sent where the source is local, else asked of the engine."""
-    base = "" if params.module_dir in ("", ".") else params.module_dir + "/"
-    manifest = f"{base}vendor/modules.txt"
+async def is_vendored(
+    src: dagger.Directory, params: BuildParams, source: SourceInfo, workspace: str | None = None
+) -> bool:
+    """Whether ``go build`` builds from a vendor directory in the engine, as Go
+    decides by default: in module mode, when the module has ``vendor/modules.txt``;
+    in a workspace (``workspace``: its go.work), when the workspace has one beside
+    its go.work (``go work vendor``). A module's own vendor/ does not count there:
+    Go would refuse it as inconsistent with the workspace. From the list of files
+    sent where the source is local, else asked of the engine."""
+    base = posixpath.dirname(workspace) if workspace is not None else params.module_dir
+    manifest = posixpath.normpath(posixpath.join(base or ".", "vendor", "modules.txt"))
     if source.vendor_manifests is not None:
         return manifest in source.vendor_manifests
     return await src.exists(manifest)
@@ -434,11 +442,10 @@ async def compile_binary(
     auth = await go_auth(params)
     pull = await pull_auth(params, params.builder_image)
     src = source_directory(source, token)
-    vendored, workspace = await asyncio.gather(
-        is_vendored(src, params, source), in_workspace(src, params, source)
-    )
+    workspace = await workspace_file(src, params, source)
+    vendored = await is_vendored(src, params, source, workspace)
     builder_ctr, steps = builder_steps(
-        src, params, vendored=vendored, workspace=workspace, auth=auth, pull=pull
+        src, params, vendored=vendored, workspace=workspace is not None, auth=auth, pull=pull
     )
     await progress.engine_steps(f"compile {platform}", steps)  # timed, once per run
     storage = await binaries.result_storage()

@@ -20,7 +20,8 @@ the text cmd/go prints (matched on stderr, where go writes its own messages):
   tidy, and the build, like ``go build``, reads it with ``-mod=readonly``;
 - ``inconsistent vendoring``: vendor/ is older than go.mod; go's own advice
   (``-mod=readonly``) is not a parameter here (GOFLAGS may not set ``-mod``), so
-  the hint names ``go mod vendor``, or leaving vendor/ out;
+  the hint names Go's other advice (``go mod vendor``, or ``go work vendor`` in a
+  workspace), or leaving vendor/ out;
 - ``build constraints exclude all Go files``: nothing in the package builds for
   the target with ``CGO_ENABLED=0`` (cgo files, ``//go:build`` lines, file-name
   suffixes, ``build_tags``);
@@ -62,7 +63,11 @@ _NO_MODULE = re.compile(
     r"^go: no modules specified|^go: go\.mod file not found in current directory", re.M
 )
 _NOT_TIDY = re.compile(r"missing go\.sum entry|updates to go\.mod needed")
-_STALE_VENDOR = re.compile(r"^go: inconsistent vendoring in ", re.M)
+_STALE_VENDOR = re.compile(
+    r"^go: inconsistent vendoring in (?s:.*?)run:\s+(?P<fix>go (?:mod|work) vendor)|"
+    r"^go: inconsistent vendoring in ",
+    re.M,
+)
 _EXCLUDED = re.compile(r"build constraints exclude all Go files in (?P<dir>\S+)")
 _EMBED = re.compile(
     r"pattern (?P<pattern>\S+): (?:no matching files found|cannot embed directory "
@@ -125,12 +130,13 @@ def go_hint(
             f"the source has no go.mod in module_dir {module_dir!r}: set module_dir to the "
             "directory of the Go module (the one holding go.mod)"
         )
-    if _STALE_VENDOR.search(text):
+    if m := _STALE_VENDOR.search(text):
+        fix = m["fix"] or "go mod vendor"
         return (
-            "vendor/ does not match go.mod, and a module whose vendor/modules.txt is sent "
-            "builds from vendor/ (-mod=vendor, as go build does): run 'go mod vendor' and "
-            "commit vendor/, or leave vendor/ out of the source (a .dockerignore line "
-            "vendor) to download the modules instead"
+            "vendor/ does not match go.mod, and the build uses vendor/ once its modules.txt "
+            f"is sent (-mod=vendor, as go build does): run '{fix}' and commit vendor/, or "
+            "leave vendor/ out of the source (a .dockerignore line vendor) to download the "
+            "modules instead"
         )
     if _NOT_TIDY.search(text):
         return (

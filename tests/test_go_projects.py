@@ -302,46 +302,80 @@ def test_vendored_is_decided_from_the_files_sent(
     assert answer is vendored
 
 
+WS = {"svc/go.mod": "module a\n", "svc/main.go": PROG}
+
+
 @pytest.mark.parametrize(
-    ("files", "module_dir", "workspace"),
+    ("files", "module_dir", "workspace", "vendored"),
     [
-        ({"go.work": "go 1.22\n", "svc/go.mod": "module a\n", "svc/main.go": PROG}, "svc", True),
+        ({"go.work": "go 1.22\n", **WS}, "svc", "go.work", False),
         (
             {"a/go.work": "go 1.22\n", "a/b/svc/go.mod": "module a\n", "a/b/svc/main.go": PROG},
             "a/b/svc",
-            True,
+            "a/go.work",
+            False,
         ),
-        ({"go.work": "go 1.22\n", "go.mod": "module a\n", "main.go": PROG}, ".", True),
+        ({"go.work": "go 1.22\n", "go.mod": "module a\n", "main.go": PROG}, ".", "go.work", False),
         # Beside the module, not above it: Go never reads it.
-        (
-            {"lib/go.work": "go 1.22\n", "svc/go.mod": "module a\n", "svc/main.go": PROG},
-            "svc",
-            False,
-        ),
+        ({"lib/go.work": "go 1.22\n", **WS}, "svc", None, False),
         # Left out of the context (often on purpose): the engine never sees it.
-        (
-            {
-                "go.work": "go 1.22\n",
-                "svc/go.mod": "module a\n",
-                "svc/main.go": PROG,
-                ".dockerignore": "go.work\n",
-            },
-            "svc",
-            False,
-        ),
+        ({"go.work": "go 1.22\n", **WS, ".dockerignore": "go.work\n"}, "svc", None, False),
+        # go work vendor's vendor/ beside the go.work; a module's own one does not
+        # count in a workspace, and does alone.
+        ({"go.work": "go 1.22\n", **WS, "vendor/modules.txt": ""}, "svc", "go.work", True),
+        ({"go.work": "go 1.22\n", **WS, "svc/vendor/modules.txt": ""}, "svc", "go.work", False),
+        ({**WS, "svc/vendor/modules.txt": ""}, "svc", None, True),
     ],
 )
-def test_workspace_mode_is_decided_from_the_files_sent(
-    tmp_path: Path, files: dict[str, str], module_dir: str, workspace: bool
+def test_workspace_mode_and_vendoring_are_decided_from_the_files_sent(
+    tmp_path: Path,
+    files: dict[str, str],
+    module_dir: str,
+    workspace: str | None,
+    vendored: bool,
 ) -> None:
-    from tasks.compile import in_workspace
+    from tasks.compile import is_vendored, workspace_file
     from tasks.source import describe_local
 
     root = write_tree(tmp_path / "src", files)
     params = parse_params({"source": str(root), "module_dir": module_dir})
     source = describe_local(params)
-    answer = anyio.run(in_workspace, _Untouchable(), params, source)  # type: ignore[arg-type]
-    assert answer is workspace
+    found = anyio.run(workspace_file, _Untouchable(), params, source)  # type: ignore[arg-type]
+    assert found == workspace
+    answer = anyio.run(is_vendored, _Untouchable(), params, source, found)  # type: ignore[arg-type]
+    assert answer is vendored
+
+
+def test_a_module_vendor_directory_inside_a_workspace_builds_from_the_workspace(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path
+) -> None:
+    """A module vendored on its own (GOWORK=off go mod vendor) inside a workspace:
+    go build there uses the workspace, not that vendor/, and would refuse it as
+    inconsistent under -mod=vendor; so the build does as go build does."""
+    files = {
+        "go.work": "go 1.22\n\nuse (\n\t./svc\n\t./lib\n)\n",
+        "lib/go.mod": GOMOD.format(name="example.com/lib"),
+        "lib/lib.go": LIB,
+        "svc/go.mod": (
+            GOMOD.format(name="example.com/svc")
+            + "\nrequire example.com/lib v0.0.0\n\nreplace example.com/lib => ../lib\n"
+        ),
+        "svc/main.go": MAIN,
+        "svc/vendor/modules.txt": (
+            "# example.com/lib v0.0.0 => ../lib\n## explicit; go 1.22\nexample.com/lib\n"
+            "# example.com/lib => ../lib\n"
+        ),
+        "svc/vendor/example.com/lib/lib.go": LIB,
+    }
+    root = write_tree(tmp_path / "wsv", files)
+    out = tmp_path / "wsv.tar"
+    state = build(
+        source=str(root), module_dir="svc", version="1.0.0", output=str(out), run_checks=False
+    )
+    assert state.is_completed(), state.message
+    binary = extract(out, "svc", "amd64", tmp_path / "svc.bin")
+    printed = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout
+    assert printed == "hello from lib 1.0.0\n"
 
 
 def test_a_workspace_build_has_no_download_step(

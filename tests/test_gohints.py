@@ -453,10 +453,15 @@ def test_a_stale_vendor_directory_gets_the_hint_and_leaving_it_out_builds(
     exc, hint = failed_command(state)
     assert "go: inconsistent vendoring in /src" in exc.stderr  # Go's own words
     assert hint == (
-        "hint: vendor/ does not match go.mod, and a module whose vendor/modules.txt is "
-        "sent builds from vendor/ (-mod=vendor, as go build does): run 'go mod vendor' and "
+        "hint: vendor/ does not match go.mod, and the build uses vendor/ once its "
+        "modules.txt is sent (-mod=vendor, as go build does): run 'go mod vendor' and "
         "commit vendor/, or leave vendor/ out of the source (a .dockerignore line vendor) "
         "to download the modules instead"
+    )
+    # In a workspace Go names go work vendor, and so does the hint.
+    workspace = exc.stderr.replace("go mod vendor", "go work vendor")
+    assert "run 'go work vendor'" in go_hint(
+        workspace, builder_image="golang:1.27.3", go_auth_secret_block=""
     )
 
     (repo / ".dockerignore").write_text("vendor\n")

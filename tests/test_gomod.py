@@ -484,7 +484,7 @@ def test_a_go_work_the_engine_does_not_get_refuses_nothing(tmp_path: Path) -> No
     reads it (the module builds alone, with no workspace), so the parameter check
     reads it no more. Sent (use_gitignore off), it is read and refused as before;
     .dockerignore leaving it out counts as git ignoring it does."""
-    from tasks.compile import in_workspace
+    from tasks.compile import workspace_file
     from tasks.source import describe_local
     from tests.gitrepo import commit_all
     from tests.test_go_projects import _Untouchable
@@ -503,7 +503,7 @@ def test_a_go_work_the_engine_does_not_get_refuses_nothing(tmp_path: Path) -> No
     params = parse_params({"source": str(repo)})
     source = describe_local(params)
     assert source.workspaces == []
-    assert anyio.run(in_workspace, _Untouchable(), params, source) is False
+    assert anyio.run(workspace_file, _Untouchable(), params, source) is None
     with pytest.raises(ParamsError) as err:
         parse_params({"source": str(repo), "use_gitignore": False})
     assert str(err.value).startswith(
