@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import posixpath
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -39,6 +38,7 @@ from pydantic import BaseModel
 
 from tasks import binaries, progress
 from tasks.goenv import goenv
+from tasks.gomod import go_work_candidates, vendor_manifest
 from tasks.gopackages import is_program
 from tasks.image_store import file_sha256
 from tasks.ldflags import DEFAULT_VERSION_VARIABLE, expand, stamp_refused, stamp_values
@@ -214,16 +214,10 @@ async def workspace_file(
     src: dagger.Directory, params: BuildParams, source: SourceInfo
 ) -> str | None:
     """The go.work Go reads for the module in the engine (source-relative), None
-    in module mode: the nearest one from the module's directory up to the source's
-    root (the builder's /src), as the engine received the source: from the list
-    of files sent where the source is local, else asked of the engine."""
-    module = posixpath.normpath(params.module_dir or ".")
-    candidates = []
-    while True:
-        candidates.append(posixpath.join(module, "go.work") if module != "." else "go.work")
-        if module == ".":
-            break
-        module = posixpath.dirname(module) or "."
+    in module mode: the nearest of ``tasks.gomod.go_work_candidates`` the engine
+    received, from the list of files sent where the source is local, else asked
+    of the engine."""
+    candidates = go_work_candidates(params.module_dir)
     if source.workspaces is not None:
         return next((c for c in candidates if c in source.workspaces), None)
     found = await asyncio.gather(*(src.exists(c) for c in candidates))
@@ -234,13 +228,10 @@ async def is_vendored(
     src: dagger.Directory, params: BuildParams, source: SourceInfo, workspace: str | None = None
 ) -> bool:
     """Whether ``go build`` builds from a vendor directory in the engine, as Go
-    decides by default: in module mode, when the module has ``vendor/modules.txt``;
-    in a workspace (``workspace``: its go.work), when the workspace has one beside
-    its go.work (``go work vendor``). A module's own vendor/ does not count there:
-    Go would refuse it as inconsistent with the workspace. From the list of files
-    sent where the source is local, else asked of the engine."""
-    base = posixpath.dirname(workspace) if workspace is not None else params.module_dir
-    manifest = posixpath.normpath(posixpath.join(base or ".", "vendor", "modules.txt"))
+    decides by default (``tasks.gomod.vendor_manifest``; ``workspace``: the go.work
+    in use): from the list of files sent where the source is local, else asked of
+    the engine."""
+    manifest = vendor_manifest(params.module_dir, workspace)
     if source.vendor_manifests is not None:
         return manifest in source.vendor_manifests
     return await src.exists(manifest)

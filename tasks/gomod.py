@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import ast
 import os
+import posixpath
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -231,6 +232,28 @@ def module_files(source: Path, module_dir: str, sent: Sent | None = None) -> lis
         if here == root:
             return [module / "go.mod"]
         here = here.parent
+
+
+def go_work_candidates(module_dir: str) -> list[str]:
+    """Where Go looks for a go.work for the module, nearest first, as paths
+    relative to the source: its directory and each one above it, up to the source's
+    root (the builder's /src, where the search ends)."""
+    module = posixpath.normpath(module_dir or ".")
+    found = []
+    while True:
+        found.append(posixpath.join(module, "go.work") if module != "." else "go.work")
+        if module == ".":
+            return found
+        module = posixpath.dirname(module) or "."
+
+
+def vendor_manifest(module_dir: str, workspace: str | None) -> str:
+    """The ``vendor/modules.txt`` that makes ``go build`` build from vendor/ by
+    default: the module's own in module mode; in a workspace (``workspace``: its
+    go.work), the workspace's, beside the go.work (``go work vendor``). A module's
+    own vendor/ does not count there: Go would refuse it as inconsistent."""
+    base = posixpath.dirname(workspace) if workspace is not None else module_dir
+    return posixpath.normpath(posixpath.join(base or ".", "vendor", "modules.txt"))
 
 
 def go_line(path: Path) -> str | None:
