@@ -56,6 +56,7 @@ import os
 import posixpath
 import stat
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,23 +129,11 @@ def git_listing(root: Path) -> _GitListing | None:
     """What git would put in a commit of ``root`` now (tracked, plus untracked
     and not ignored); None outside a checkout, without git, or when git lists
     nothing under ``root``."""
-    args = ["ls-files", "-z", "--cached", "--others", "--exclude-standard"]
-    try:
-        proc = subprocess.run(
-            ["git", "-C", str(root), *args],
-            capture_output=True,
-            check=False,
-            timeout=GIT_TIMEOUT,
-        )
-    except OSError:
-        return None
-    if proc.returncode != 0:
+    names = _ls_files(root)
+    if names is None:
         return None
     listing = _GitListing(set(), set(), set())
-    for raw in proc.stdout.split(b"\0"):
-        if not raw:
-            continue
-        name = os.fsdecode(raw)
+    for name in names:
         if name.endswith("/"):  # an untracked nested repository
             name = name.rstrip("/")
             listing.whole.add(name)
@@ -208,6 +197,14 @@ def _git_keeps(root: Path, rel: str, known: str) -> bool | None:
 def _git_lists(root: Path, paths: list[str]) -> set[str] | None:
     """Which of ``paths`` git lists as :func:`git_listing` does (the pathspecs
     keep git to them); None outside a checkout or without git."""
+    names = _ls_files(root, paths)
+    return None if names is None else set(names)
+
+
+def _ls_files(root: Path, paths: Sequence[str] = ()) -> list[str] | None:
+    """``git ls-files`` of what a commit of ``root`` would hold now (tracked, plus
+    untracked and not ignored), relative to ``root``, limited to ``paths`` (taken
+    literally) if given; None outside a checkout or without git."""
     args = ["ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *paths]
     try:
         proc = subprocess.run(
@@ -220,7 +217,7 @@ def _git_lists(root: Path, paths: list[str]) -> set[str] | None:
         return None
     if proc.returncode != 0:
         return None
-    return {os.fsdecode(raw) for raw in proc.stdout.split(b"\0") if raw}
+    return [os.fsdecode(raw) for raw in proc.stdout.split(b"\0") if raw]
 
 
 def read_dockerignore(root: Path) -> tuple[list[str], PatternMatcher]:
