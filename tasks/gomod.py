@@ -326,20 +326,16 @@ def check_local_dirs(source: Path, module_dir: str, sent: Sent | None = None) ->
 
 def needed_modules(
     source: Path, module_dir: str, sent: Sent, vendored: bool
-) -> list[tuple[str, str, str]]:
-    """(the go.mod or go.work naming it, what it says, the go.mod Go reads there),
-    paths relative to the source, for each directory of the source the build reads
-    as a module. :func:`check_local_dirs` has refused those outside the source or
-    without a go.mod; whether the engine gets each go.mod is the build context's to
-    say (``tasks/source.py``), as are ``sent`` and ``vendored`` (a
-    vendor/modules.txt sent)."""
+) -> list[tuple[str, str]]:
+    """(what the go.mod or go.work naming it says, the go.mod Go reads there, relative
+    to the source) for each directory of the source the build reads as a module.
+    :func:`check_local_dirs` has refused those outside the source or without a
+    go.mod; whether the engine gets each go.mod is the build context's to say
+    (``tasks/source.py``), as are ``sent`` and ``vendored`` (a vendor/modules.txt
+    sent)."""
     root = source.resolve()
     return [
-        (
-            local.file.relative_to(root).as_posix(),
-            local.said,
-            (local.target / "go.mod").relative_to(root).as_posix(),
-        )
+        (local.said, (local.target / "go.mod").relative_to(root).as_posix())
         for local in local_modules(source, module_dir, sent, vendored)
         if local.target is not None and root in (local.target / "go.mod").parents
     ]

@@ -173,7 +173,7 @@ def _check_go_inputs_sent(params: BuildParams, root: Path, context: BuildContext
             raise ParamsError(
                 [f"module_dir: {why} leaves {name} out of what the engine gets{hint}"]
             )
-    for _, named, gomod in needed_modules(root, params.module_dir, sent.__contains__, vendored):
+    for named, gomod in needed_modules(root, params.module_dir, sent.__contains__, vendored):
         if gomod not in sent:
             raise ParamsError(
                 [f"module_dir: {named}, but {why} leaves {gomod} out of what the engine gets{hint}"]
