@@ -164,11 +164,13 @@ def builder_steps(
     go.mod/go.sum files alone before the rest of the source is copied, so the
     download is cached apart from code changes, and ``-mod=readonly`` keeps a
     stale go.sum from being rewritten silently. In ``workspace`` mode (a go.work
-    applies) there is no download step either: ``go mod download`` there looks
-    up the workspace's own modules at the versions the go.mod files require
-    (golang/go#51946), which fails for a version never published (``v0.0.0``)
-    and fetches one that is for nothing, though ``go build`` uses the workspace's
-    copy; the build then fetches what it needs into the same module cache.
+    applies) there is no download step either: ``go mod download`` there resolves
+    every workspace module's requirements, the workspace's own modules at their
+    required versions too, which fails for a version never published (``v0.0.0``,
+    rancher/fleet#4786) and fetches one that is for nothing, though ``go build``
+    uses the workspace's copy; nor does it fetch all the build needs
+    (golang/go#51946). The build then fetches what it needs into the same module
+    cache.
 
     ``params.go_env`` is set before the download. The credentials in ``auth`` stay
     mounted for vet, test and build too, since any later go command fetches what
