@@ -16,6 +16,10 @@ the text cmd/go prints (matched on stderr, where go writes its own messages):
 - ``no modules specified`` (``go mod download``) or ``go.mod file not found``:
   no go.mod where ``module_dir`` points, in a git URL's tree, which only the engine
   sees (a local source is checked before any engine work): ``module_dir``;
+- ``cannot load module DIR listed in go.work file`` or a replacement directory
+  that is missing: a directory the repository's go.work or go.mod names is not in
+  the source (checked before any engine work for a local source; a git URL's
+  tree is only known to the engine);
 - ``missing go.sum entry`` / ``updates to go.mod needed``: the module is not
   tidy, and the build, like ``go build``, reads it with ``-mod=readonly``;
 - ``inconsistent vendoring``: vendor/ is older than go.mod; go's own advice
@@ -63,6 +67,14 @@ _NO_MODULE = re.compile(
     r"^go: no modules specified|^go: go\.mod file not found in current directory", re.M
 )
 _NOT_TIDY = re.compile(r"missing go\.sum entry|updates to go\.mod needed")
+# A directory the repository's go.work or go.mod names that the source does not
+# hold (a local source is refused first, tasks/gomod.py; a git URL's tree is only
+# known to the engine).
+_LOCAL_MODULE_MISSING = re.compile(
+    r"cannot load module (?P<use>\S+) listed in go\.work file"
+    r"|\(replaced by (?P<replaced>\S+)\): reading \S+: open \S+: no such file or directory"
+    r"|replacement directory (?P<dir>\S+) does not exist"
+)
 _STALE_VENDOR = re.compile(
     r"^go: inconsistent vendoring in (?s:.*?)run:\s+(?P<fix>go (?:mod|work) vendor)|"
     r"^go: inconsistent vendoring in ",
@@ -129,6 +141,14 @@ def go_hint(
         return (
             f"the source has no go.mod in module_dir {module_dir!r}: set module_dir to the "
             "directory of the Go module (the one holding go.mod)"
+        )
+    if m := _LOCAL_MODULE_MISSING.search(text):
+        named = m["use"] or m["replaced"] or m["dir"]
+        what = "go.work uses" if m["use"] else "go.mod replaces a module with"
+        return (
+            f"the source's {what} {named}, which is not in the source the engine received "
+            "(it gets the source alone): a module named by a path must be inside it; for a "
+            "git URL, committed at that ref, with module_dir pointing at the module"
         )
     if m := _STALE_VENDOR.search(text):
         fix = m["fix"] or "go mod vendor"

@@ -471,3 +471,42 @@ def test_a_stale_vendor_directory_gets_the_hint_and_leaving_it_out_builds(
     binary = extract_file(f"oci-archive:{out}", "/usr/local/bin/stale", tmp_path / "bin")
     printed = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout
     assert printed == "from lib\n"
+
+
+def test_a_git_source_naming_a_module_outside_it_gets_the_hint(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, git_daemon: GitDaemon, tmp_path: Path
+) -> None:
+    """A committed go.work that uses a checkout beside the repository, or a go.mod
+    replacement pointing there: a local source is refused before any engine work
+    (tests/test_gomod.py); a git URL's tree is only known to the engine, where go
+    fails, and the hint says why."""
+    files = {
+        "go.mod": "module example.com/app\n\ngo 1.22\n",
+        "main.go": "package main\n\nfunc main() {}\n",
+        "go.work": "go 1.22\n\nuse (\n\t.\n\t../other\n)\n",
+    }
+    repo = write_tree(tmp_path / "ws", files)
+    commit_all(repo, "one")
+    url = git_daemon.add_repo("ws-outside", repo)
+    state = build(source=url, run_checks=False, output=str(tmp_path / "o1.tar"))
+    exc, hint = failed_command(state)
+    assert "cannot load module ../other listed in go.work file" in exc.stderr  # Go's words
+    assert hint == (
+        "hint: the source's go.work uses ../other, which is not in the source the engine "
+        "received (it gets the source alone): a module named by a path must be inside it; "
+        "for a git URL, committed at that ref, with module_dir pointing at the module"
+    )
+
+    (repo / "go.work").unlink()
+    (repo / "go.mod").write_text(
+        "module example.com/app\n\ngo 1.22\n\nrequire example.com/lib v0.0.0\n\n"
+        "replace example.com/lib => ../lib\n"
+    )
+    (repo / "main.go").write_text('package main\n\nimport _ "example.com/lib"\n\nfunc main() {}\n')
+    commit_all(repo, "two")
+    url = git_daemon.add_repo("replace-outside", repo)
+    state = build(source=url, run_checks=False, output=str(tmp_path / "o2.tar"))
+    exc, hint = failed_command(state)
+    assert exc.command == ["go", "mod", "download"]
+    assert "(replaced by ../lib)" in exc.stderr
+    assert hint.startswith("hint: the source's go.mod replaces a module with ../lib, which is")
