@@ -132,8 +132,8 @@ def test_a_workspace_in_a_git_source_is_found_in_the_engine(
 ) -> None:
     """Only the engine sees a git source's tree, so it is asked where the go.work
     Go would read could be (the module's directory and each one above it); the
-    workspace then builds with no download step, which would look the required
-    version of the workspace's library up (golang/go#51946)."""
+    workspace then builds with no download step, which would resolve the required
+    version of the workspace's library, and fail offline."""
     from tests.test_go_projects import CORPUS
     from tests.trees import write_tree
 

@@ -161,9 +161,9 @@ CORPUS: dict[str, Project] = {
     ),
     # Go's workspace tutorial: the service requires a published version of the
     # library, and the go.work (here one level down, in services/) swaps in the
-    # local copy. go build uses that copy; go mod download would look the
-    # version up (golang/go#51946), and offline, or for a version never
-    # published, fail.
+    # local copy. go build uses that copy; go mod download in workspace mode
+    # resolves the required version too, and offline, or for a version never
+    # published, fails.
     "go-work-over-a-required-version": Project(
         files={
             "services/go.work": "go 1.22\n\nuse (\n\t./api\n\t./lib\n)\n",
@@ -381,8 +381,8 @@ def test_a_module_vendor_directory_inside_a_workspace_builds_from_the_workspace(
 def test_a_workspace_build_has_no_download_step(
     prefect_api: PrefectAPI, dagger_engine: TestEngine, tmp_path: Path
 ) -> None:
-    """go mod download in workspace mode looks up the workspace's own modules
-    (golang/go#51946); the build fetches what it needs instead."""
+    """go mod download in workspace mode resolves the workspace's own modules at
+    their required versions; the build fetches what it needs instead."""
     # A source of its own, so the engine's exec cache cannot answer for go vet/test.
     files = {
         **CORPUS["go-work-over-a-required-version"].files,
