@@ -270,9 +270,7 @@ def module_path(module: Path) -> str | None:
 class LocalModule:
     """A directory the build reads as a module, as its go.mod or go.work names it."""
 
-    file: Path  # the go.mod or go.work that names it
-    said: str  # what that file says, its path relative to the source
-    written: str  # the directory as written
+    said: str  # what the go.mod or go.work naming it says, its path relative to the source
     target: Path | None  # where it resolves; None for an absolute path
 
 
@@ -297,7 +295,7 @@ def local_modules(
         if not _is_absolute(written):
             target = Path(os.path.normpath(file.parent / written.replace("\\", "/")))
         said = f"{file.relative_to(root).as_posix()} {what} {written}"
-        yield LocalModule(file, said, written, target)
+        yield LocalModule(said, target)
 
 
 def check_local_dirs(source: Path, module_dir: str, sent: Sent | None = None) -> None:
