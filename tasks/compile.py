@@ -38,7 +38,7 @@ from pydantic import BaseModel
 
 from tasks import binaries, progress
 from tasks.goenv import goenv
-from tasks.gomod import go_work_candidates, vendor_manifest
+from tasks.gomod import go_work_candidates, nearest_go_work, vendor_manifest
 from tasks.gopackages import is_program
 from tasks.image_store import file_sha256
 from tasks.ldflags import DEFAULT_VERSION_VARIABLE, expand, stamp_refused, stamp_values
@@ -216,14 +216,15 @@ async def workspace_file(
     src: dagger.Directory, params: BuildParams, source: SourceInfo
 ) -> str | None:
     """The go.work Go reads for the module in the engine (source-relative), None
-    in module mode: the nearest of ``tasks.gomod.go_work_candidates`` the engine
+    in module mode: ``tasks.gomod.nearest_go_work`` of what the engine
     received, from the list of files sent where the source is local, else asked
     of the engine."""
-    candidates = go_work_candidates(params.module_dir)
     if source.workspaces is not None:
-        return next((c for c in candidates if c in source.workspaces), None)
+        return nearest_go_work(params.module_dir, source.workspaces.__contains__)
+    candidates = go_work_candidates(params.module_dir)
     found = await asyncio.gather(*(src.exists(c) for c in candidates))
-    return next((c for c, there in zip(candidates, found, strict=True) if there), None)
+    there = {c for c, exists in zip(candidates, found, strict=True) if exists}
+    return nearest_go_work(params.module_dir, there.__contains__)
 
 
 async def is_vendored(

@@ -180,8 +180,10 @@ def _git_keeps(root: Path, rel: str, known: str) -> bool | None:
     """Whether git's listing keeps the file ``rel`` (:func:`would_send`); None
     where git does not decide."""
     listed = _git_lists(root, [rel, known])
-    if listed is None or rel in listed:
-        return None if listed is None else True
+    if listed is None:
+        return None
+    if rel in listed:
+        return True
     if known not in listed:
         return None
     parts = rel.split("/")

@@ -215,23 +215,21 @@ Sent = Callable[[str], bool]  # whether the engine gets a file (a source-relativ
 
 
 def module_files(source: Path, module_dir: str, sent: Sent | None = None) -> list[Path]:
-    """The module's go.mod, and the go.work Go would use for it: the nearest one
-    from its directory up to the source root, if any; [] for a module that
-    resolves outside the source. ``sent`` says which go.work files the engine
-    gets: one that git ignores (Go advises against committing a go.work) or
-    ``.dockerignore`` leaves out is not there, and Go looks further up."""
+    """The module's go.mod, and the go.work Go would use for it
+    (:func:`nearest_go_work`), if any; [] for a module that resolves outside the
+    source. ``sent`` says which go.work files the engine gets: one that git ignores
+    (Go advises against committing a go.work) or ``.dockerignore`` leaves out is
+    not there, and Go looks further up."""
     root = source.resolve()
     module = (root / module_dir).resolve()
     if module != root and root not in module.parents:
         return []
-    here = module
-    while True:
-        work = here / "go.work"
-        if work.is_file() and (sent is None or sent(work.relative_to(root).as_posix())):
-            return [module / "go.mod", work]
-        if here == root:
-            return [module / "go.mod"]
-        here = here.parent
+
+    def present(rel: str) -> bool:
+        return (root / rel).is_file() and (sent is None or sent(rel))
+
+    work = nearest_go_work(module.relative_to(root).as_posix(), present)
+    return [module / "go.mod"] + ([root / work] if work is not None else [])
 
 
 def go_work_candidates(module_dir: str) -> list[str]:
@@ -245,6 +243,13 @@ def go_work_candidates(module_dir: str) -> list[str]:
         if module == ".":
             return found
         module = posixpath.dirname(module) or "."
+
+
+def nearest_go_work(module_dir: str, present: Sent) -> str | None:
+    """The go.work Go reads for the module (source-relative), None in module mode:
+    the nearest of :func:`go_work_candidates` that ``present`` says is there (on
+    disk and sent, in the files sent, or in the engine)."""
+    return next((c for c in go_work_candidates(module_dir) if present(c)), None)
 
 
 def vendor_manifest(module_dir: str, workspace: str | None) -> str:

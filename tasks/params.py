@@ -21,6 +21,7 @@ references in `tasks.imageref` (the distribution/reference grammar).
 from __future__ import annotations
 
 import difflib
+import functools
 import posixpath
 import re
 import subprocess
@@ -144,7 +145,8 @@ def _go_work_sent(source: Path, module_dir: str, use_gitignore: bool | None) -> 
     line can fail the build, and none of them may refuse it here."""
     known = posixpath.normpath(posixpath.join(module_dir, "go.mod"))
 
-    def sent(rel: str) -> bool:
+    @functools.cache
+    def sent(rel: str) -> bool:  # one validator's checks ask of the same go.work
         return would_send(source, rel, known=known, use_gitignore=use_gitignore is not False)
 
     return sent

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from tasks import progress
 from tasks.context import BuildContext, build_context
-from tasks.gomod import go_work_candidates, needed_modules, requirements, vendor_manifest
+from tasks.gomod import nearest_go_work, needed_modules, requirements, vendor_manifest
 from tasks.params import BuildParams, ParamsError
 from tasks.retries import retry_options
 from tasks.secrets import Credentials, load_secret_block, parse_git_token, secret_name
@@ -164,7 +164,7 @@ def _check_go_inputs_sent(params: BuildParams, root: Path, context: BuildContext
     # from (the compile stage decides -mod=vendor from the files sent, too). A
     # go.work is often kept out of version control on purpose (Go's own advice),
     # and the module then builds alone, as CI builds it.
-    workspace = next((c for c in go_work_candidates(module) if c in sent), None)
+    workspace = nearest_go_work(module, sent.__contains__)
     vendored = vendor_manifest(module, workspace) in sent  # as the compile stage decides
     if requirements(root / module / "go.mod") and not vendored:
         own.append(at_module("go.sum"))
