@@ -51,6 +51,31 @@ _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {
 _MAJOR_VERSION = re.compile(r"v(?:[2-9]|[1-9][0-9]+)")  # v2 and up; v0 and v1 are not
 
 
+class WildcardPackage(ValueError):
+    """A package pattern with ``...``: each program is named on its own, because
+    each gets a file of its own in the image (and the first, the entrypoint)."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+        super().__init__(f"{show(value)} is a wildcard; name the one main package to build")
+
+
+def wildcard_matches(module: Path, pattern: str, own: str | None) -> list[str]:
+    """The main packages of the module (:func:`main_packages`, as './dir') that
+    ``pattern`` matches as Go matches one (cmd/go ``search.MatchPattern``: ``...``
+    is any string, and ``x/...`` matches ``x`` too), for a refusal to name them;
+    a pattern over the module's import path (``own``) is read as its directory."""
+    if own and (pattern == own or pattern.startswith(own + "/")):
+        pattern = "." + pattern[len(own) :]
+    elif not pattern.startswith("."):
+        pattern = "./" + pattern
+    expr = re.escape(pattern).replace(re.escape("..."), ".*")
+    if expr.endswith("/.*"):
+        expr = expr[: -len("/.*")] + "(/.*)?"
+    rule = re.compile(expr)
+    return [p for p in main_packages(module, limit=SCAN_DIRS) if rule.fullmatch(p)]
+
+
 def main_package_syntax(value: str) -> str:
     """A ``main_package`` as ``go build`` should get it: a path becomes './path',
     because Go reads a bare 'cmd/x' as a standard-library path; an import path
@@ -65,7 +90,7 @@ def main_package_syntax(value: str) -> str:
     if ".." in segments:
         raise ValueError(f"{show(value)} must not contain '..' (stay inside the module)")
     if "..." in value:
-        raise ValueError(f"{show(value)} is a wildcard; name the one main package to build")
+        raise WildcardPackage(value)
     relative = segments[0] == "."
     if relative:
         segments = segments[1:]

@@ -51,7 +51,15 @@ from tasks.goenv import (
     default_platform,
 )
 from tasks.gomod import Sent, check_local_dirs, find_modules, module_files, module_path
-from tasks.gopackages import check_main_dir, check_main_package, exec_name, main_package_syntax
+from tasks.gopackages import (
+    SCAN_DEPTH,
+    WildcardPackage,
+    check_main_dir,
+    check_main_package,
+    exec_name,
+    main_package_syntax,
+    wildcard_matches,
+)
 from tasks.goversion import check_builder_go, check_workspace_go
 from tasks.imageref import ImageRef, check_pinned_image, parse_image_ref, show
 from tasks.ldflags import DEFAULT_VERSION_VARIABLE, check_ldflags
@@ -512,8 +520,11 @@ class BuildParams(BaseModel):
     @classmethod
     def _program(cls, value: str, info: ValidationInfo) -> str:
         """A program's package, as ``main_package`` and ``extra_packages`` take one."""
-        value = main_package_syntax(value)
         local = cls._local_module(info)
+        try:
+            value = main_package_syntax(value)
+        except WildcardPackage as wildcard:
+            raise ValueError(cls._wildcard_problem(wildcard.value, info, local)) from None
         if local is None:
             return value
         module = local[0] / local[1]
@@ -528,6 +539,30 @@ class BuildParams(BaseModel):
         workspace = len(module_files(*local)) > 1
         check_main_dir(module, value, workspace=workspace, module_dir=local[1])
         return value
+
+    @staticmethod
+    def _wildcard_problem(
+        pattern: str, info: ValidationInfo, local: tuple[Path, str, Sent] | None
+    ) -> str:
+        """A wildcard refused, with the main packages it matches in a local module:
+        a module of several programs (``cmd/*``) names one as main_package, the
+        image's entrypoint, and the others in extra_packages."""
+        extra = info.field_name == "extra_packages"
+        what = "list each program here" if extra else "name the one main package to build"
+        if local is None:
+            return f"{show(pattern)} is a wildcard; {what}"
+        module = local[0] / local[1]
+        matched = wildcard_matches(module, pattern, module_path(module))
+        if extra:
+            matched = [p for p in matched if p != info.data.get("main_package")]
+        if not matched:
+            return (
+                f"{show(pattern)} is a wildcard, and matches no main package in the module "
+                f"(within {SCAN_DEPTH} levels); {what}"
+            )
+        shown = ", ".join(matched[:8]) + (", …" if len(matched) > 8 else "")
+        rest = "" if extra else ", and list the others in extra_packages"
+        return f"{show(pattern)} is a wildcard matching {shown}; {what}{rest}"
 
     @field_validator("extra_packages")
     @classmethod

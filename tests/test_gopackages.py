@@ -212,6 +212,62 @@ def test_an_import_path_in_the_module_is_its_directory(tmp_path: Path) -> None:
     assert other.main_package == "golang.org/x/tools/cmd/stringer"
 
 
+def test_a_wildcard_is_refused_naming_the_programs_it_matches_as_go_list_does(
+    tmp_path: Path,
+) -> None:
+    """A module of several programs given as ``./cmd/...``: each program gets a
+    file of its own in the image, so each is named; the refusal lists what the
+    pattern matches, held against ``go list`` of the same pattern."""
+    root = library_with_commands(tmp_path / "lib")
+    write_tree(root, {"cmd/tool/sub/main.go": MAIN, "tools/gen/main.go": MAIN})
+    go = str(Path(go_module.__file__).parent / "bin" / "go")
+    env = {**os.environ, "GOTOOLCHAIN": "local", "GOPROXY": "off", "GOFLAGS": "", "GOWORK": "off"}
+    for pattern in [
+        "./...",
+        "./cmd/...",
+        "./cmd/t...",
+        "example.com/lib/cmd/tool/...",
+        "./tools/...",
+    ]:
+        listed = subprocess.run(
+            [go, "list", "-f", '{{if eq .Name "main"}}{{.ImportPath}}{{end}}', pattern],
+            cwd=root,
+            env={**env, "GOCACHE": str(tmp_path / "gocache")},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        expected = {"./" + p.removeprefix("example.com/lib/") for p in listed}
+        with pytest.raises(ParamsError) as refused:
+            parse_params({"source": str(root), "main_package": pattern})
+        said = str(refused.value)
+        head = f"main_package: {pattern!r} is a wildcard matching "
+        tail = "; name the one main package to build, and list the others in extra_packages"
+        assert said.startswith(head) and said.endswith(tail), said
+        assert set(said[len(head) : -len(tail)].split(", ")) == expected, pattern
+    # In extra_packages the main package is not listed again.
+    with pytest.raises(ParamsError) as refused:
+        parse_params(
+            {"source": str(root), "main_package": "cmd/tool", "extra_packages": ["./cmd/..."]}
+        )
+    assert str(refused.value) == (
+        "extra_packages: './cmd/...' is a wildcard matching ./cmd/admin, ./cmd/tool/sub; "
+        "list each program here"
+    )
+    with pytest.raises(ParamsError) as refused:
+        parse_params({"source": str(root), "main_package": "./internal/..."})
+    assert str(refused.value) == (
+        "main_package: './internal/...' is a wildcard, and matches no main package in the "
+        "module (within 3 levels); name the one main package to build"
+    )
+    # A git source's tree is the engine's: the refusal names no package.
+    with pytest.raises(ParamsError) as refused:
+        parse_params({"source": "https://example.com/lib.git", "main_package": "./cmd/..."})
+    assert str(refused.value) == (
+        "main_package: './cmd/...' is a wildcard; name the one main package to build"
+    )
+
+
 def test_a_git_source_builds_a_program_by_its_import_path(
     prefect_api: PrefectAPI,
     dagger_engine: TestEngine,
