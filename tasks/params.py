@@ -13,7 +13,7 @@ world (such as `git describe`) lives in the `resolved_*` methods instead.
 
 The grammars of single fields live where a reader looks for them, and this
 model applies them: the source and git ref in `tasks.sourcespec`, platforms and
-Go settings in `tasks.goenv`, the main package in `tasks.gopackages`, the
+Go settings in `tasks.goenv`, the programs in `tasks.programs`, the
 module's go.mod and go.work in `tasks.gomod` and `tasks.goversion`, image
 references in `tasks.imageref` (the distribution/reference grammar).
 """
@@ -21,8 +21,6 @@ references in `tasks.imageref` (the distribution/reference grammar).
 from __future__ import annotations
 
 import difflib
-import functools
-import posixpath
 import re
 import subprocess
 from collections.abc import Mapping
@@ -41,7 +39,6 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonDict
 
-from tasks.context import would_send
 from tasks.goconstraints import targets
 from tasks.goenv import (
     GO_ENV_KEYS,
@@ -50,19 +47,18 @@ from tasks.goenv import (
     check_platforms,
     default_platform,
 )
-from tasks.gomod import Sent, check_local_dirs, find_modules, module_files, module_path
-from tasks.gopackages import (
-    SCAN_DEPTH,
-    WildcardPackage,
-    check_main_dir,
-    check_main_package,
-    exec_name,
-    main_package_syntax,
-    wildcard_matches,
-)
+from tasks.gomod import check_local_dirs, find_modules, module_path
+from tasks.gopackages import check_main_package, exec_name
 from tasks.goversion import check_builder_go, check_workspace_go
 from tasks.imageref import ImageRef, check_pinned_image, parse_image_ref, show
 from tasks.ldflags import DEFAULT_VERSION_VARIABLE, check_ldflags
+from tasks.programs import (
+    ModuleOnDisk,
+    check_extra_programs,
+    check_program,
+    go_work_sent,
+    local_module,
+)
 from tasks.runtimespec import (
     FILES_WORKDIR,
     RUNTIME_USER,
@@ -144,20 +140,6 @@ def _sanitize_version(described: str) -> str:
     version = re.sub(r"[^0-9A-Za-z._+-]+", "-", described)
     version = re.sub(r"^[^0-9A-Za-z]+", "", version)[:128]
     return version if _VERSION_RE.fullmatch(version) else ""
-
-
-def _go_work_sent(source: Path, module_dir: str, use_gitignore: bool | None) -> Sent:
-    """Whether the engine gets a go.work, as the build context will decide it
-    (``tasks/context.would_send``): a go.work that git ignores (Go advises against
-    committing one) is not read there, so neither its ``use`` lines nor its ``go``
-    line can fail the build, and none of them may refuse it here."""
-    known = posixpath.normpath(posixpath.join(module_dir, "go.mod"))
-
-    @functools.cache
-    def sent(rel: str) -> bool:  # one validator's checks ask of the same go.work
-        return would_send(source, rel, known=known, use_gitignore=use_gitignore is not False)
-
-    return sent
 
 
 class BuildParams(BaseModel):
@@ -500,7 +482,7 @@ class BuildParams(BaseModel):
                 raise ValueError(f"{where} has no go.mod; set module_dir to a module: {listed}")
             hint = "" if value != "." else "; for a module in a subdirectory set module_dir"
             raise ValueError(f"{where} has no go.mod (expected the root of a Go module{hint})")
-        sent = _go_work_sent(Path(source).expanduser(), value, info.data.get("use_gitignore"))
+        sent = go_work_sent(Path(source).expanduser(), value, info.data.get("use_gitignore"))
         check_local_dirs(Path(source).expanduser(), value, sent)  # replace/use paths go with it
         check_workspace_go(Path(source).expanduser(), value, sent)
         return value
@@ -515,90 +497,18 @@ class BuildParams(BaseModel):
         './path'. Then, in a local module, refuse a directory that surely holds no
         program (``tasks/gopackages.py``: Go would build a library archive without
         a word)."""
-        return cls._program(value, info)
-
-    @classmethod
-    def _program(cls, value: str, info: ValidationInfo) -> str:
-        """A program's package, as ``main_package`` and ``extra_packages`` take one."""
-        local = cls._local_module(info)
-        try:
-            value = main_package_syntax(value)
-        except WildcardPackage as wildcard:
-            raise ValueError(cls._wildcard_problem(wildcard.value, info, local)) from None
-        if local is None:
-            return value
-        module = local[0] / local[1]
-        if not value.startswith("./") and value != ".":
-            own = module_path(module)
-            if own and (value == own or value.startswith(own + "/")):
-                value = "./" + value[len(own) + 1 :] if value != own else "."
-            elif (module / value).is_dir():
-                value = f"./{value}"  # a directory whose name has a dot, as before
-            else:
-                return value  # another module's package (a tool among the requirements)
-        workspace = len(module_files(*local)) > 1
-        check_main_dir(module, value, workspace=workspace, module_dir=local[1])
-        return value
-
-    @staticmethod
-    def _wildcard_problem(
-        pattern: str, info: ValidationInfo, local: tuple[Path, str, Sent] | None
-    ) -> str:
-        """A wildcard refused, with the main packages it matches in a local module:
-        a module of several programs (``cmd/*``) names one as main_package, the
-        image's entrypoint, and the others in extra_packages."""
-        extra = info.field_name == "extra_packages"
-        what = "list each program here" if extra else "name the one main package to build"
-        if local is None:
-            return f"{show(pattern)} is a wildcard; {what}"
-        module = local[0] / local[1]
-        matched = wildcard_matches(module, pattern, module_path(module))
-        if extra:
-            matched = [p for p in matched if p != info.data.get("main_package")]
-        if not matched:
-            return (
-                f"{show(pattern)} is a wildcard, and matches no main package in the module "
-                f"(within {SCAN_DEPTH} levels); {what}"
-            )
-        shown = ", ".join(matched[:8]) + (", …" if len(matched) > 8 else "")
-        rest = "" if extra else ", and list the others in extra_packages"
-        return f"{show(pattern)} is a wildcard matching {shown}; {what}{rest}"
+        return check_program(value, cls._local_module(info))
 
     @field_validator("extra_packages")
     @classmethod
     def _valid_extra_packages(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        """Each one as ``main_package`` is checked, and each program's file name in
-        /usr/local/bin (go build's name for it) free: two programs on one path
-        would leave one of them silently missing from the image."""
+        """Each one as ``main_package`` is checked, each on a path of its own
+        (``tasks/programs.check_extra_programs``)."""
         if "main_package" not in info.data or "app_name" not in info.data:
             return value  # reported as their own problems
         main = cls.model_construct(**info.data).resolved_app_name()
         local = cls._local_module(info)
-        own = module_path(local[0] / local[1]) if local else None
-        taken: dict[str, str] = {}
-        packages = []
-        for given in value:
-            package = cls._program(given, info)
-            name = exec_name(package, own) if package != "." else ""
-            if not name:
-                raise ValueError(
-                    f"{show(given)} is the module's root; build it as main_package and "
-                    "list the others here"
-                )
-            if package == info.data["main_package"]:
-                raise ValueError(f"{show(given)} is main_package already; list the others here")
-            if name == main:
-                raise ValueError(
-                    f"{show(given)} would be /usr/local/bin/{name}, the main package's "
-                    "program; set app_name to another name"
-                )
-            if name in taken:
-                raise ValueError(
-                    f"{show(given)} would be /usr/local/bin/{name}, as {taken[name]!r} is"
-                )
-            taken[name] = package
-            packages.append(package)
-        return packages
+        return check_extra_programs(value, local, info.data["main_package"], main)
 
     @model_validator(mode="after")
     def _programs_build_for_every_platform(self) -> BuildParams:
@@ -681,16 +591,10 @@ class BuildParams(BaseModel):
         return value
 
     @staticmethod
-    def _local_module(info: ValidationInfo) -> tuple[Path, str, Sent] | None:
-        """(source directory, module_dir, which go.work files the engine gets) of
-        a local source whose two fields are valid, for the checks that read its
-        files; None for a git source (its tree is only known to the engine) or
-        when either field failed."""
-        source, module_dir = info.data.get("source"), info.data.get("module_dir")
-        if source is None or module_dir is None or is_git_url(source):
-            return None
-        root = Path(source).expanduser()
-        return root, module_dir, _go_work_sent(root, module_dir, info.data.get("use_gitignore"))
+    def _local_module(info: ValidationInfo) -> ModuleOnDisk | None:
+        """``tasks/programs.local_module`` of the fields validated so far."""
+        data = info.data
+        return local_module(data.get("source"), data.get("module_dir"), data.get("use_gitignore"))
 
     @field_validator("runtime_image")
     @classmethod
