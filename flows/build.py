@@ -38,6 +38,7 @@ from tasks.assemble import (
     still_valid,
 )
 from tasks.compile import binary_available, compile_binary
+from tasks.deadline import deadline
 from tasks.params import BuildParams, ParamsError, parse_params
 from tasks.preflight import EngineUnavailable, preflight
 from tasks.publish import publish_image
@@ -62,7 +63,7 @@ async def multistage_build(**parameters: Any) -> BuildResult:
         output = prepare_output(params)
         stages.refresh = params.force_rebuild
         stages.current = "engine slot"
-        async with EngineScope() as engine:
+        async with EngineScope() as engine, deadline(params.timeout_minutes):
             if params.is_git_source:
                 await stages.connect(engine)  # the engine resolves the ref
             # A forced or publishing build needs the engine whatever the source
@@ -275,6 +276,11 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
         help="send what git ignores too (.dockerignore alone decides, as in docker build)",
     )
     ap.add_argument("--force", dest="force_rebuild", action="store_true", default=None)
+    ap.add_argument(
+        "--timeout-minutes",
+        type=float,
+        help="stop the build, failed, after this long (default 120)",
+    )
     ap.add_argument(
         "--progress",
         choices=terminal.MODES,

@@ -85,6 +85,8 @@ __all__ = [
 
 DEFAULT_BUILDER_IMAGE = "golang:1.27.3-bookworm"
 DEFAULT_RUNTIME_IMAGE = "alpine:3.22.2"
+DEFAULT_TIMEOUT_MINUTES = 120.0  # hours past any normal build, bounded within a nightly cycle
+MAX_TIMEOUT_MINUTES = 1440.0
 
 # --- the grammars of the fields checked here ------------------------------------
 _APP_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
@@ -422,6 +424,15 @@ class BuildParams(BaseModel):
         title="Force rebuild",
         description="Ignore cached results and rebuild every step.",
     )
+    timeout_minutes: float = Field(
+        default=DEFAULT_TIMEOUT_MINUTES,
+        title="Timeout (minutes)",
+        description=(
+            "Stop the build, failed, once it has run this long (from when it holds an engine "
+            "slot): a hung test, registry or engine then frees its worker and slot instead of "
+            "holding them. Up to 1440 (a day); fractions allowed."
+        ),
+    )
 
     # --- validators (field order matters: later ones read earlier values) ---
 
@@ -723,6 +734,13 @@ class BuildParams(BaseModel):
                         f"{show(value)} cannot be created: {str(ancestor)!r} is a file"
                     )
                 break
+        return value
+
+    @field_validator("timeout_minutes")
+    @classmethod
+    def _valid_timeout(cls, value: float) -> float:
+        if not 0 < value <= MAX_TIMEOUT_MINUTES:  # NaN too
+            raise ValueError(f"{value:g} must be more than 0 and at most {MAX_TIMEOUT_MINUTES:g}")
         return value
 
     @field_validator("labels")

@@ -192,7 +192,13 @@ async def engine_steps(scope: str, steps: Sequence[tuple[Sequence[str], dagger.C
             task = asyncio.ensure_future(_timed_sync(scope, what, ctr))
             task.add_done_callback(lambda done, key=key: _forget_failed(memo, key, done))
             memo[key] = _Shared(task, scope)
-            await asyncio.shield(task)
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                # Only a run being stopped cancels a compile (timeout_minutes), and
+                # every platform's with it: the command stops too, and says so.
+                task.cancel()
+                raise
         elif shared.task.done():
             await shared.task  # raises if it failed, as the command would have here
             note(f"{scope}: {what} reused from {shared.by}")

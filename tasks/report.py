@@ -231,7 +231,9 @@ class Stages:
         stage = asyncio.ensure_future(self.run(name, task, *args, valid=valid))
         try:
             await self.connect(engine)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                stage.cancel()  # the run is being stopped (timeout_minutes): the stage too
             with contextlib.suppress(BaseException):
                 await stage
             self.current = "engine connection"

@@ -356,6 +356,8 @@ BAD_INPUTS = [
     # Valid as a path, but no process may create a directory in sysfs: refused
     # before the compile, not when the export lands.
     ({"output": "/sys/gobuild-test/app.tar"}, "output"),
+    ({"timeout_minutes": 0}, "timeout_minutes"),
+    ({"timeout_minutes": 1441}, "timeout_minutes"),
 ]
 
 
@@ -498,6 +500,43 @@ def test_cli_failure_is_one_line_with_stage_and_output_and_no_traceback(
     assert summary[0].startswith('error: build failed in compile linux/amd64: process "go')
     assert "--- last lines of stderr ---" in summary
     assert summary[-1].endswith("undefined: undefinedCliThing")
+
+
+def test_a_build_past_timeout_minutes_is_stopped_naming_the_parameter_and_stage(
+    prefect_api: PrefectAPI, dagger_engine: TestEngine, hello_go: Path, tmp_path: Path
+) -> None:
+    """A test that hangs holds the worker and the engine slot until the deadline:
+    then the stage is cancelled, the run fails in one line naming timeout_minutes
+    and the stage, nothing is retried, and the requested output is not written."""
+    app = tmp_path / "hangs"
+    shutil.copytree(hello_go, app)
+    (app / "hang_test.go").write_text(
+        'package main\n\nimport (\n\t"testing"\n\t"time"\n)\n\n'
+        "func TestHangs(t *testing.T) { time.Sleep(45 * time.Second) }\n"
+    )
+    output = tmp_path / "hangs.tar"
+    env = {**os.environ, **prefect_api.env, **dagger_engine.env}
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.build", str(app), "--output", str(output),
+         "--timeout-minutes", "0.1", "--progress", "plain"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    summary = proc.stderr[proc.stderr.index("error: build failed") :].splitlines()
+    assert summary == [
+        "error: build failed in compile linux/amd64: the build ran past timeout_minutes "
+        "(0.1 min) and was stopped; raise timeout_minutes for a build that needs longer"
+    ]
+    assert not output.exists()
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs()
+    run = next(r for r in runs if r.name == f"build {app}")
+    assert run.state is not None and run.state.is_failed()
+    compile_run = {r.name: r for r in task_runs(run.id)}["compile linux/amd64"]
+    assert compile_run.run_count == 1 and not compile_run.state.is_completed()
+    md = {a.key: a for a in artifacts(run.id) if a.key}["build-hangs-failure"].data
+    assert "ran past timeout_minutes (0.1 min)" in md
 
 
 def test_a_run_waiting_for_an_engine_slot_says_so(
