@@ -4,7 +4,8 @@ and faults.
 The real dagger-io SDK finds an engine through ``DAGGER_SESSION_PORT`` and
 ``DAGGER_SESSION_TOKEN`` and posts queries to ``/query`` with the token as the
 Basic-auth user. This server answers those exactly as the engine would
-(introspection, lazy objects, EXEC_ERROR extensions).
+(introspection, lazy objects, EXEC_ERROR extensions), and refuses a query the
+real engine of reference would refuse (``reference.py``).
 
 Like one real engine it serves several client sessions, each with its own token,
 working directory and registry credentials (``sessions.py``); caches and results
@@ -46,6 +47,7 @@ from graphql import (
 
 from . import schema as schema_mod
 from .engine import Engine, EngineError, ExecError, FaultRule, Obj
+from .reference import refusal
 from .sessions import Session, reset_current, set_current
 
 
@@ -261,6 +263,9 @@ class TestEngine:
         errors = validate(self.schema, doc)
         if errors:
             return {"data": None, "errors": [e.formatted for e in errors]}
+        refused = refusal(doc)  # what the SDK knows but the real engine has not got
+        if refused is not None:
+            return {"data": None, "errors": [{"message": refused}]}
         ctx = set_current(session)
         try:
             result = execute(
