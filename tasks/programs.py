@@ -2,7 +2,7 @@
 
 ``main_package`` names the image's entrypoint and ``extra_packages`` the programs
 beside it in /usr/local/bin. Each is a package ``go build`` writes an executable
-for: a directory of the module (''./cmd/x'') or an import path. In a local module
+for: a directory of the module ('./cmd/x') or an import path. In a local module
 the files say more before any engine work: an import path inside the module is
 its directory, a directory that surely holds no program is refused
 (``tasks/gopackages.py``: Go would write a library archive without a word), a
@@ -10,7 +10,8 @@ wildcard is refused naming the programs it matches, and two programs may not
 land on one path in the image, where one would silently be missing.
 
 A git source's tree is only the engine's to know: its packages get the grammar
-check alone here, and the compile stage checks what ``go build`` wrote.
+and the one-path-each checks alone here, and the compile stage checks what
+``go build`` wrote.
 """
 
 from __future__ import annotations
