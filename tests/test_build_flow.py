@@ -512,13 +512,13 @@ def test_a_build_past_timeout_minutes_is_stopped_naming_the_parameter_and_stage(
     shutil.copytree(hello_go, app)
     (app / "hang_test.go").write_text(
         'package main\n\nimport (\n\t"testing"\n\t"time"\n)\n\n'
-        "func TestHangs(t *testing.T) { time.Sleep(45 * time.Second) }\n"
+        "func TestHangs(t *testing.T) { time.Sleep(90 * time.Second) }\n"
     )
     output = tmp_path / "hangs.tar"
     env = {**os.environ, **prefect_api.env, **dagger_engine.env}
     proc = subprocess.run(
         [sys.executable, "-m", "flows.build", str(app), "--output", str(output),
-         "--timeout-minutes", "0.1", "--progress", "plain"],
+         "--timeout-minutes", "0.25", "--progress", "plain"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-3000:]
@@ -526,7 +526,7 @@ def test_a_build_past_timeout_minutes_is_stopped_naming_the_parameter_and_stage(
     summary = proc.stderr[proc.stderr.index("error: build failed") :].splitlines()
     assert summary == [
         "error: build failed in compile linux/amd64: the build ran past timeout_minutes "
-        "(0.1 min) and was stopped; raise timeout_minutes for a build that needs longer"
+        "(0.25 min) and was stopped; raise timeout_minutes for a build that needs longer"
     ]
     assert not output.exists()
     with get_client(sync_client=True) as client:
@@ -536,7 +536,7 @@ def test_a_build_past_timeout_minutes_is_stopped_naming_the_parameter_and_stage(
     compile_run = {r.name: r for r in task_runs(run.id)}["compile linux/amd64"]
     assert compile_run.run_count == 1 and not compile_run.state.is_completed()
     md = {a.key: a for a in artifacts(run.id) if a.key}["build-hangs-failure"].data
-    assert "ran past timeout_minutes (0.1 min)" in md
+    assert "ran past timeout_minutes (0.25 min)" in md
 
 
 def test_a_run_waiting_for_an_engine_slot_says_so(
