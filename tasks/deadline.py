@@ -6,7 +6,8 @@ slot until someone notices. The clock starts once the run holds its engine slot,
 so builds queued behind others are not timed out for waiting. When it runs out,
 the stage in progress is cancelled (an engine call in flight is abandoned, and
 the run's Dagger session closed as after any failure), and the run fails naming
-the parameter and the stage; the requested output path is not replaced.
+the parameter and the stage; the requested output path is replaced only once the
+image is assembled, as after any failure.
 """
 
 from __future__ import annotations
