@@ -16,6 +16,7 @@ from pathlib import Path
 import dagger
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
 from flows.build import multistage_build
 from tasks.params import ParamsError
@@ -530,8 +531,9 @@ def test_a_build_past_timeout_minutes_is_stopped_naming_the_parameter_and_stage(
     ]
     assert not output.exists()
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs()
-    run = next(r for r in runs if r.name == f"build {app}")
+        (run,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"build {app}"]))
+        )
     assert run.state is not None and run.state.is_failed()
     compile_run = {r.name: r for r in task_runs(run.id)}["compile linux/amd64"]
     assert compile_run.run_count == 1 and not compile_run.state.is_completed()
