@@ -30,6 +30,11 @@ from pydantic import Field
 from pydantic.fields import FieldInfo
 
 from flows import local_api, terminal
+from flows.prefect_client import (
+    PrefectAPIUnavailable,
+    no_ca_bundle_for_plain_http,
+    shared_prefect_client,
+)
 from tasks.assemble import (
     assemble_image,
     place_output,
@@ -119,34 +124,8 @@ async def run_build(values: dict[str, Any], params: BuildParams) -> State[BuildR
     joins that session (``tasks/session.session_opened_early``). Any other build
     connects only once it knows the cache cannot serve it."""
     async with session_opened_early(params.surely_needs_engine):
-        with shared_prefect_client():
+        with no_ca_bundle_for_plain_http(), shared_prefect_client():
             return await multistage_build(**values, return_state=True)
-
-
-class PrefectAPIUnavailable(Exception):
-    """The Prefect API does not answer, or answers with a version this Prefect
-    cannot talk to."""
-
-
-@contextlib.contextmanager
-def shared_prefect_client() -> Iterator[None]:
-    """One synchronous Prefect client for the whole run (``SyncClientContext``,
-    Prefect's own way to share it). Without it Prefect makes a new one each time
-    it reads the server's default result storage (twice a run) and for the thread
-    that renews the engine slot's lease (which copies the context, so it finds
-    this one), and each new client loads the whole CA bundle: ~50 ms of CPU, even
-    for an ``http://`` API.
-
-    Entering it asks the API its version, so an API that does not answer is one
-    line (:class:`PrefectAPIUnavailable`) before the run starts, not a traceback."""
-    from prefect.context import SyncClientContext
-
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(SyncClientContext.get_or_create())
-        except RuntimeError as exc:  # Prefect: "Failed to reach API at ..." or a version mismatch
-            raise PrefectAPIUnavailable(str(exc)) from None
-        yield
 
 
 CLI_TAIL_LINES = 20
