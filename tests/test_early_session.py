@@ -106,10 +106,11 @@ def test_a_run_started_as_the_command_line_starts_it_makes_one_sync_prefect_clie
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Each new Prefect client loads the whole CA bundle (~50 ms of CPU). Without
-    ``flows.build.shared_prefect_client`` a run makes three synchronous ones: two
-    to read the server's default result storage, one in the thread that renews
-    the engine slot's lease. With it, one, and the lease thread renews with it."""
+    """Each new Prefect client builds an SSL context (~50 ms of CPU for a
+    verifying one). Without ``flows.prefect_client.shared_prefect_client`` a run
+    makes three synchronous ones: two to read the server's default result
+    storage, one in the thread that renews the engine slot's lease. With it, one,
+    and the lease thread renews with it."""
     from prefect.client.orchestration import SyncPrefectClient
 
     made: list[int] = []
