@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagger
@@ -539,6 +540,26 @@ def test_a_build_past_timeout_minutes_is_stopped_naming_the_parameter_and_stage(
     assert compile_run.run_count == 1 and not compile_run.state.is_completed()
     md = {a.key: a for a in artifacts(run.id) if a.key}["build-hangs-failure"].data
     assert "ran past timeout_minutes (0.25 min)" in md
+    # The engine stops the hanging `go test` once no request waits for it (the
+    # double as Dagger does it, tests/dagger_test_engine/execution.py): neither
+    # `go test` nor its test binary goes on for the 90 s.
+    ends = time.monotonic() + 15
+    while _running_in_exec_roots(dagger_engine.engine.state_dir) and time.monotonic() < ends:
+        time.sleep(0.2)
+    assert _running_in_exec_roots(dagger_engine.engine.state_dir) == []
+
+
+def _running_in_exec_roots(state_dir: Path) -> list[str]:
+    """Processes working in one of the engine's exec roots: commands still running."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cwd, argv = os.readlink(proc / "cwd"), (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if cwd.startswith(str(state_dir)):
+            found.append(argv.replace(b"\0", b" ").decode(errors="replace")[:200])
+    return found
 
 
 def test_a_run_waiting_for_an_engine_slot_says_so(

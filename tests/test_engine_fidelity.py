@@ -8,12 +8,15 @@ failure for anything it does not implement.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import anyio
@@ -226,6 +229,86 @@ def test_evaluation_is_lazy_and_memoized(dagger_engine: TestEngine, hello_go: Pa
     assert before == 0
     assert size == again > 100_000
     assert len(dagger_engine.log.snapshot()["execs"]) == 1
+
+
+HOLD_PROGRAM = """package main
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+)
+
+func main() {
+	dir := os.Args[1]
+	os.WriteFile(filepath.Join(dir, "pid"), []byte(strconv.Itoa(os.Getpid())), 0o644)
+	if _, err := os.Stat(filepath.Join(dir, "wait")); err == nil {
+		time.Sleep(120 * time.Second)
+	}
+}
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_an_exec_whose_client_hung_up_is_stopped_and_run_again_later(
+    dagger_engine: TestEngine, tmp_path: Path
+) -> None:
+    """The engine cancels an exec no request waits for any more and does not keep
+    its result (flightcontrol's shared context; solver/jobs.go ``sharedOp.Exec``):
+    a build stopped by its time limit must not leave a ``go test`` running."""
+    src = tmp_path / "hold"
+    src.mkdir()
+    (src / "go.mod").write_text("module example.com/hold\n\ngo 1.22\n")
+    (src / "main.go").write_text(HOLD_PROGRAM)
+    name = f"hold-{os.getpid()}-{tmp_path.name}"
+    volume = dagger_engine.engine.cache_dir / hashlib.sha256(name.encode()).hexdigest()[:32]
+    volume.mkdir(parents=True, exist_ok=True)
+    (volume / "wait").write_text("")
+
+    def holder() -> dagger.Container:
+        return (
+            dag.container()
+            .from_(GOLANG)
+            .with_directory("/src", dag.host().directory(str(src)))
+            .with_workdir("/src")
+            .with_mounted_cache("/hold", dag.cache_volume(name))
+            .with_exec(["go", "run", ".", "/hold"])
+        )
+
+    async def hang_up() -> int:
+        task = asyncio.create_task(holder().sync())
+        pid_file = volume / "pid"
+        for _ in range(600):
+            if pid_file.is_file() and pid_file.read_text():
+                break
+            await asyncio.sleep(0.1)
+        pid = int(pid_file.read_text())
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return pid
+
+    pid = run(hang_up)
+    for _ in range(100):
+        if not _alive(pid):
+            break
+        time.sleep(0.1)
+    assert not _alive(pid), "the exec went on after its client hung up"
+
+    (volume / "wait").unlink()
+    (volume / "pid").unlink()
+    run(lambda: holder().sync())  # not memoized: the same exec runs again, to its end
+    assert int((volume / "pid").read_text()) != pid
+    runs = [e for e in dagger_engine.log.snapshot()["execs"] if e[:2] == ["go", "run"]]
+    assert len(runs) == 2
 
 
 @pytest.mark.real_engine

@@ -22,6 +22,16 @@ it are removed again when empty (internal/buildkit/executor/stubs.go
 secret's value, as engine/engineutil/secret_scrub.go does before the output
 reaches the exec's meta files (which ``stdout``/``stderr`` and the
 ``EXEC_ERROR`` extensions of core/exec_error.go are read from).
+
+An exec nobody waits for any more is stopped, as the engine stops it: the
+request's context ends when its client hangs up, BuildKit runs an exec under a
+``flightcontrol`` call whose shared context is cancelled only once every caller's
+is (internal/buildkit/util/flightcontrol/flightcontrol.go ``checkDone``), and a
+cancelled exec is not recorded as complete, so the next caller runs it again
+(internal/buildkit/solver/jobs.go ``sharedOp.Exec``). Here the server marks the
+thread answering a request (:func:`serving`); a command whose requester has hung
+up, with no other request waiting for the same exec, is killed with its whole
+process group, and nothing is memoized.
 """
 
 from __future__ import annotations
@@ -30,10 +40,13 @@ import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
 import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,6 +62,30 @@ ELF_MACHINES = {62: "amd64", 183: "arm64", 3: "386", 40: "arm"}
 EXEC_TIMEOUT_S = 1800
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 SCRUBBED = "***"  # engine/engineutil/secret_scrub.go scrubString
+
+
+EXEC_POLL_S = 0.2
+_REQUEST = threading.local()
+
+
+class ClientGone(Exception):
+    """The request that wanted this exec's result was abandoned by its client."""
+
+
+@contextlib.contextmanager
+def serving(client_gone: Callable[[], bool]) -> Iterator[None]:
+    """Mark this thread as answering one request; ``client_gone`` says whether its
+    client has hung up (the engine's request context being done)."""
+    _REQUEST.client_gone = client_gone
+    try:
+        yield
+    finally:
+        _REQUEST.client_gone = None
+
+
+def _client_gone() -> bool:
+    check = getattr(_REQUEST, "client_gone", None)
+    return bool(check and check())
 
 
 def scrub(text: str, secrets: list[str]) -> str:
@@ -107,6 +144,7 @@ class Executor:
         # cache; so does this engine, keyed by everything the exec can see.
         self._results: dict[str, tuple[fs.Tree, tuple[str, str, int]]] = {}
         self._key_locks: dict[str, threading.Lock] = {}
+        self._callers: dict[str, int] = {}  # requests running or awaiting each exec
 
     def _cache_key(self, s: ContainerState, args: list[str], expect: str) -> str:
         mounts = [
@@ -137,12 +175,21 @@ class Executor:
         key = self._cache_key(s, args, expect)
         with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
-        with key_lock:
-            cached = self._results.get(key)
-            if cached is None:
-                new = self._run(s, args, expect)
-                assert new.last_exec is not None
-                cached = self._results[key] = (new.rootfs, new.last_exec)
+            self._callers[key] = self._callers.get(key, 0) + 1
+
+        def abandoned() -> bool:  # flightcontrol: cancelled once no caller is left
+            return _client_gone() and self._callers.get(key, 0) <= 1
+
+        try:
+            with key_lock:
+                cached = self._results.get(key)
+                if cached is None:
+                    new = self._run(s, args, expect, abandoned)
+                    assert new.last_exec is not None
+                    cached = self._results[key] = (new.rootfs, new.last_exec)
+        finally:
+            with self._lock:
+                self._callers[key] -= 1
         return replace(s, rootfs=cached[0], last_exec=cached[1])
 
     def go_binary(self) -> str:
@@ -159,7 +206,9 @@ class Executor:
             self._go = candidate or shutil.which("go") or ""
         return self._go
 
-    def _run(self, s: ContainerState, args: list[str], expect: str) -> ContainerState:
+    def _run(
+        self, s: ContainerState, args: list[str], expect: str, abandoned: Callable[[], bool]
+    ) -> ContainerState:
         from .engine import ExecError, host_linux_platform, split_platform
 
         if not args:
@@ -286,15 +335,7 @@ class Executor:
                     )
                 argv = [to_host(cpath), *(rewrite(a) for a in args[1:])]
 
-            proc = subprocess.run(
-                argv,
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=EXEC_TIMEOUT_S,
-                check=False,
-            )
+            proc = _run_unless_abandoned(argv, cwd, env, abandoned)
 
             def unmap(text: bytes) -> str:
                 out = text.decode("utf-8", errors="replace")
@@ -323,6 +364,39 @@ class Executor:
             return replace(s, rootfs=tree, last_exec=(stdout, stderr, code))
         finally:
             _rmtree(scratch)
+
+
+def _run_unless_abandoned(
+    argv: list[str], cwd: Path, env: dict[str, str], abandoned: Callable[[], bool]
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a command to its end, unless nobody waits for it any more (then its
+    whole process group is killed: ``go`` leaves compilers and test binaries as
+    children) or it outlives ``EXEC_TIMEOUT_S``."""
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    ends = time.monotonic() + EXEC_TIMEOUT_S
+    try:
+        while True:
+            try:
+                out, err = proc.communicate(timeout=EXEC_POLL_S)
+                return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+            except subprocess.TimeoutExpired:
+                if abandoned():
+                    raise ClientGone(f"{argv[0]}: stopped, its client hung up") from None
+                if time.monotonic() > ends:
+                    raise
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
 
 
 def _write_secret_files(root: Path, secrets: list[SecretMount], under_mount) -> list[Path]:

@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import secrets
+import select
 import socket
 import threading
 import time
@@ -47,6 +48,7 @@ from graphql import (
 
 from . import schema as schema_mod
 from .engine import Engine, EngineError, ExecError, FaultRule, Obj
+from .execution import serving
 from .reference import refusal
 from .sessions import Session, reset_current, set_current
 
@@ -393,15 +395,27 @@ def _make_handler(te: TestEngine):
             if body is None:
                 return self._send(400, {"error": "invalid JSON"})
             try:
-                result = te.run_query(body.get("query", ""), body.get("variables"), session)
+                with serving(self._client_gone):
+                    result = te.run_query(body.get("query", ""), body.get("variables"), session)
             except HTTPFault as fault:
                 if fault.kind == "drop":
                     te.end_session(session)  # a real session does not survive its connection
                     return self._hang_up()
                 return self._send(500, fault.args[0])
-            if not session.alive:  # ended while this request ran
+            if not session.alive or self._client_gone():  # ended while this request ran
                 return self._hang_up()
             return self._send(200, result)
+
+        def _client_gone(self) -> bool:
+            """Whether the client closed this connection (what ends the engine's
+            request context): nothing left to read but the end of the stream. The
+            SDK sends no second request on a connection before the first is
+            answered, so anything readable here is a hang-up."""
+            try:
+                ready, _, _ = select.select([self.connection], [], [], 0)
+                return bool(ready) and self.connection.recv(1, socket.MSG_PEEK) == b""
+            except (OSError, ValueError):
+                return True
 
     return Handler
 
