@@ -4,9 +4,10 @@ synchronous client, and no CA bundle read for an API that is plain HTTP.
 Every Prefect client Prefect makes (the run's own, the log and event workers',
 the version check's, the engine slot's lease service's) builds an SSL context
 from ``PREFECT_API_SSL_CERT_FILE``, or else certifi's bundle of about 150 root
-certificates: ~50 ms of CPU each on the benchmark machine, six to eight times a
-run, even when the API is ``http://127.0.0.1`` and no TLS handshake ever
-happens. Python's ``ssl`` module reads a one-certificate file in about 1 ms.
+certificates: ~50 ms of CPU each on the benchmark machine, six times in a
+command-line build, even when the API is ``http://127.0.0.1`` and no TLS
+handshake ever happens. Python's ``ssl`` module reads a one-certificate file in
+about 1 ms.
 """
 
 from __future__ import annotations

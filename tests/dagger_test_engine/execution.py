@@ -190,6 +190,8 @@ class Executor:
         finally:
             with self._lock:
                 self._callers[key] -= 1
+                if not self._callers[key]:
+                    del self._callers[key]
         return replace(s, rootfs=cached[0], last_exec=cached[1])
 
     def go_binary(self) -> str:

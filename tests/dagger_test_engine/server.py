@@ -408,9 +408,9 @@ def _make_handler(te: TestEngine):
 
         def _client_gone(self) -> bool:
             """Whether the client closed this connection (what ends the engine's
-            request context): nothing left to read but the end of the stream. The
-            SDK sends no second request on a connection before the first is
-            answered, so anything readable here is a hang-up."""
+            request context): it reads as ready, with nothing in it but the end of
+            the stream. The SDK sends no second request on a connection before the
+            first is answered, so nothing else could be waiting in it."""
             try:
                 ready, _, _ = select.select([self.connection], [], [], 0)
                 return bool(ready) and self.connection.recv(1, socket.MSG_PEEK) == b""
