@@ -57,21 +57,21 @@ def no_ca_bundle_for_plain_http() -> Iterator[None]:
     used (Prefect's client does not follow redirects), and a context trusting one
     root only could refuse a TLS server, never accept one it should not.
 
-    Left alone: an ``https://`` API, a user's own ``PREFECT_API_SSL_CERT_FILE`` or
-    ``PREFECT_API_TLS_INSECURE_SKIP_VERIFY``, and a proxy set in the environment
-    (an ``https://`` proxy would be reached over TLS with that context)."""
+    A CA file the environment names (``PREFECT_API_SSL_CERT_FILE``, or
+    ``SSL_CERT_FILE``, its default) is replaced too, for this run's clients only:
+    it costs as much to read and is as unused over ``http://``. Left alone: an
+    ``https://`` API, and a proxy set in the environment (an ``https://`` proxy
+    would be reached over TLS with that context)."""
     from prefect.settings import (
         PREFECT_API_SSL_CERT_FILE,
-        PREFECT_API_TLS_INSECURE_SKIP_VERIFY,
         PREFECT_API_URL,
         PREFECT_HOME,
         temporary_settings,
     )
 
     url = PREFECT_API_URL.value() or ""
-    chosen = PREFECT_API_SSL_CERT_FILE.value() or PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value()
     proxied = any(os.environ.get(name) for name in PROXY_VARIABLES)
-    plain = _plain_http(url) and not chosen and not proxied
+    plain = _plain_http(url) and not proxied
     ca_file = one_certificate_file(PREFECT_HOME.value()) if plain else None
     if ca_file is None:
         yield

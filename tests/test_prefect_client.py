@@ -38,7 +38,7 @@ def _cert_file_inside(
 def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.prefect_client import PROXY_VARIABLES
 
-    for name in (*PROXY_VARIABLES, "SSL_CERT_FILE"):
+    for name in PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
 
 
@@ -61,20 +61,23 @@ def test_a_plain_http_api_gets_a_one_certificate_file_that_ssl_loads(
 def test_tls_is_left_to_prefect_where_it_could_matter(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY
+    """An https API, an unwritable home and a proxy keep Prefect's own choice; a
+    CA file the environment names is replaced over http for the run only."""
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE, temporary_settings
 
     plain = "http://127.0.0.1:4200/api"
     cloud = "https://api.prefect.cloud/api/accounts/a/workspaces/w"
-    assert _cert_file_inside(cloud, tmp_path) is None
     mine = str(tmp_path / "corporate-ca.pem")
-    assert _cert_file_inside(plain, tmp_path, {PREFECT_API_SSL_CERT_FILE: mine}) == mine
-    insecure = {PREFECT_API_TLS_INSECURE_SKIP_VERIFY: True}
-    assert _cert_file_inside(plain, tmp_path, insecure) is None
+    with temporary_settings({PREFECT_API_SSL_CERT_FILE: mine}):
+        assert _cert_file_inside(cloud, tmp_path) == mine
+        assert _cert_file_inside(plain, tmp_path) == str(tmp_path / "gobuild-plain-http-ca.pem")
+        assert PREFECT_API_SSL_CERT_FILE.value() == mine  # given back after the run
     unwritable = tmp_path / "not-a-directory"
     unwritable.write_text("")
-    assert _cert_file_inside(plain, unwritable) is None  # then the bundle, as Prefect reads it
-    monkeypatch.setenv("HTTP_PROXY", "https://proxy.internal:3128")
-    assert _cert_file_inside(plain, tmp_path) is None
+    with temporary_settings({PREFECT_API_SSL_CERT_FILE: None}):
+        assert _cert_file_inside(plain, unwritable) is None  # then as Prefect reads it
+        monkeypatch.setenv("HTTP_PROXY", "https://proxy.internal:3128")
+        assert _cert_file_inside(plain, tmp_path) is None
     assert not list(tmp_path.glob(".gobuild-plain-http-ca.pem.*"))  # no temporary file left
 
 
